@@ -80,7 +80,7 @@ def audit_rows(frame: pl.DataFrame, params: AuditParams) -> tuple[pl.DataFrame, 
         gaps = [g for g, c in counts.items() if c < params.gap_ratio * high]
         report["gaps"] += [{"axis": axis, "group": g, "rows": counts[g], "target_rows": math.ceil(params.gap_ratio * high)} for g in gaps]
         if params.label_column:
-            single = col.list.len() == 1
+            single = (col.list.len() == 1) & frame[params.label_column].is_not_null()
             if int(single.sum()) > 0:
                 rates, diff = _selection_rates(frame[params.label_column].filter(single), col.filter(single).list.first())
                 entry["selection_rate"] = rates

@@ -67,10 +67,9 @@ def _synthesize(frame: pl.DataFrame, params: self_instruct.SynthesizeParams, ctx
 
     model_path = resolve(params.model, key="synthesize.model")
     ctx.models["synthesize"] = model_path
-    engine = VLLMEngine(model_path, seed=params.seed)
-    return self_instruct.self_instruct(
-        frame, params, engine=engine, seed_tasks=load_seed_tasks(params.seeds), model_name=params.model
-    )
+    seeds = load_seed_tasks(params.seeds)
+    with VLLMEngine(model_path, seed=params.seed) as engine:
+        return self_instruct.self_instruct(frame, params, engine=engine, seed_tasks=seeds, model_name=params.model)
 
 
 STEPS: dict[str, StepDef] = {

@@ -76,6 +76,24 @@ class VLLMEngine:
             )
         return self._llm
 
+    def close(self) -> None:
+        """Stop the engine-core process and free its memory (training may follow in the same process)."""
+        if self._llm is None:
+            return
+        core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        self._llm = None
+        import gc
+
+        gc.collect()
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig) -> list[Generation]:
         """Generate one completion per conversation, in order."""
         if not conversations:

