@@ -11,7 +11,7 @@ import unicodedata
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from curation._frame import base_stats, split
 

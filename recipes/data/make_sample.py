@@ -3,7 +3,7 @@
 sample.jsonl holds a few hundred alpaca rows of the kind a team collects from many hands: templated but varied
 tasks with computed answers, people from several demographic groups, a reviewer's ``accepted`` label, and planted
 defects — exact duplicates (case/space changes), near duplicates (a word or two edited), junk rows, and two
-malformed lines. The planted ids are listed in planted.json so tests can check that each defect is caught.
+malformed lines. The planted ids ([copy, original] pairs) are listed in planted.json so tests can check that each defect is caught.
 
 Run: python recipes/data/make_sample.py [OUT_DIR]
 """
@@ -106,17 +106,17 @@ def build(out: Path) -> None:
     for i, row in enumerate(rows):
         row["accepted"] = rng.random() < 0.8
         row["id"] = f"row-{i:04d}"
-    planted: dict[str, list[str]] = {"exact": [], "near": [], "junk": []}
+    planted: dict[str, list] = {"exact": [], "near": [], "junk": []}
     extra: list[dict] = []
     for k, src in enumerate(rng.sample(rows, 24)):
         dup = dict(src, id=f"exact-{k:02d}")
         dup["instruction"] = "  " + src["instruction"].upper() + " "
         extra.append(dup)
-        planted["exact"].append(dup["id"])
+        planted["exact"].append([dup["id"], src["id"]])
     for k, src in enumerate(rng.sample([r for r in rows if len(r["output"].split()) > 25], 20)):
         dup = dict(src, id=f"near-{k:02d}", output=edit_words(src["output"], rng))
         extra.append(dup)
-        planted["near"].append(dup["id"])
+        planted["near"].append([dup["id"], src["id"]])
     junk = [("asdf", "qwerty"), ("!!!!", "????"), ("ok", "ok"), ("test", "."), ("click here", "http://x.y")]
     for k, (ins, outp) in enumerate(junk):
         extra.append({"instruction": ins, "input": "", "output": outp, "accepted": False, "id": f"junk-{k:02d}"})
