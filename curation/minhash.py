@@ -1,25 +1,27 @@
-"""MinHash near-duplicate detection: vectorized signatures, datasketch LSH, verified clusters.
+"""MinHash near-duplicate detection: vectorized signatures and LSH, verified clusters.
 
 Signatures follow datasketch's default ``affine32`` scheme exactly (same permutations for a seed, same uint32
 arithmetic), so a
 signature here equals ``datasketch.MinHash(num_perm, seed, hashfunc=identity)`` fed the same 32-bit shingle hashes;
-but they are computed for whole batches with numpy instead of one Python call per shingle. datasketch's
-``MinHashLSH`` (its own optimal band/row split for the threshold) finds candidate pairs; each candidate pair is
-verified by exact Jaccard of the shingle sets (so precision does not rest on LSH luck), and verified pairs are
-joined with union-find. One representative per cluster is kept: the highest ``meta.quality_score`` when an
-earlier quality step wrote one, else the first seen.
+but they are computed for whole batches with numpy instead of one Python call per shingle. Banding finds the same
+candidates as datasketch's ``MinHashLSH`` with the same (bands, rows) (``curation.lsh``), vectorized; each candidate pair is verified by exact Jaccard of the shingle sets (so precision
+does not rest on LSH luck), and verified pairs form clusters (connected components). One representative per
+cluster is kept: the highest ``meta.quality_score`` when an earlier quality step wrote one, else the first seen.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation import minhash_kernel
 from curation._frame import add_meta, base_stats, split
-from curation.shingles import hashed_shingles
+from curation.lsh import band_keys, candidate_pairs, exact_jaccard, optimal_bands
+from curation.shingles import hashed_shingles, token_hashes
 
 VERSION = "1"
 SCHEME = "affine32"
@@ -39,10 +41,15 @@ class MinhashParams(BaseModel):
     """Shingle unit: words (default) or characters (CJK, very short texts)."""
     verify: bool = True
     """Check each LSH candidate pair by exact Jaccard before calling it a duplicate."""
+    min_recall: float = Field(0.995, gt=0, lt=1)
+    """With ``verify``: choose LSH bands so a pair at the threshold is found with at least this probability
+    (verification removes the extra candidates); without it datasketch's balanced choice is used."""
     seed: int = 1
     """Permutation seed (datasketch's default is 1)."""
     batch_shingles: int = Field(1 << 16, ge=1024)
     """Shingles hashed per numpy batch; bounds the (shingles x num_perm) working array."""
+    batch_docs: int = Field(50_000, ge=1)
+    """Documents shingled at a time; only signatures (num_perm x 4 bytes per row) outlive a batch."""
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,57 +121,91 @@ def jaccard(x: np.ndarray, y: np.ndarray) -> float:
     return inter / union if union else 1.0
 
 
-def dedup_minhash(frame: pl.DataFrame, params: MinhashParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    from datasketch import LeanMinHash, MinHashLSH
+def clusters(n: int, pairs: pl.DataFrame, rank: np.ndarray) -> np.ndarray:
+    """Representative row of each row's cluster (connected components of ``pairs``), the lowest-ranked member.
 
+    >>> clusters(4, pl.DataFrame({"a": [0, 2], "b": [1, 1]}), np.array([0.0, -1.0, 0.0, 0.0])).tolist()
+    [1, 1, 1, 3]
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    order = np.lexsort((np.arange(n), rank, label))  # by component, then rank, then position
+    first = np.r_[True, label[order][1:] != label[order][:-1]]
+    rep_of_label = np.empty(label.max() + 1 if n else 0, dtype=np.int64)
+    rep_of_label[label[order][first]] = order[first]
+    return rep_of_label[label]
+
+
+@dataclass
+class NearDuplicates:
+    pairs: pl.DataFrame
+    """``(a, b, jaccard)``: row positions with ``a < b``; ``jaccard`` is exact when verified, else null."""
+    candidates: int
+    """LSH candidate pairs before verification."""
+    bands: int
+    rows: int
+
+
+def near_duplicate_pairs(texts: pl.Series, params: MinhashParams) -> NearDuplicates:
+    """Pairs of rows judged near duplicates. Memory: ``batch_docs`` shingle sets plus one signature per row."""
+    n = len(texts)
+    texts = texts.fill_null("")
+    b, r = optimal_bands(params.threshold, params.num_perm, params.min_recall if params.verify else None)
+    keys = np.zeros((n, b), dtype=np.uint64)
+    has_shingles = np.zeros(n, dtype=bool)
+    for start in range(0, n, params.batch_docs):
+        chunk = texts.slice(start, params.batch_docs)
+        offsets, tok = token_hashes(chunk, params.unit)
+        if minhash_kernel.available():
+            a, bb = permutations(params.num_perm, params.seed)
+            sig = minhash_kernel.signatures_from_tokens(offsets, tok, params.ngram, a, bb)
+        else:
+            doc, hashes = hashed_shingles(chunk, params.ngram, params.unit)
+            sig = signatures(doc, hashes, len(chunk), params.num_perm, params.seed, params.batch_shingles)
+        keys[start : start + len(chunk)] = band_keys(sig, b, r)
+        has_shingles[start : start + len(chunk)] = np.diff(offsets) > 0
+    live = np.flatnonzero(has_shingles)  # empty texts share the all-max signature: keep them out of LSH
+    cand = candidate_pairs(keys[live], live)
+    if params.verify:
+        pairs = exact_jaccard(cand, texts, params.ngram, params.unit).filter(pl.col("jaccard") >= params.threshold)
+    else:
+        pairs = cand.with_columns(pl.lit(None, dtype=pl.Float64).alias("jaccard"))
+    return NearDuplicates(pairs, cand.height, b, r)
+
+
+def dedup_minhash(frame: pl.DataFrame, params: MinhashParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     n = frame.height
-    doc, hashes = hashed_shingles(frame["text"], params.ngram, params.unit)
-    sig = signatures(doc, hashes, n, params.num_perm, params.seed, params.batch_shingles)
-    bounds = np.searchsorted(doc, np.arange(n + 1, dtype=np.uint32))
-    sets = [hashes[bounds[i] : bounds[i + 1]] for i in range(n)]
+    found = near_duplicate_pairs(frame["text"], params)
+    pairs = found.pairs
 
     # Lower rank = preferred representative: best quality first, then first seen.
     meta_fields = {f.name for f in frame.schema["meta"].fields} if "meta" in frame.columns else set()
     if "quality_score" in meta_fields:
-        scores = frame["meta"].struct.field("quality_score").fill_null(float("-inf")).to_list()
-        rank = [-s for s in scores]
+        rank = -frame["meta"].struct.field("quality_score").fill_null(float("-inf")).to_numpy()
     else:
-        rank = [0.0] * n
-    uf = UnionFind(rank)
-
-    lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm)
-    candidates = verified = 0
-    for i in range(n):
-        if sets[i].size == 0:
-            continue
-        mh = LeanMinHash(seed=params.seed, hashvalues=sig[i], scheme=SCHEME)
-        for j in lsh.query(mh):
-            candidates += 1
-            if not params.verify or jaccard(sets[i], sets[j]) >= params.threshold:
-                verified += 1
-                uf.union(i, j)
-        lsh.insert(i, mh, check_duplication=False)
-
-    roots = [uf.find(i) for i in range(n)]
-    sizes = np.bincount(roots, minlength=n)
-    ids = frame["id"].to_list()
-    cluster = [ids[r] if sizes[r] > 1 else None for r in roots]
-    dup_of = [ids[r] if r != i else None for i, r in enumerate(roots)]
+        rank = np.zeros(n)
+    rep = clusters(n, pairs, rank)
+    sizes = np.bincount(rep, minlength=n)
+    ids = np.array(frame["id"].to_list(), dtype=object)
+    in_cluster = sizes[rep] > 1
+    is_dup = rep != np.arange(n)
     out = add_meta(
         frame,
-        cluster_id=pl.Series(cluster, dtype=pl.String),
-        duplicate_of=pl.Series(dup_of, dtype=pl.String),
+        cluster_id=pl.Series(np.where(in_cluster, ids[rep], None).tolist(), dtype=pl.String),
+        duplicate_of=pl.Series(np.where(is_dup, ids[rep], None).tolist(), dtype=pl.String),
     )
-    reason = pl.Series(["near_duplicate" if d is not None else None for d in dup_of], dtype=pl.String)
+    reason = pl.Series(np.where(is_dup, "near_duplicate", None).tolist(), dtype=pl.String)
     kept, dropped = split(out, reason)
     stats = base_stats(
-        n,
-        kept,
-        dropped,
-        candidate_pairs=candidates,
-        verified_pairs=verified,
+        n, kept, dropped,
+        candidate_pairs=found.candidates,
+        verified_pairs=pairs.height,
         clusters=int((sizes > 1).sum()),
-        lsh_bands=lsh.b,
-        lsh_rows=lsh.r,
+        lsh_bands=found.bands,
+        lsh_rows=found.rows,
     )
     return kept, dropped, stats

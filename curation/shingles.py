@@ -7,8 +7,9 @@ shingles are character n-grams of the lower-cased text with whitespace collapsed
 Worked example (words, n=2): ``"The cat sat"`` -> ``{"the cat", "cat sat"}``; (chars, n=3): ``"Abcd"`` ->
 ``{"abc", "bcd"}``.
 
-Hashes are polars' 64-bit hash truncated to 32 bits (what datasketch's permutation scheme expects). They are
-stable within one polars version; persistent indexes record that version.
+Hashing is vectorized: each token is hashed once (polars' 64-bit hash) and an n-gram's hash folds its tokens'
+hashes (``window_hashes``), so no n-gram string is ever built. Hashes are 32-bit (what datasketch's affine32
+scheme expects) and stable within one polars version; persistent indexes record that version.
 """
 
 from __future__ import annotations
@@ -54,15 +55,47 @@ def shingle_sets(texts: pl.Series, ngram: int, unit: Unit = "word") -> list[set[
     return out
 
 
-def hashed_shingles(texts: pl.Series, ngram: int, unit: Unit = "word") -> tuple[np.ndarray, np.ndarray]:
-    """Unique 32-bit shingle hashes per document, sorted by document.
+_FOLD = np.uint64(0x100000001B3)
 
-    Returns ``(doc, hash)`` as equal-length uint32/uint64 arrays; a document with no tokens has no entries.
+
+def token_hashes(texts: pl.Series, unit: Unit = "word") -> tuple[np.ndarray, np.ndarray]:
+    """Per-document token hashes: ``offsets`` (n+1, int64) into a flat uint64 array of token hashes."""
+    lowered = texts.fill_null("").str.to_lowercase()
+    if unit == "word":
+        tokens = lowered.str.extract_all(r"\w+")
+    else:
+        tokens = lowered.str.replace_all(r"\s+", " ").str.strip_chars().str.split("")
+    lengths = tokens.list.len().fill_null(0).to_numpy().astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = tokens.explode().drop_nulls()
+    return offsets, flat.hash(seed=0).to_numpy().astype(np.uint64)
+
+
+def window_hashes(offsets: np.ndarray, tok: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit n-gram hashes ``(doc, h)`` (duplicates kept): each window folds its token hashes as
+    ``h = h * 0x100000001B3 ^ t`` (mod 2**64), then ``h ^ h >> 32`` keeps 32 bits. A document with fewer than
+    ``ngram`` tokens gets one window over all of them.
     """
-    frame = _ngram_frame(texts, ngram, unit)
-    hashed = (
-        frame.select("doc", (pl.col("shingle").hash(seed=0) & 0xFFFFFFFF).alias("h"))
-        .unique()
-        .sort("doc", "h")
-    )
-    return hashed["doc"].to_numpy().astype(np.uint32), hashed["h"].to_numpy().astype(np.uint64)
+    lengths = np.diff(offsets)
+    n_win = np.where(lengths >= ngram, lengths - ngram + 1, np.minimum(lengths, 1))
+    doc = np.repeat(np.arange(len(lengths), dtype=np.uint32), n_win)
+    first = np.repeat(offsets[:-1] - np.cumsum(np.r_[0, n_win[:-1]]), n_win) + np.arange(n_win.sum())
+    width = np.repeat(np.minimum(lengths, ngram), n_win)
+    h = np.zeros(len(first), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(ngram):
+            take = k < width
+            h = np.where(take, (h * _FOLD) ^ tok[np.minimum(first + k, len(tok) - 1)] if len(tok) else h, h)
+    return doc, ((h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def hashed_shingles(texts: pl.Series, ngram: int, unit: Unit = "word") -> tuple[np.ndarray, np.ndarray]:
+    """Unique 32-bit shingle hashes per document, sorted by document then hash.
+
+    Returns ``(doc, hash)`` as equal-length uint32 arrays; a document with no tokens has no entries.
+    """
+    offsets, tok = token_hashes(texts, unit)
+    doc, h = window_hashes(offsets, tok, ngram)
+    key = np.unique((doc.astype(np.uint64) << np.uint64(32)) | h.astype(np.uint64))
+    return (key >> np.uint64(32)).astype(np.uint32), (key & np.uint64(0xFFFFFFFF)).astype(np.uint32)
