@@ -10,6 +10,7 @@ import hashlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,46 +47,85 @@ class EmbeddingCache:
         self.db.commit()
 
 
+def fast_dtype(device: str) -> Any:
+    """bf16 where the hardware runs it natively (CUDA; CPUs with AVX512-BF16 or AMX), else fp32.
+
+    On this project's CPUs (AMX) bf16 weights embed 3-4.5x faster than fp32 with Spearman 0.9998 of quality
+    scores (bench/embed.py); on CPUs without native bf16 it would be slower, so fp32 is kept there.
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    capability = torch.backends.cpu.get_cpu_capability()
+    return torch.bfloat16 if capability in ("AVX512", "AMX") and _cpu_has_bf16() else torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class Embedder:
-    """A sentence-transformers model plus the cache. ``model_path`` is a local model directory."""
+    """A sentence-transformers model plus the cache. ``model_path`` is a local model directory.
+
+    ``precision="fast"`` runs the model in bf16 (or fp16 on older GPUs) where the hardware supports it natively;
+    ``"fp32"`` is sentence-transformers' default.
+    """
 
     def __init__(
         self,
         model_path: str,
         *,
         cache_path: Path | None = None,
-        batch_size: int = 64,
+        batch_size: int = 16,
         max_seq_length: int | None = 256,
+        precision: Literal["fast", "fp32"] = "fast",
+        device: str | None = None,
     ) -> None:
         try:
+            import torch
             from sentence_transformers import SentenceTransformer
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(f"embeddings need sentence-transformers: {_HINT}") from err
-        self.model = SentenceTransformer(model_path, device="cpu")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = SentenceTransformer(model_path, device=device)
+        self.dtype = fast_dtype(device) if precision == "fast" else torch.float32
+        if self.dtype != torch.float32:
+            self.model = self.model.to(self.dtype)
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
         self.batch_size = batch_size
-        self.model_key = f"{Path(model_path).name}|seq{self.model.max_seq_length}"
+        self.model_key = f"{Path(model_path).name}|seq{self.model.max_seq_length}|{str(self.dtype).split('.')[-1]}"
         self.cache = EmbeddingCache(cache_path) if cache_path else None
         self.computed = 0
         self.cached = 0
 
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode(
+                texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+        return out.float().cpu().numpy()
+
     def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         keys = [_text_key(t) for t in texts]
         have = self.cache.get(self.model_key, keys) if self.cache else {}
-        todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in have}.items())
+        # Longest first across the whole call (not per chunk), so each batch pads to near its own length.
+        todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in have}.items(),
+                      key=lambda kv: -len(kv[1]))
         self.cached += len(texts) - len(todo)
         if progress:
             progress(len(texts) - len(todo))
-        for start in range(0, len(todo), self.batch_size * 4):
-            chunk = todo[start : start + self.batch_size * 4]
-            vecs = self.model.encode(
-                [t for _, t in chunk],
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            ).astype(np.float32)
+        for start in range(0, len(todo), self.batch_size * 16):
+            chunk = todo[start : start + self.batch_size * 16]
+            vecs = self._encode([t for _, t in chunk])
             new = {k: v for (k, _), v in zip(chunk, vecs, strict=True)}
             have.update(new)
             if self.cache:

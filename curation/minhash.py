@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation import minhash_kernel
 from curation._frame import add_meta, base_stats, split
+from curation.clusters import clusters, preference_rank
 from curation.lsh import band_keys, candidate_pairs, exact_jaccard, optimal_bands
 from curation.shingles import hashed_shingles, token_hashes
 
@@ -92,54 +93,6 @@ def signatures(
     return sig
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1 whose root is always the smallest-ranked member by ``rank``."""
-
-    def __init__(self, rank: list[float]) -> None:
-        self.parent = list(range(len(rank)))
-        self.rank = rank
-
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, x: int, y: int) -> None:
-        rx, ry = self.find(x), self.find(y)
-        if rx == ry:
-            return
-        if (self.rank[ry], ry) < (self.rank[rx], rx):
-            rx, ry = ry, rx
-        self.parent[ry] = rx
-
-
-def jaccard(x: np.ndarray, y: np.ndarray) -> float:
-    """Jaccard of two sorted unique hash arrays. ``jaccard([1,2,3], [2,3,4]) == 0.5``."""
-    inter = np.intersect1d(x, y, assume_unique=True).size
-    union = x.size + y.size - inter
-    return inter / union if union else 1.0
-
-
-def clusters(n: int, pairs: pl.DataFrame, rank: np.ndarray) -> np.ndarray:
-    """Representative row of each row's cluster (connected components of ``pairs``), the lowest-ranked member.
-
-    >>> clusters(4, pl.DataFrame({"a": [0, 2], "b": [1, 1]}), np.array([0.0, -1.0, 0.0, 0.0])).tolist()
-    [1, 1, 1, 3]
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    order = np.lexsort((np.arange(n), rank, label))  # by component, then rank, then position
-    first = np.r_[True, label[order][1:] != label[order][:-1]]
-    rep_of_label = np.empty(label.max() + 1 if n else 0, dtype=np.int64)
-    rep_of_label[label[order][first]] = order[first]
-    return rep_of_label[label]
-
-
 @dataclass
 class NearDuplicates:
     pairs: pl.DataFrame
@@ -182,13 +135,7 @@ def dedup_minhash(frame: pl.DataFrame, params: MinhashParams) -> tuple[pl.DataFr
     found = near_duplicate_pairs(frame["text"], params)
     pairs = found.pairs
 
-    # Lower rank = preferred representative: best quality first, then first seen.
-    meta_fields = {f.name for f in frame.schema["meta"].fields} if "meta" in frame.columns else set()
-    if "quality_score" in meta_fields:
-        rank = -frame["meta"].struct.field("quality_score").fill_null(float("-inf")).to_numpy()
-    else:
-        rank = np.zeros(n)
-    rep = clusters(n, pairs, rank)
+    rep = clusters(n, pairs["a"].to_numpy(), pairs["b"].to_numpy(), preference_rank(frame, "quality"))
     sizes = np.bincount(rep, minlength=n)
     ids = np.array(frame["id"].to_list(), dtype=object)
     in_cluster = sizes[rep] > 1

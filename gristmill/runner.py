@@ -63,12 +63,16 @@ def _resolved(recipe: Recipe, step: Step) -> tuple[Any, dict[str, Any]]:
         value = getattr(step.params, name)
         if value is None:
             continue
-        path = recipe.resolve(value)
-        if not path.exists():
-            raise FileNotFoundError(f"steps.{step.name}.{name}: {path} does not exist (paths are relative to "
-                                    f"the recipe file {recipe.path})")
-        updates[name] = str(path)
-        view[name] = {"file": Path(value).name, "sha256": fingerprint_path(path)}
+        resolved, views = [], []
+        for item in value if isinstance(value, list) else [value]:  # a path field is a str or a list[str]
+            path = recipe.resolve(item)
+            if not path.exists():
+                raise FileNotFoundError(f"steps.{step.name}.{name}: {path} does not exist (paths are relative to "
+                                        f"the recipe file {recipe.path})")
+            resolved.append(str(path))
+            views.append({"file": Path(item).name, "sha256": fingerprint_path(path)})
+        updates[name] = resolved if isinstance(value, list) else resolved[0]
+        view[name] = views if isinstance(value, list) else views[0]
     return step.params.model_copy(update=updates), view
 
 

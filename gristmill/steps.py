@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from pydantic import BaseModel
 
 from audit import audit as audit_mod
-from curation import dedup_exact, filters, minhash, normalize, quality
+from curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
 from synth.methods import self_instruct
+
+if TYPE_CHECKING:
+    from curation.embed import Embedder
 
 StepOutput = tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]
 
@@ -38,23 +41,42 @@ class StepDef:
     run: Callable[[pl.DataFrame, Any, Context], StepOutput]
 
 
-def _quality(frame: pl.DataFrame, params: quality.QualityParams, ctx: Context) -> StepOutput:
+def _embedder(role: str, model: str, ctx: Context, *, batch_size: int, max_seq_length: int,
+              precision: str) -> Embedder:
+    """The registry's model ``model`` with the shared embedding cache; recorded in ``ctx.models[role]``."""
     from curation.embed import Embedder
-    from gristmill.ingest import InputSpec, ingest
     from gristmill.models import resolve
 
-    ref, _ = ingest(InputSpec(path=params.reference, mapping=params.reference_mapping), Path(params.reference))
-    model_path = resolve(params.model, key="quality.model")
-    ctx.models["quality"] = model_path
-    embedder = Embedder(
+    model_path = resolve(model, key=f"{role}.model")
+    ctx.models[role] = model_path
+    return Embedder(
         model_path,
         cache_path=ctx.cache_dir / "embeddings.sqlite",
-        batch_size=params.batch_size,
-        max_seq_length=params.max_seq_length,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+        precision=precision,  # type: ignore[arg-type]
     )
+
+
+def _quality(frame: pl.DataFrame, params: quality.QualityParams, ctx: Context) -> StepOutput:
+    from gristmill.ingest import InputSpec, ingest
+
+    ref, _ = ingest(InputSpec(path=params.reference, mapping=params.reference_mapping), Path(params.reference))
+    embedder = _embedder("quality", params.model, ctx, batch_size=params.batch_size,
+                         max_seq_length=params.max_seq_length, precision=params.precision)
     kept, dropped, stats = quality.score_quality(
         frame, params, embed=lambda texts: embedder.encode(texts, ctx.progress),
         reference=embedder.encode(ref["text"].to_list()),
+    )
+    stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
+    return kept, dropped, stats
+
+
+def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, ctx: Context) -> StepOutput:
+    embedder = _embedder("dedup_semantic", params.model, ctx, batch_size=params.batch_size,
+                         max_seq_length=params.max_seq_length, precision=params.precision)
+    kept, dropped, stats = semdedup.dedup_semantic(
+        frame, params, embed=lambda texts: embedder.encode(texts, ctx.progress)
     )
     stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
     return kept, dropped, stats
@@ -75,11 +97,18 @@ def _synthesize(frame: pl.DataFrame, params: self_instruct.SynthesizeParams, ctx
 STEPS: dict[str, StepDef] = {
     "normalize": StepDef(normalize.NormalizeParams, normalize.VERSION, lambda f, p, c: normalize.normalize(f, p)),
     "filter": StepDef(filters.FilterParams, filters.VERSION, lambda f, p, c: filters.filter_rows(f, p)),
+    "heuristics": StepDef(
+        rulesets.HeuristicsParams, rulesets.VERSION, lambda f, p, c: rulesets.heuristics(f, p)
+    ),
     "dedup_exact": StepDef(
         dedup_exact.ExactDedupParams, dedup_exact.VERSION, lambda f, p, c: dedup_exact.dedup_exact(f, p)
     ),
     "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, lambda f, p, c: minhash.dedup_minhash(f, p)),
+    "dedup_semantic": StepDef(semdedup.SemanticDedupParams, semdedup.VERSION, _dedup_semantic),
     "quality": StepDef(quality.QualityParams, quality.VERSION, _quality),
+    "decontaminate": StepDef(
+        decontam.DecontamParams, decontam.VERSION, lambda f, p, c: decontam.decontaminate(f, p)
+    ),
     "synthesize": StepDef(self_instruct.SynthesizeParams, self_instruct.VERSION, _synthesize),
     "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, lambda f, p, c: audit_mod.audit_rows(f, p)),
 }

@@ -7,9 +7,10 @@ import polars as pl
 import pytest
 from datasketch import MinHash
 
+from curation.clusters import clusters, preference_rank
 from curation.dedup_exact import ExactDedupParams, dedup_exact
 from curation.filters import FilterParams, filter_rows
-from curation.minhash import MinhashParams, UnionFind, dedup_minhash, fmix32, jaccard, signatures
+from curation.minhash import MinhashParams, dedup_minhash, fmix32, signatures
 from curation.normalize import NormalizeParams, normalize, normalize_text
 from curation.quality import KeepRule, keep_mask, similarity_scores
 from curation.shingles import hashed_shingles, shingle_sets
@@ -85,12 +86,15 @@ def test_signatures_equal_datasketch() -> None:
     assert fmix32(np.array([0], dtype=np.uint32)).tolist() == [0]
 
 
-def test_jaccard_and_union_find() -> None:
-    assert jaccard(np.array([1, 2, 3]), np.array([2, 3, 4])) == 0.5
-    uf = UnionFind([0.0, -5.0, 0.0, 0.0])  # row 1 has the best rank
-    uf.union(0, 1)
-    uf.union(2, 0)
-    assert {uf.find(i) for i in range(3)} == {1} and uf.find(3) == 3
+def test_clusters_pick_the_preferred_representative() -> None:
+    rep = clusters(5, np.array([0, 2, 3]), np.array([1, 1, 4]), np.array([0.0, -1.0, 0.0, 0.0, 0.0]))
+    assert rep.tolist() == [1, 1, 1, 3, 3]  # row 1 ranks best in {0,1,2}; {3,4} tie -> earlier row
+    frame = make_frame(["a", "b", "c"]).with_columns(
+        pl.struct(pl.lit(1).alias("source_line"), pl.Series("quality_score", [0.2, 0.9, None])).alias("meta")
+    )
+    assert preference_rank(frame, "quality").tolist() == [-0.2, -0.9, float("inf")]
+    assert preference_rank(make_frame(["a", "b"]), "quality").tolist() == [0.0, 0.0]
+    assert sorted(preference_rank(frame, "random", seed=1).tolist()) == [0.0, 1.0, 2.0]
 
 
 BASE = "the committee met on tuesday to review the budget for the new library and agreed to fund the project"
@@ -206,9 +210,7 @@ def test_big_buckets_stay_connected_without_all_pairs() -> None:
     n = MAX_BUCKET_PAIRS + 10
     pairs = candidate_pairs(np.zeros((n, 1), dtype=np.uint64))
     assert pairs.height < n * (n - 1) // 2
-    from curation.minhash import clusters
-
-    assert set(clusters(n, pairs, np.zeros(n)).tolist()) == {0}
+    assert set(clusters(n, pairs["a"].to_numpy(), pairs["b"].to_numpy(), np.zeros(n)).tolist()) == {0}
 
 
 def test_fused_kernel_equals_numpy_reference() -> None:
