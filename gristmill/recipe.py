@@ -188,7 +188,13 @@ def parse_recipe(text: str, path: Path) -> Recipe:
                           f"unknown step; known steps: {', '.join(STEPS)}"
                           + (f" (did you mean {close[0]!r}?)" if close else ""))
             continue
-        model = STEPS[name].params
+        definition = STEPS[name]
+        try:
+            model = definition.select(params or {}) if definition.select else definition.params
+        except ValueError as err:
+            errors.append(f"{where}:{lines.get((*loc, name, 'method'), lines.get(loc, '?'))}: "
+                          f"{_fmt_path((*loc, name, 'method'))}: {err}")
+            continue
         try:
             steps.append(Step(name, model.model_validate(params or {})))
         except ValidationError as err:

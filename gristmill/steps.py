@@ -16,7 +16,8 @@ from pydantic import BaseModel
 
 from audit import audit as audit_mod
 from curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
-from synth.methods import self_instruct
+from synth import methods
+from synth.methods.base import GenerationParams
 
 if TYPE_CHECKING:
     from curation.embed import Embedder
@@ -39,6 +40,8 @@ class StepDef:
     params: type[BaseModel]
     version: str
     run: Callable[[pl.DataFrame, Any, Context], StepOutput]
+    select: Callable[[dict[str, Any]], type[BaseModel]] | None = None
+    """For steps whose params depend on a key (synthesize's ``method``): raw mapping -> params model."""
 
 
 def _embedder(role: str, model: str, ctx: Context, *, batch_size: int, max_seq_length: int,
@@ -82,16 +85,14 @@ def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, c
     return kept, dropped, stats
 
 
-def _synthesize(frame: pl.DataFrame, params: self_instruct.SynthesizeParams, ctx: Context) -> StepOutput:
+def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> StepOutput:
     from gristmill.models import resolve
     from synth.engine import VLLMEngine
-    from synth.seeds import load_seed_tasks
 
     model_path = resolve(params.model, key="synthesize.model")
     ctx.models["synthesize"] = model_path
-    seeds = load_seed_tasks(params.seeds)
     with VLLMEngine(model_path, seed=params.seed) as engine:
-        return self_instruct.self_instruct(frame, params, engine=engine, seed_tasks=seeds, model_name=params.model)
+        return methods.run_method(frame, params, engine=engine, model_name=params.model)
 
 
 STEPS: dict[str, StepDef] = {
@@ -109,6 +110,6 @@ STEPS: dict[str, StepDef] = {
     "decontaminate": StepDef(
         decontam.DecontamParams, decontam.VERSION, lambda f, p, c: decontam.decontaminate(f, p)
     ),
-    "synthesize": StepDef(self_instruct.SynthesizeParams, self_instruct.VERSION, _synthesize),
+    "synthesize": StepDef(GenerationParams, methods.versions(), _synthesize, select=methods.params_for),
     "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, lambda f, p, c: audit_mod.audit_rows(f, p)),
 }

@@ -83,3 +83,12 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     bad.write_text(BAD)
     assert main(["validate", str(good)]) == 0
     assert main(["validate", str(good), str(bad)]) == 2
+
+
+def test_synthesize_params_follow_the_method(tmp_path: Path) -> None:
+    text = GOOD.replace("  - normalize: {}", "  - synthesize: {method: telepathy, n: 3}\n  - synthesize: {seeds: s.jsonl, n: 0}")
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text, tmp_path / "r.yaml")
+    errors = "\n".join(info.value.errors)
+    assert "steps[0].synthesize.method: unknown method 'telepathy'; known methods: self_instruct" in errors
+    assert "steps[1].synthesize.n: Input should be greater than or equal to 1" in errors

@@ -75,7 +75,8 @@ class ScriptedEngine:
 
 
 def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None:
-    from synth.methods.self_instruct import SynthesizeParams, self_instruct
+    from synth.methods.self_instruct import SelfInstructParams as SynthesizeParams
+    from synth.methods.self_instruct import self_instruct
     from synth.seeds import SeedTask
     from tests.conftest import make_frame
 

@@ -1,1 +1,45 @@
-"""Generation methods; each module exposes one stage function."""
+"""Generation methods. Each module defines ``<Name>Params`` (a ``GenerationParams`` with a ``method`` literal),
+``VERSION`` and ``run(frame, params, *, engine, model_name) -> (kept, dropped, stats)``; ``METHODS`` maps the
+recipe's ``method:`` value to them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from synth.methods import self_instruct
+from synth.methods.base import Engine, GenerationParams
+
+
+@dataclass(frozen=True)
+class Method:
+    params: type[GenerationParams]
+    version: str
+    run: Callable[..., tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]]
+
+
+METHODS: dict[str, Method] = {
+    "self_instruct": Method(self_instruct.SelfInstructParams, self_instruct.VERSION, self_instruct.run),
+}
+
+
+def params_for(raw: dict[str, Any]) -> type[GenerationParams]:
+    """The params model for a recipe's ``synthesize`` mapping, chosen by its ``method`` (default self_instruct)."""
+    method = raw.get("method", "self_instruct") if isinstance(raw, dict) else "self_instruct"
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+    return METHODS[method].params
+
+
+def run_method(frame: pl.DataFrame, params: GenerationParams, *, engine: Engine, model_name: str) -> tuple[
+    pl.DataFrame, pl.DataFrame, dict[str, Any]
+]:
+    return METHODS[params.method].run(frame, params, engine=engine, model_name=model_name)  # type: ignore[attr-defined]
+
+
+def versions() -> str:
+    """One version string over all methods (part of the synthesize step's fingerprint)."""
+    return "-".join(f"{name}{m.version}" for name, m in sorted(METHODS.items()))

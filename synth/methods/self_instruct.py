@@ -9,16 +9,14 @@ candidate ends up either appended (with provenance in ``meta.synth``) or dropped
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-import time
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from synth.engine import Generation, SamplingConfig
+from synth.engine import SamplingConfig
+from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, template_hash
 from synth.parse import TASK_SCHEMA, Rejected, parse_task
 from synth.rouge import max_rouge_l, tokens
 from synth.seeds import SeedTask
@@ -34,46 +32,15 @@ TEMPLATE = (
 )
 
 
-class Engine(Protocol):
-    model_path: str
-    name: str
-
-    def version(self) -> str: ...
-
-    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig) -> list[Generation]: ...
-
-
-class SynthesizeParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
+class SelfInstructParams(GenerationParams):
     method: Literal["self_instruct"] = "self_instruct"
-    """Generation method (this release: self_instruct)."""
+    """Generate new tasks from seed tasks (Self-Instruct)."""
     seeds: str = Field(json_schema_extra={"path": True})
     """Seed tasks: jsonl with instruction + instances (Self-Instruct shape) or instruction/input/output."""
-    n: int = Field(20, ge=1)
-    """Number of synthetic rows to add."""
-    model: str = "smollm2-135m-instruct"
-    """Generator model: a registered short name or a local HF model directory."""
     examples_per_prompt: int = Field(3, ge=1, le=8)
     """Example tasks shown in each prompt."""
     max_rouge_l: float = Field(0.7, gt=0, le=1)
     """Novelty filter: reject a task whose instruction has ROUGE-L >= this with any pool instruction."""
-    max_rounds: int = Field(3, ge=1)
-    """Generation rounds before giving up on reaching ``n``."""
-    oversample: float = Field(1.5, ge=1)
-    """Prompts per missing row in a round (filters reject some)."""
-    temperature: float = Field(0.8, ge=0, le=2)
-    """Sampling temperature."""
-    top_p: float = Field(0.95, gt=0, le=1)
-    """Nucleus sampling mass."""
-    max_tokens: int = Field(256, ge=16)
-    """Output tokens per request."""
-    seed: int = 0
-    """Seed for example sampling and the engine."""
-
-
-def template_hash() -> str:
-    return hashlib.sha256((SYSTEM + TEMPLATE).encode()).hexdigest()[:16]
 
 
 def _format(task: SeedTask | dict[str, str], i: int) -> str:
@@ -85,17 +52,9 @@ def _format(task: SeedTask | dict[str, str], i: int) -> str:
     return "\n".join(lines)
 
 
-def _row(task: dict[str, str]) -> dict[str, Any]:
-    user = task["instruction"] + (f"\n\n{task['input']}" if task["input"] else "")
-    return {
-        "text": "\n\n".join(p for p in (task["instruction"], task["input"], task["output"]) if p),
-        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": task["output"]}],
-    }
-
-
 def self_instruct(
     frame: pl.DataFrame,
-    params: SynthesizeParams,
+    params: SelfInstructParams,
     *,
     engine: Engine,
     seed_tasks: list[SeedTask],
@@ -103,29 +62,19 @@ def self_instruct(
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     rng = random.Random(params.seed)
     sampling = SamplingConfig(params.temperature, params.top_p, params.max_tokens, TASK_SCHEMA)
+    ledger = Ledger("self_instruct", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE))
     pool_tokens = [tokens(t.instruction) for t in seed_tasks]
     if "messages" in frame.columns:
         for msgs in frame["messages"].to_list():
             if msgs:
                 pool_tokens.append(tokens(msgs[0]["content"]))
-    accepted: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    counts = {"requested": 0, "generated": 0, "parsed": 0, "prompt_tokens": 0, "output_tokens": 0}
-    provenance_base = {
-        "method": "self_instruct",
-        "model": model_name,
-        "template_hash": template_hash(),
-        "sampling": json.dumps(sampling.as_dict() | {"seed": params.seed}, sort_keys=True),
-        "engine": engine.name,
-        "engine_version": engine.version(),
-    }
-    started = time.perf_counter()
+    accepted: list[dict[str, str]] = []
     for round_no in range(params.max_rounds):
         missing = params.n - len(accepted)
         if missing <= 0:
             break
         batch = max(1, round(missing * params.oversample))
-        examples_pool: list[SeedTask | dict[str, str]] = [*seed_tasks, *(a["task"] for a in accepted)]
+        examples_pool: list[SeedTask | dict[str, str]] = [*seed_tasks, *accepted]
         prompts, shown = [], []
         for _ in range(batch):
             picks = rng.sample(range(len(examples_pool)), min(params.examples_per_prompt, len(examples_pool)))
@@ -133,57 +82,31 @@ def self_instruct(
             prompts.append(
                 [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TEMPLATE.format(examples=examples)}]
             )
-            shown.append(
-                [examples_pool[p].id if isinstance(examples_pool[p], SeedTask) else examples_pool[p]["id"] for p in picks]
-            )
-        outputs = engine.chat(prompts, sampling)
-        counts["requested"] += batch
-        for idx, (gen, seed_ids) in enumerate(zip(outputs, shown, strict=True)):
-            counts["generated"] += 1
-            counts["prompt_tokens"] += gen.prompt_tokens
-            counts["output_tokens"] += gen.output_tokens
-            cand_id = "synth-" + hashlib.sha256(
-                f"{provenance_base['template_hash']}|{model_name}|{params.seed}|{round_no}|{idx}|{gen.text}".encode()
-            ).hexdigest()[:16]
-            synth_meta = provenance_base | {"seed_ids": seed_ids, "round": round_no}
+            shown.append([e.id if isinstance(e, SeedTask) else e["id"] for e in (examples_pool[p] for p in picks)])
+        for idx, (gen, seed_ids) in enumerate(zip(ledger.generate(prompts), shown, strict=True)):
+            cand_id = ledger.candidate_id(round_no, idx, gen.text)
+            prov = ledger.provenance(seed_ids=seed_ids, round=round_no)
             try:
                 task = parse_task(gen.text, gen.finish_reason)
-                counts["parsed"] += 1
+                ledger.counts["parsed"] += 1
                 if len(accepted) >= params.n:
                     raise Rejected("over_quota", "n rows already accepted")
                 score = max_rouge_l(task["instruction"], pool_tokens)
                 if score >= params.max_rouge_l:
                     raise Rejected("not_novel", f"ROUGE-L {score:.2f}")
             except Rejected as rej:
-                rejected.append({"id": cand_id, "text": gen.text, "reason": rej.reason, "synth": synth_meta})
+                ledger.reject(cand_id, gen.text, rej.reason, prov)
                 continue
             pool_tokens.append(tokens(task["instruction"]))
-            accepted.append({"id": cand_id, "task": task | {"id": cand_id}, "synth": synth_meta | {"rouge_l_max": score}})
-    seconds = time.perf_counter() - started
+            accepted.append(task | {"id": cand_id})
+            row = messages_row(task["instruction"], task["input"], task["output"])
+            ledger.accept(cand_id, row, prov | {"rouge_l_max": score})
+    return ledger.result(frame)
 
-    source = "synth:self_instruct"
-    new_rows = pl.DataFrame(
-        [{"id": a["id"], **_row(a["task"]), "source": source, "meta": {"synth": a["synth"]}} for a in accepted]
-    ) if accepted else None
-    kept = pl.concat([frame, new_rows], how="diagonal_relaxed") if new_rows is not None else frame
-    dropped = pl.DataFrame(
-        [{"id": r["id"], "text": r["text"], "source": source, "meta": {"synth": r["synth"]}, "reason": r["reason"]}
-         for r in rejected]
-    ) if rejected else kept.clear().with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
-    by_reason: dict[str, int] = {}
-    for r in rejected:
-        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-    stats = {
-        "rows_in": frame.height,
-        "rows_added": counts["generated"],
-        "kept": kept.height,
-        "dropped": len(rejected),
-        "dropped_by_reason": by_reason,
-        **counts,
-        "accepted": len(accepted),
-        "seconds": round(seconds, 3),
-        "output_tokens_per_s": round(counts["output_tokens"] / seconds, 2) if seconds else None,
-        "output_tokens_per_kept_row": round(counts["output_tokens"] / len(accepted), 1) if accepted else None,
-        "seconds_per_kept_row": round(seconds / len(accepted), 3) if accepted else None,
-    }
-    return kept, dropped, stats
+
+def run(
+    frame: pl.DataFrame, params: SelfInstructParams, *, engine: Engine, model_name: str
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    from synth.seeds import load_seed_tasks
+
+    return self_instruct(frame, params, engine=engine, seed_tasks=load_seed_tasks(params.seeds), model_name=model_name)

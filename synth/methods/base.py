@@ -1,0 +1,139 @@
+"""What every generation method shares: common params, provenance, the candidate ledger and yield accounting.
+
+A method builds prompts, sends them to an ``Engine`` and judges each answer; the ``Ledger`` records every
+candidate as accepted (a new row, or a rewrite of an existing row) or rejected with a reason, and ``Ledger.result``
+turns that into the stage's ``(kept, dropped, stats)`` with ``rows_in + rows_added == kept + dropped``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from synth.engine import Generation, SamplingConfig
+
+
+class Engine(Protocol):
+    model_path: str
+    name: str
+
+    def version(self) -> str: ...
+
+    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig) -> list[Generation]: ...
+
+
+class GenerationParams(BaseModel):
+    """Fields every method has; each method subclasses this with ``method: Literal[...]`` and its own fields."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    n: int = Field(20, ge=1)
+    """Number of rows to generate (new rows, or rows rewritten)."""
+    model: str = "smollm2-135m-instruct"
+    """Generator model: a registered short name or a local HF model directory."""
+    temperature: float = Field(0.8, ge=0, le=2)
+    """Sampling temperature."""
+    top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(256, ge=16)
+    """Output tokens per request."""
+    seed: int = 0
+    """Seed for prompt sampling and the engine."""
+    max_rounds: int = Field(3, ge=1)
+    """Generation rounds before giving up on reaching ``n`` (each round re-asks only for what is missing)."""
+    oversample: float = Field(1.5, ge=1)
+    """Prompts per missing row in a round (filters reject some)."""
+
+
+def template_hash(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def messages_row(instruction: str, extra: str, output: str) -> dict[str, Any]:
+    """``text`` + ``messages`` of an instruction row (same shape as the alpaca mapping at ingest)."""
+    user = instruction + (f"\n\n{extra}" if extra else "")
+    return {
+        "text": "\n\n".join(p for p in (instruction, extra, output) if p),
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": output}],
+    }
+
+
+@dataclass
+class Ledger:
+    """Every candidate of one synthesize step, with counts for yield accounting."""
+
+    method: str
+    model_name: str
+    engine: Engine
+    sampling: SamplingConfig
+    seed: int
+    template: str
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"requested": 0, "generated": 0, "parsed": 0, "prompt_tokens": 0, "output_tokens": 0}
+    )
+    started: float = field(default_factory=time.perf_counter)
+
+    def provenance(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "model": self.model_name,
+            "template_hash": self.template,
+            "sampling": json.dumps(self.sampling.as_dict() | {"seed": self.seed}, sort_keys=True),
+            "engine": self.engine.name,
+            "engine_version": self.engine.version(),
+            **extra,
+        }
+
+    def generate(self, prompts: list[list[dict[str, str]]]) -> list[Generation]:
+        outputs = self.engine.chat(prompts, self.sampling)
+        self.counts["requested"] += len(prompts)
+        for gen in outputs:
+            self.counts["generated"] += 1
+            self.counts["prompt_tokens"] += gen.prompt_tokens
+            self.counts["output_tokens"] += gen.output_tokens
+        return outputs
+
+    def candidate_id(self, *parts: object) -> str:
+        blob = "|".join(str(p) for p in (self.template, self.model_name, self.seed, *parts))
+        return "synth-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def accept(self, cand_id: str, row: dict[str, Any], provenance: dict[str, Any]) -> None:
+        """A new row (``row`` has text + messages, optionally more columns)."""
+        self.accepted.append({"id": cand_id, **row, "source": f"synth:{self.method}", "meta": {"synth": provenance}})
+
+    def reject(self, cand_id: str, raw_text: str, reason: str, provenance: dict[str, Any]) -> None:
+        self.rejected.append({"id": cand_id, "text": raw_text, "source": f"synth:{self.method}",
+                              "meta": {"synth": provenance}, "reason": reason})
+
+    def result(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+        seconds = time.perf_counter() - self.started
+        new = pl.DataFrame(self.accepted) if self.accepted else None
+        kept = pl.concat([frame, new], how="diagonal_relaxed") if new is not None else frame
+        dropped = pl.DataFrame(self.rejected) if self.rejected else kept.clear().with_columns(
+            pl.lit(None, dtype=pl.String).alias("reason"))
+        by_reason: dict[str, int] = {}
+        for r in self.rejected:
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        n_acc, out_tok = len(self.accepted), self.counts["output_tokens"]
+        stats = {
+            "rows_in": frame.height,
+            "rows_added": self.counts["generated"],
+            "kept": kept.height,
+            "dropped": len(self.rejected),
+            "dropped_by_reason": by_reason,
+            **self.counts,
+            "accepted": n_acc,
+            "seconds": round(seconds, 3),
+            "output_tokens_per_s": round(out_tok / seconds, 2) if seconds else None,
+            "output_tokens_per_kept_row": round(out_tok / n_acc, 1) if n_acc else None,
+            "seconds_per_kept_row": round(seconds / n_acc, 3) if n_acc else None,
+        }
+        return kept, dropped, stats
