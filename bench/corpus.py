@@ -11,7 +11,8 @@ import re
 import sysconfig
 
 
-def real_paragraphs(n: int, seed: int = 0, min_words: int = 25, max_words: int = 400) -> list[str]:
+def real_paragraphs(n: int | None, seed: int = 0, min_words: int = 25, max_words: int = 400) -> list[str]:
+    """``n`` paragraphs sampled with ``seed`` (all of them, shuffled, when ``n`` is None)."""
     paths = sorted(glob.glob(sysconfig.get_paths()["purelib"] + "/*.dist-info/METADATA"))
     paths += sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/**/*.py", recursive=True))
     found: set[str] = set()
@@ -27,6 +28,8 @@ def real_paragraphs(n: int, seed: int = 0, min_words: int = 25, max_words: int =
             if min_words <= len(words) <= max_words and sum(c.isalpha() for c in para) / len(para) > 0.7:
                 found.add(para)
     pool = sorted(found)
+    if n is None:
+        n = len(pool)
     if len(pool) < n:
         raise RuntimeError(f"only {len(pool)} paragraphs of real text found; asked for {n}")
     return random.Random(seed).sample(pool, n)

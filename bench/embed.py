@@ -53,8 +53,10 @@ def model_dir(random_init: bool, tokenizer_dir: str | None) -> str:
 def texts_for_bench(n: int) -> tuple[list[str], list[str]]:
     from bench.corpus import real_paragraphs
 
-    docs = [t for t in real_paragraphs(n * 6, min_words=80, max_words=220) if 600 <= len(t) <= 1000][:n]
-    refs = [t for t in real_paragraphs(400, seed=7, min_words=60) if t not in docs][:50]
+    pool = [t for t in real_paragraphs(None, min_words=60, max_words=250) if 600 <= len(t) <= 1000]
+    refs, docs = pool[:50], pool[50 : 50 + n]
+    if len(docs) < n:  # small environments: repeat (embedding cost does not depend on uniqueness without a cache)
+        docs = (docs * (n // max(len(docs), 1) + 1))[:n]
     return docs, refs
 
 
@@ -64,7 +66,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from curation.embed import Embedder
-    from curation.quality import similarity_scores
+    from curation.scoring import similarity_scores
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=600)

@@ -81,7 +81,7 @@ class Embedder:
         model_path: str,
         *,
         cache_path: Path | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         max_seq_length: int | None = 256,
         precision: Literal["fast", "fp32"] = "fast",
         device: str | None = None,
@@ -98,7 +98,8 @@ class Embedder:
             self.model = self.model.to(self.dtype)
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
-        self.batch_size = batch_size
+        # Small batches suit CPUs (little padding, cache-resident activations); GPUs want wide batches.
+        self.batch_size = batch_size or (256 if device.startswith("cuda") else 16)
         self.model_key = f"{Path(model_path).name}|seq{self.model.max_seq_length}|{str(self.dtype).split('.')[-1]}"
         self.cache = EmbeddingCache(cache_path) if cache_path else None
         self.computed = 0

@@ -18,6 +18,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation._frame import add_meta, base_stats, split
+from curation.scoring import keep_mask, similarity_scores
 
 VERSION = "1"
 
@@ -50,39 +51,13 @@ class QualityParams(BaseModel):
     """Which rows to keep by score."""
     k: int = Field(3, ge=1)
     """Number of nearest reference rows averaged into the score."""
-    batch_size: int = Field(16, ge=1)
-    """Texts per forward pass."""
+    batch_size: int | None = Field(None, ge=1)
+    """Texts per forward pass (default: 16 on CPU, 256 on GPU)."""
     max_seq_length: int = Field(256, ge=16)
     """Tokens per text the model sees (longer texts are truncated)."""
     precision: Literal["fast", "fp32"] = "fast"
     """fast: bf16 where the hardware runs it natively (AMX/AVX512-BF16 CPUs, GPUs; Spearman 0.9998 of scores vs
     fp32 in bench/embed.py); fp32: sentence-transformers' default."""
-
-
-def similarity_scores(rows: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
-    """Mean of the top-``k`` cosine similarities of each (normalized) row to the reference rows.
-
-    >>> similarity_scores(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 1).tolist()
-    [1.0, 0.0]
-    """
-    if rows.shape[0] == 0:
-        return np.zeros(0, dtype=np.float32)
-    sims = rows @ reference.T
-    k = min(k, reference.shape[0])
-    top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
-    return top.mean(axis=1)
-
-
-def keep_mask(scores: np.ndarray, rule: KeepRule) -> np.ndarray:
-    """Boolean keep mask. ``top_fraction`` keeps ``ceil(fraction * n)`` rows and any ties at the cut."""
-    if rule.min_score is not None:
-        return scores >= rule.min_score
-    assert rule.top_fraction is not None
-    if scores.size == 0:
-        return np.zeros(0, dtype=bool)
-    n_keep = int(np.ceil(rule.top_fraction * scores.size))
-    cut = np.sort(scores)[::-1][n_keep - 1]
-    return scores >= cut
 
 
 def score_quality(

@@ -47,8 +47,8 @@ class SemanticDedupParams(BaseModel):
     """Row kept per group: highest meta.quality_score (else first), the first row, or a seeded random one."""
     seed: int = 0
     """Seed for k-means and keep=random."""
-    batch_size: int = Field(16, ge=1)
-    """Texts per forward pass."""
+    batch_size: int | None = Field(None, ge=1)
+    """Texts per forward pass (default: 16 on CPU, 256 on GPU)."""
     max_seq_length: int = Field(256, ge=16)
     """Tokens per text the model sees (longer texts are truncated)."""
     precision: Literal["fast", "fp32"] = "fast"

@@ -86,13 +86,44 @@ def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, c
 
 
 def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> StepOutput:
+    """Run the method on the chosen engine, through the request cache unless ``cache: false``.
+
+    The engine starts lazily (vLLM loads on the first cache miss), so a fully cached rerun never loads a model.
+    Cache counters go into the step's stats.
+    """
+    from synth.cache import CachedEngine
+
+    engine = _synth_engine(params, ctx)
+    try:
+        if not params.cache:
+            return methods.run_method(frame, params, engine=engine, model_name=params.model)
+        with CachedEngine(engine, ctx.cache_dir / "synth_requests.sqlite", chunk_size=params.cache_chunk) as cached:
+            kept, dropped, stats = methods.run_method(frame, params, engine=cached, model_name=params.model)
+            return kept, dropped, stats | cached.stats()
+    finally:
+        engine.close()
+
+
+def _synth_engine(params: GenerationParams, ctx: Context) -> Any:
+    if params.engine == "openai":
+        from synth.http_engine import OpenAIEngine
+
+        assert params.base_url is not None  # GenerationParams' validator
+        ctx.models["synthesize"] = f"{params.model} @ {params.base_url}"
+        # A per-request seed only when the recipe sets one (vLLM-CPU crashes on them at scale, DESIGN.md).
+        seed = params.seed if "seed" in params.model_fields_set else None
+        return OpenAIEngine(params.base_url, params.model, params.api_key_env, params.concurrency,
+                            params.request_timeout_s, params.max_retries, seed=seed)
     from gristmill.models import resolve
     from synth.engine import VLLMEngine
 
     model_path = resolve(params.model, key="synthesize.model")
     ctx.models["synthesize"] = model_path
-    with VLLMEngine(model_path, seed=params.seed) as engine:
-        return methods.run_method(frame, params, engine=engine, model_name=params.model)
+    if params.replicas > 1:
+        from synth.replicas import ReplicatedEngine
+
+        return ReplicatedEngine(model_path, replicas=params.replicas, seed=params.seed)
+    return VLLMEngine(model_path, seed=params.seed)
 
 
 STEPS: dict[str, StepDef] = {

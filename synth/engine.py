@@ -28,10 +28,13 @@ class SamplingConfig:
     top_p: float = 0.95
     max_tokens: int = 256
     json_schema: dict[str, Any] | None = None
+    ignore_eos: bool = False
+    """Benchmarks only: generate exactly max_tokens (fixed output lengths make throughput comparable)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "json_schema": self.json_schema}
+        out = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+               "json_schema": self.json_schema}
+        return out | ({"ignore_eos": True} if self.ignore_eos else {})
 
 
 @dataclass
@@ -107,7 +110,8 @@ class VLLMEngine:
 
             kwargs["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema)
         params = SamplingParams(
-            temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens, **kwargs
+            temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+            ignore_eos=sampling.ignore_eos, **kwargs
         )
         outputs = llm.chat(conversations, params, use_tqdm=False)
         return [

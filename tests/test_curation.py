@@ -12,7 +12,8 @@ from curation.dedup_exact import ExactDedupParams, dedup_exact
 from curation.filters import FilterParams, filter_rows
 from curation.minhash import MinhashParams, dedup_minhash, fmix32, signatures
 from curation.normalize import NormalizeParams, normalize, normalize_text
-from curation.quality import KeepRule, keep_mask, similarity_scores
+from curation.quality import KeepRule
+from curation.scoring import keep_mask, similarity_scores
 from curation.shingles import hashed_shingles, shingle_sets
 from tests.conftest import make_frame
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from synth.methods import self_instruct
+from synth.methods import answer, evolve, gap_fill, paraphrase, self_instruct
 from synth.methods.base import Engine, GenerationParams
 
 
@@ -23,6 +23,10 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "self_instruct": Method(self_instruct.SelfInstructParams, self_instruct.VERSION, self_instruct.run),
+    "evolve": Method(evolve.EvolveParams, evolve.VERSION, evolve.run),
+    "paraphrase": Method(paraphrase.ParaphraseParams, paraphrase.VERSION, paraphrase.run),
+    "answer": Method(answer.AnswerParams, answer.VERSION, answer.run),
+    "gap_fill": Method(gap_fill.GapFillParams, gap_fill.VERSION, gap_fill.run),
 }
 
 

@@ -1,0 +1,274 @@
+"""OpenAIEngine against a scripted local HTTP server (retries, timeouts, API key, request body), and one slow test
+against a real vLLM OpenAI-compatible server with SmolLM2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from synth.engine import SamplingConfig
+from synth.http_engine import OpenAIEngine, OpenAIEngineError
+from synth.parse import TASK_SCHEMA
+
+SAMPLING = SamplingConfig(0.7, 0.9, 32, TASK_SCHEMA)
+
+
+class FakeServer:
+    """Replies to POST /v1/chat/completions from a script of (status, delay_s) steps, then with 200.
+
+    Records every request's path, headers and JSON body."""
+
+    def __init__(self, script: list[tuple[int, float]] | None = None) -> None:
+        self.script = list(script or [])
+        self.seen: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._reply(200, {"object": "list", "data": [{"id": "served-model"}]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with owner.lock:
+                    owner.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    status, delay = owner.script.pop(0) if owner.script else (200, 0.0)
+                time.sleep(delay)
+                if status != 200:
+                    self._reply(status, {"error": {"message": f"scripted {status}"}})
+                    return
+                user = body["messages"][-1]["content"]
+                self._reply(200, {"model": "served-model", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": f"echo: {user}"},
+                     "finish_reason": "stop"}], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+
+            def _reply(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    srv = FakeServer()
+    yield srv
+    srv.close()
+
+
+def conv(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.mark.parametrize("transport", ["httpx", "urllib"])
+def test_chat_in_order_with_body_usage_and_version(server: FakeServer, transport: str) -> None:
+    engine = OpenAIEngine(server.url + "/v1/", "m", concurrency=3, transport=transport)
+    assert engine.version() == "served-model"  # from GET /v1/models
+    out = engine.chat([conv(f"q{i}") for i in range(7)], SAMPLING)
+    assert [g.text for g in out] == [f"echo: q{i}" for i in range(7)]
+    assert all((g.finish_reason, g.prompt_tokens, g.output_tokens) == ("stop", 7, 3) for g in out)
+    req = server.seen[0]
+    assert req["path"] == "/v1/chat/completions" and "authorization" not in {k.lower() for k in req["headers"]}
+    body = req["body"]
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "task", "schema": TASK_SCHEMA}}
+    assert (body["model"], body["temperature"], body["top_p"], body["max_tokens"]) == ("m", 0.7, 0.9, 32)
+    assert "seed" not in body  # only when the user sets one
+    engine.close()
+
+
+@pytest.mark.parametrize("transport", ["httpx", "urllib"])
+def test_retries_500_and_429_then_succeeds(transport: str) -> None:
+    srv = FakeServer([(500, 0), (429, 0), (503, 0)])
+    try:
+        engine = OpenAIEngine(srv.url, "m", max_retries=3, backoff_s=0.01, transport=transport)
+        assert engine.chat([conv("hi")], SAMPLING)[0].text == "echo: hi"
+        assert len(srv.seen) == engine.requests_sent == 4
+    finally:
+        srv.close()
+
+
+def test_gives_up_after_max_retries_and_fails_fast_on_400() -> None:
+    srv = FakeServer([(500, 0)] * 3 + [(400, 0)])
+    try:
+        engine = OpenAIEngine(srv.url, "m", max_retries=2, backoff_s=0.01)
+        with pytest.raises(OpenAIEngineError, match=r"after 3 attempts; last: HTTP 500: .*scripted 500"):
+            engine.chat([conv("hi")], SAMPLING)
+        with pytest.raises(OpenAIEngineError, match="HTTP 400"):  # not retryable: one attempt
+            engine.chat([conv("hi")], SAMPLING)
+        assert len(srv.seen) == 4
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("transport", ["httpx", "urllib"])
+def test_timeout_is_retried_then_reported(transport: str) -> None:
+    srv = FakeServer([(200, 1.0), (200, 1.0)])
+    try:
+        engine = OpenAIEngine(srv.url, "m", timeout=0.2, max_retries=1, backoff_s=0.01, transport=transport)
+        started = time.perf_counter()
+        with pytest.raises(OpenAIEngineError, match=r"after 2 attempts; last: .*[Tt]ime"):
+            engine.chat([conv("slow")], SAMPLING)
+        assert time.perf_counter() - started < 1.5
+        srv.script[:] = [(200, 1.0)]
+        retried = OpenAIEngine(srv.url, "m", timeout=0.3, max_retries=1, backoff_s=0.01, transport=transport)
+        assert retried.chat([conv("ok")], SAMPLING)[0].text == "echo: ok"  # the retry is in time
+    finally:
+        srv.close()
+
+
+def test_connection_refused_is_retried() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    engine = OpenAIEngine(f"http://127.0.0.1:{port}", "m", max_retries=2, backoff_s=0.01)
+    with pytest.raises(OpenAIEngineError, match="after 3 attempts; last: Connect"):
+        engine.chat([conv("hi")], SAMPLING)
+    assert engine.version() == "openai-compatible"
+
+
+def test_api_key_from_env_and_seed(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRISTMILL_TEST_KEY", "sk-test-123")
+    engine = OpenAIEngine(server.url, "m", api_key_env="GRISTMILL_TEST_KEY", seed=5)
+    engine.chat([conv("hi")], SAMPLING)
+    headers = {k.lower(): v for k, v in server.seen[0]["headers"].items()}
+    assert headers["authorization"] == "Bearer sk-test-123" and server.seen[0]["body"]["seed"] == 5
+
+    monkeypatch.delenv("GRISTMILL_TEST_KEY")
+    with pytest.raises(OpenAIEngineError, match="environment variable 'GRISTMILL_TEST_KEY' is not set"):
+        OpenAIEngine(server.url, "m", api_key_env="GRISTMILL_TEST_KEY")
+
+
+def test_params_require_base_url_for_openai() -> None:
+    from pydantic import ValidationError
+
+    from synth.methods.self_instruct import SelfInstructParams
+
+    with pytest.raises(ValidationError, match="base_url: required with engine: openai"):
+        SelfInstructParams(seeds="s.jsonl", engine="openai")
+    SelfInstructParams(seeds="s.jsonl", engine="openai", base_url="http://x/v1", api_key_env="KEY")
+
+
+def test_step_builds_openai_engine_with_seed_only_when_set(tmp_path: Path) -> None:
+    from gristmill.steps import Context, _synth_engine
+    from synth.methods.self_instruct import SelfInstructParams
+
+    ctx = Context(cache_dir=tmp_path)
+    base = {"seeds": "s.jsonl", "engine": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m",
+            "concurrency": 2, "request_timeout_s": 5, "max_retries": 1}
+    engine = _synth_engine(SelfInstructParams.model_validate(base), ctx)
+    assert isinstance(engine, OpenAIEngine) and engine.seed is None
+    assert (engine.api, engine.model, engine.concurrency, engine.timeout, engine.max_retries) == (
+        "http://127.0.0.1:9/v1", "m", 2, 5, 1)
+    assert ctx.models["synthesize"] == "m @ http://127.0.0.1:9/v1"
+    assert _synth_engine(SelfInstructParams.model_validate(base | {"seed": 0}), ctx).seed == 0
+
+
+# --- real vLLM OpenAI-compatible server -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    from gristmill.models import resolve
+
+    model = resolve("smollm2-135m-instruct")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+           "--port", str(port), "--gpu-memory-utilization", "0.4", "--max-model-len", "2048"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/v1/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server not ready after 240 s:\n{log.read_text()[-3000:]}")
+            time.sleep(2)
+        yield url + "/v1", model
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.mark.slow
+def test_real_vllm_server_structured_output_and_self_instruct(vllm_server: tuple[str, str], tmp_path: Path) -> None:
+    from synth.methods.self_instruct import SelfInstructParams, run
+    from tests.conftest import RECIPES, make_frame
+
+    url, model = vllm_server
+    engine = OpenAIEngine(url, model, concurrency=4, timeout=300)
+    assert engine.version() == model
+    prompt = ("Write one new task for an assistant. Answer as JSON with the keys \"instruction\", \"input\" and "
+              "\"output\".")
+    out = engine.chat([conv(prompt + f" Topic {i}: {t}.") for i, t in enumerate(["cooking", "maths", "travel",
+                                                                                    "music"])],
+                      SamplingConfig(0.7, 0.95, 200, TASK_SCHEMA))
+    assert len(out) == 4
+    for gen in out:
+        assert gen.prompt_tokens > 0 and 0 < gen.output_tokens <= 200 and gen.finish_reason in ("stop", "length")
+        if gen.finish_reason == "stop":
+            record = json.loads(gen.text)
+            assert set(record) == {"instruction", "input", "output"}
+            assert all(isinstance(v, str) for v in record.values())
+    assert sum(g.finish_reason == "stop" for g in out) >= 2
+
+    params = SelfInstructParams(seeds=str(RECIPES / "data" / "seeds.jsonl"), n=2, max_tokens=200, max_rounds=2,
+                                engine="openai", base_url=url, model=model)
+    kept, dropped, stats = run(make_frame(["a real row"]), params, engine=engine, model_name=model)
+    assert stats["requested"] == stats["generated"] >= 3 and stats["output_tokens"] > 0
+    assert stats["rows_in"] + stats["rows_added"] == kept.height + dropped.height
+    synth = kept.filter(kept["source"] == "synth:self_instruct")
+    assert synth.height >= 1
+    for prov in synth["meta"].struct.field("synth").to_list():
+        assert prov["engine"] == "openai" and prov["engine_version"] == model and prov["seed_ids"]
+    for msgs in synth["messages"].to_list():
+        assert msgs[0]["role"] == "user" and msgs[0]["content"] and msgs[1]["role"] == "assistant"
+    engine.close()
