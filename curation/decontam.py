@@ -138,16 +138,20 @@ def _item_text(frame: pl.DataFrame, path: Path, text_fields: list[str] | None) -
 def load_eval_items(
     paths: list[str], *, text_fields: list[str] | None = None, has_header: bool | None = None
 ) -> pl.DataFrame:
-    """All eval items of ``paths`` as a frame ``(item_id, text)``, e.g. ``("arc.csv:0", "which gas ... b")``."""
+    """All eval items of ``paths`` as a frame ``(item_id, text)``, e.g. ``("arc.csv:0", "which gas ... b")``.
+
+    An item's id is ``<file>:<its id column>`` when the file has an ``id`` column, else ``<file>:<0-based row>``.
+    """
     frames = []
     resolved = [Path(p) for p in paths]
     for path, label in zip(resolved, _labels(resolved), strict=True):
         if not path.is_file():
             raise FileNotFoundError(f"decontaminate.eval_sets: {path} does not exist")
         raw = _read_eval_file(path, has_header, text_fields)
+        key = pl.col("id").cast(pl.String) if "id" in raw.columns else pl.int_range(pl.len(), dtype=pl.UInt32)
         frames.append(
             raw.select(
-                pl.format("{}:{}", pl.lit(label), pl.int_range(pl.len(), dtype=pl.UInt32)).alias("item_id"),
+                pl.format("{}:{}", pl.lit(label), key).alias("item_id"),
                 _item_text(raw, path, text_fields).alias("text"),
             )
         )

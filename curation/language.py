@@ -41,7 +41,7 @@ def detect(texts: Iterable[str | None]) -> tuple[list[str], list[float]]:
     """The most likely language and its probability for each text.
 
     A text without non-space characters (or ``None``) gets ``("und", 0.0)`` (undetermined); the model would
-    otherwise name an arbitrary language for it.
+    otherwise name an arbitrary language for it. Texts are lower-cased first.
 
     >>> detect(["Le chat est assis sur le tapis et regarde les oiseaux."])[0]
     ['fr']
@@ -54,7 +54,8 @@ def detect(texts: Iterable[str | None]) -> tuple[list[str], list[float]]:
             langs.append("und")
             scores.append(0.0)
             continue
-        lang, score = ident.classify(text)
+        # Lower-cased: the model's byte n-grams come from mostly lower-case text, so SHOUTED English scores low.
+        lang, score = ident.classify(text.lower())
         langs.append(lang)
         scores.append(float(score))
     return langs, scores

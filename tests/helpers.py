@@ -18,7 +18,8 @@ def assert_manifest_adds_up(manifest: dict) -> None:
     assert steps[-1]["kept"] == manifest["rows_final"]
 
 
-def assert_planted_defects_removed(run_dir: Path, data_dir: Path) -> None:
+def assert_planted_defects_removed(run_dir: Path, data_dir: Path, quickstart_steps: bool = False) -> None:
+    """Every planted defect is gone with the right reason; ``quickstart_steps`` adds language and leak checks."""
     planted = json.loads((data_dir / "planted.json").read_text())
     final = set(pl.read_parquet(run_dir / "dataset" / "data.parquet")["id"])
     rejects = pl.read_parquet(run_dir / "rejects.parquet")
@@ -31,3 +32,10 @@ def assert_planted_defects_removed(run_dir: Path, data_dir: Path) -> None:
     for junk in planted["junk"]:
         assert junk not in final and reason[junk] == "too_few_words"
     assert (rejects["reason"] == "malformed_input").sum() == len(planted["malformed_lines"])
+    if quickstart_steps:
+        for row_id in planted["foreign"]:
+            assert row_id not in final and reason[row_id] == "language.wrong_language", row_id
+        for row_id in planted["contaminated"]:
+            assert row_id not in final and reason[row_id] == "contaminated", row_id
+        leaks = rejects.filter(pl.col("reason") == "contaminated")
+        assert leaks["meta"].str.contains("quiz-").all()  # the report names the eval items hit

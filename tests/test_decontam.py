@@ -114,8 +114,8 @@ def test_csv_with_and_without_header_and_default_text_fields(tmp_path: Path) -> 
     assert detect_header(header, ["question"]) and not detect_header(no_header, ["column_1"])
 
     items = load_eval_items([str(no_header), str(header)])
-    # All string columns joined; the numeric id column of qa.csv is not text.
-    assert items["item_id"].to_list() == ["arc.csv:0", "arc.csv:1", "qa.csv:0"]
+    # All string columns joined; the numeric id column of qa.csv is not text, it names the item.
+    assert items["item_id"].to_list() == ["arc.csv:0", "arc.csv:1", "qa.csv:7"]
     assert items["text"][0] == f"{SHORT_Q} fridge oven B"
     assert items["text"][2] == f"{LONG_Q} A"
     assert load_eval_items([str(no_header)], text_fields=["column_1"])["text"][1].startswith("Which gas")
@@ -124,7 +124,7 @@ def test_csv_with_and_without_header_and_default_text_fields(tmp_path: Path) -> 
     frame = make_frame([f"Copied: {LONG_Q}", f"Copied: {SHORT_Q}", f"Copied: {SHORT_Q} fridge oven b"])
     _, dropped, stats = decontaminate(frame, DecontamParams(eval_sets=[str(no_header), str(header)]))
     # With joined columns the short question alone is no longer a whole item; with the question column it is.
-    assert _contamination(dropped) == {"r0": ["qa.csv:0"], "r2": ["arc.csv:0"]}
+    assert _contamination(dropped) == {"r0": ["qa.csv:7"], "r2": ["arc.csv:0"]}
     _, dropped, _ = decontaminate(frame, DecontamParams(eval_sets=[str(no_header)], text_fields=["column_1"]))
     assert _contamination(dropped) == {"r1": ["arc.csv:0"], "r2": ["arc.csv:0"]}
     assert stats["report"]["eval_sets"] == {"arc.csv": {"items": 2, "items_hit": 1},

@@ -36,6 +36,8 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, su
         for key in ("reference", "seeds"):
             if key in params:
                 params[key] = str(data / Path(params[key]).name)
+        if "eval_sets" in params:
+            params["eval_sets"] = [str(data / Path(p).name) for p in params["eval_sets"]]
         if name == "synthesize":
             params["n"] = 6
     recipe["train"]["max_steps"] = 12
@@ -52,7 +54,7 @@ def test_quickstart_end_to_end(quickstart: tuple[Path, Path, subprocess.Complete
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "ok"
     assert_manifest_adds_up(manifest)
-    assert_planted_defects_removed(run, RECIPES / "data")
+    assert_planted_defects_removed(run, RECIPES / "data", quickstart_steps=True)
 
     data = pl.read_parquet(run / "dataset" / "data.parquet")
     synth = data.filter(pl.col("source") == "synth:self_instruct")
@@ -65,6 +67,8 @@ def test_quickstart_end_to_end(quickstart: tuple[Path, Path, subprocess.Complete
     assert step["requested"] == step["generated"] == step["rows_added"]
     assert step["output_tokens"] > 0 and step["output_tokens_per_kept_row"] > 0
 
+    leaks = json.loads(next((run / "reports").glob("*-decontaminate.json")).read_text())
+    assert set(leaks["items_hit"]) == {"eval_set.jsonl:quiz-1", "eval_set.jsonl:quiz-2"}
     report = json.loads(next((run / "reports").glob("*-audit.json")).read_text())
     assert report["gate"]["passed"] is True
     assert set(report["axes"]) == {"gender", "race_ethnicity", "religion", "age"}

@@ -2,8 +2,8 @@
 
 sample.jsonl holds a few hundred alpaca rows of the kind a team collects from many hands: templated but varied
 tasks with computed answers, people from several demographic groups, a reviewer's ``accepted`` label, and planted
-defects — exact duplicates (case/space changes), near duplicates (a word or two edited), junk rows, and two
-malformed lines. The planted ids ([copy, original] pairs) are listed in planted.json so tests can check that each defect is caught.
+defects — exact duplicates (case/space changes), near duplicates (a word or two edited), junk rows, rows in
+other languages, rows that leak questions of eval_set.jsonl, and two malformed lines. The planted ids ([copy, original] pairs) are listed in planted.json so tests can check that each defect is caught.
 
 Run: python recipes/data/make_sample.py [OUT_DIR]
 """
@@ -57,6 +57,16 @@ CONCEPTS = {
 AUDIENCES = ["a ten-year-old", "a busy parent", "a high-school student", "someone new to the topic"]
 SYNONYMS = {"happy": "joyful", "big": "large", "fast": "quick", "smart": "clever", "tired": "exhausted",
             "angry": "furious", "cold": "chilly", "small": "tiny", "brave": "courageous", "calm": "peaceful"}
+
+
+EVAL_ITEMS = [  # a tiny held-out quiz the curated set must not leak (written for this project)
+    {"id": "quiz-1", "question": "Which gas do green plants take in from the air and use to make sugar during "
+     "photosynthesis in their leaves?", "answer": "carbon dioxide"},
+    {"id": "quiz-2", "question": "What is the name of the force that pulls objects toward the centre of the Earth "
+     "and keeps the Moon in its orbit?", "answer": "gravity"},
+    {"id": "quiz-3", "question": "Which layer of the Earth is made of moving plates whose collisions cause most "
+     "earthquakes and many volcanoes?", "answer": "the lithosphere"},
+]
 
 
 def tasks(rng: random.Random) -> list[dict]:
@@ -121,6 +131,21 @@ def build(out: Path) -> None:
     for k, (ins, outp) in enumerate(junk):
         extra.append({"instruction": ins, "input": "", "output": outp, "accepted": False, "id": f"junk-{k:02d}"})
         planted["junk"].append(f"junk-{k:02d}")
+    foreign = [
+        ("Donne trois conseils pour mieux dormir la nuit.", "Se coucher à heure fixe, éviter les écrans le soir et "
+         "garder la chambre fraîche et sombre aident beaucoup."),
+        ("Erkläre kurz, warum der Himmel blau ist, in einfachen Worten.", "Das Sonnenlicht wird an den Molekülen der "
+         "Luft gestreut, und blaues Licht wird dabei am stärksten gestreut."),
+        ("Explica cómo ahorrar dinero cada mes con un presupuesto sencillo.", "Anota todos los gastos, separa primero "
+         "el ahorro y revisa las suscripciones que casi no usas."),
+    ]
+    for k, (ins, outp) in enumerate(foreign):
+        extra.append({"instruction": ins, "input": "", "output": outp, "accepted": True, "id": f"foreign-{k:02d}"})
+        planted.setdefault("foreign", []).append(f"foreign-{k:02d}")
+    for k, item in enumerate(EVAL_ITEMS[:2]):  # an eval question pasted into training data, with an answer
+        extra.append({"instruction": f"Answer this question: {item['question']}", "input": "",
+                      "output": f"The answer is {item['answer']}.", "accepted": True, "id": f"leak-{k:02d}"})
+        planted.setdefault("contaminated", []).append(f"leak-{k:02d}")
     allrows = rows + extra
     rng.shuffle(allrows)
     lines = [json.dumps(r, ensure_ascii=False) for r in allrows]
@@ -137,6 +162,7 @@ def build(out: Path) -> None:
         {"instruction": f"Give practical advice about {t}.", "input": "", "output": f"{adv} Start small and keep going."}
         for t, adv in sorted(TOPICS.items())
     ]
+    (out / "eval_set.jsonl").write_text("".join(json.dumps(e) + "\n" for e in EVAL_ITEMS))
     (out / "gold.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gold))
 
     seeds = [
