@@ -2,7 +2,7 @@
 
 Both get the same chat prompts and produce exactly ``--max-tokens`` tokens per prompt (``ignore_eos`` /
 ``min_new_tokens``), greedy and sampled; throughput is output tokens / wall seconds of generation (model load and
-one warm-up batch excluded for both). HF runs left-padded batches of ``--hf-batch`` in the same dtype vLLM uses.
+one warm-up batch excluded for both). HF runs left-padded batches of ``--hf-batch`` in bf16 (vLLM's dtype) or ``--hf-dtype float32``.
 
 CPU: the real SmolLM2-135M-Instruct from the registry. GPU machines (no weights can be sent): ``--random-init DIR``
 builds a random model from DIR's config + tokenizer (``--arch llama1b`` swaps in a ~1B Llama shape); throughput
@@ -72,14 +72,15 @@ def run_vllm(model: str, convs: list, max_tokens: int, temperature: float, extra
     return results
 
 
-def run_hf(model: str, convs: list, max_tokens: int, temperature: float, batch: int) -> dict[float, tuple[float, int]]:
+def run_hf(model: str, convs: list, max_tokens: int, temperature: float, batch: int,
+           dtype: str) -> dict[float, tuple[float, int]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = AutoTokenizer.from_pretrained(model, padding_side="left")
     tok.pad_token = tok.pad_token or tok.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).to(device).eval()
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device).eval()
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
 
     def generate(chunk: list[str], temp: float) -> int:
@@ -110,6 +111,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--hf-batch", type=int, default=32)
+    ap.add_argument("--hf-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                    help="HF baseline dtype (vLLM runs bf16; float32 is transformers' CPU default)")
     ap.add_argument("--random-init", metavar="CONFIG_DIR")
     ap.add_argument("--arch", choices=["config", "llama1b"], default="config")
     ap.add_argument("--vllm-args", default="{}", help="JSON of extra vllm.LLM arguments")
@@ -126,17 +129,17 @@ def main() -> None:
     extra = json.loads(args.vllm_args)
     vllm_res = run_vllm(model, convs, args.max_tokens, args.temperature, dict(extra), args.replicas)
     hf_res = {} if args.skip_hf else run_hf(model, prompts(args.hf_prompts or args.prompts), args.max_tokens,
-                                            args.temperature, args.hf_batch)
+                                            args.temperature, args.hf_batch, args.hf_dtype)
     print(f"{args.prompts} prompts x {args.max_tokens} output tokens; model {args.arch if args.random_init else model}"
           f"{' (random init)' if args.random_init else ''}; vLLM args {extra}, replicas {args.replicas}")
     print(f"{'engine':<34}{'greedy tok/s':>14}{'sampled tok/s':>15}")
     print(f"{'gristmill vLLM engine':<34}{vllm_res[0.0][0]:>14,.1f}{vllm_res[args.temperature][0]:>15,.1f}")
     if hf_res:
-        print(f"{f'HF generate (batch {args.hf_batch})':<34}{hf_res[0.0][0]:>14,.1f}{hf_res[args.temperature][0]:>15,.1f}")
+        print(f"{f'HF generate (batch {args.hf_batch}, {args.hf_dtype})':<34}{hf_res[0.0][0]:>14,.1f}{hf_res[args.temperature][0]:>15,.1f}")
     ratio = vllm_res[0.0][0] / hf_res[0.0][0] if hf_res else None
     print(json.dumps({
         "bench": "synth", "metric": "output_tok_per_s", "ours": round(vllm_res[0.0][0], 1),
-        "ours_sampled": round(vllm_res[args.temperature][0], 1), "baseline": f"hf_generate_batch{args.hf_batch}",
+        "ours_sampled": round(vllm_res[args.temperature][0], 1), "baseline": f"hf_generate_batch{args.hf_batch}_{args.hf_dtype}",
         "baseline_value": round(hf_res[0.0][0], 1) if hf_res else None,
         "baseline_sampled": round(hf_res[args.temperature][0], 1) if hf_res else None,
         "ratio": round(ratio, 3) if ratio else None,

@@ -49,6 +49,9 @@ class MinhashParams(BaseModel):
     """Permutation seed (datasketch's default is 1)."""
     batch_shingles: int = Field(1 << 16, ge=1024)
     """Shingles hashed per numpy batch; bounds the (shingles x num_perm) working array."""
+    against: list[str] = Field(default_factory=list, json_schema_extra={"path": True})
+    """Earlier curated sets to deduplicate against: parquet files with ``id`` and ``text`` (e.g. an earlier run's
+    ``dataset/data.parquet``). New rows that near-duplicate them are dropped (``near_duplicate_of_earlier``)."""
     batch_docs: int = Field(50_000, ge=1)
     """Documents shingled at a time; only signatures (num_perm x 4 bytes per row) outlive a batch."""
 
@@ -130,28 +133,44 @@ def near_duplicate_pairs(texts: pl.Series, params: MinhashParams) -> NearDuplica
     return NearDuplicates(pairs, cand.height, b, r)
 
 
-def dedup_minhash(frame: pl.DataFrame, params: MinhashParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    n = frame.height
-    found = near_duplicate_pairs(frame["text"], params)
-    pairs = found.pairs
+def dedup_minhash(
+    frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """Drop near duplicates within ``frame`` and of ``earlier`` rows (``id``, ``text``: sets curated before).
 
-    rep = clusters(n, pairs["a"].to_numpy(), pairs["b"].to_numpy(), preference_rank(frame, "quality"))
-    sizes = np.bincount(rep, minlength=n)
+    Earlier rows always win a cluster: a new row that near-duplicates one is dropped with reason
+    ``near_duplicate_of_earlier`` and ``meta.duplicate_of`` = that row's id; earlier rows are never dropped.
+    """
+    n = frame.height
+    texts = frame["text"].fill_null("")
+    rank = preference_rank(frame, "quality")
     ids = np.array(frame["id"].to_list(), dtype=object)
-    in_cluster = sizes[rep] > 1
+    if earlier is not None and earlier.height:
+        texts = pl.concat([texts, earlier["text"].cast(pl.String).fill_null("")])
+        rank = np.concatenate([rank, np.full(earlier.height, -np.inf)])
+        ids = np.concatenate([ids, np.array(earlier["id"].cast(pl.String).to_list(), dtype=object)])
+    found = near_duplicate_pairs(texts, params)
+    pairs = found.pairs.filter(pl.col("a") < n)  # pairs among earlier rows are not this run's business
+
+    total = len(texts)
+    rep = clusters(total, pairs["a"].to_numpy(), pairs["b"].to_numpy(), rank)
+    sizes = np.bincount(rep, minlength=total)
+    rep, sizes_new = rep[:n], sizes[rep[:n]]
     is_dup = rep != np.arange(n)
+    of_earlier = is_dup & (rep >= n)
     out = add_meta(
         frame,
-        cluster_id=pl.Series(np.where(in_cluster, ids[rep], None).tolist(), dtype=pl.String),
+        cluster_id=pl.Series(np.where(sizes_new > 1, ids[rep], None).tolist(), dtype=pl.String),
         duplicate_of=pl.Series(np.where(is_dup, ids[rep], None).tolist(), dtype=pl.String),
     )
-    reason = pl.Series(np.where(is_dup, "near_duplicate", None).tolist(), dtype=pl.String)
-    kept, dropped = split(out, reason)
+    reasons = np.where(of_earlier, "near_duplicate_of_earlier", np.where(is_dup, "near_duplicate", None))
+    kept, dropped = split(out, pl.Series(reasons.tolist(), dtype=pl.String))
     stats = base_stats(
         n, kept, dropped,
         candidate_pairs=found.candidates,
         verified_pairs=pairs.height,
-        clusters=int((sizes > 1).sum()),
+        clusters=int(len(np.unique(rep[sizes_new > 1]))),
+        earlier_rows=total - n,
         lsh_bands=found.bands,
         lsh_rows=found.rows,
     )

@@ -1,4 +1,4 @@
-"""Embedding quality scoring: similarity to a reference ("gold") set.
+"""Embedding quality scoring: similarity to a reference ("gold") set, or a classifier of labelled rows.
 
 A row's score is the mean cosine similarity of its embedding to its ``k`` nearest reference embeddings, so a row
 close to any part of a varied gold set scores high (a centroid would favour the average topic). The score goes to
@@ -41,8 +41,14 @@ class KeepRule(BaseModel):
 class QualityParams(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
+    scorer: Literal["reference", "classifier"] = "reference"
+    """reference: mean top-k cosine similarity to gold rows; classifier: probability of "good" from a logistic
+    regression (scikit-learn) trained on embeddings of labelled good/bad rows."""
     reference: str = Field(json_schema_extra={"path": True})
-    """Gold rows (jsonl/json/csv/parquet with the same mapping as the inputs) that define good data."""
+    """scorer=reference: gold rows that define good data; scorer=classifier: labelled rows with ``label_column``
+    (jsonl/json/csv/parquet, read with ``reference_mapping``)."""
+    label_column: str = "label"
+    """scorer=classifier: the column marking good rows (true/1) and bad rows (false/0)."""
     reference_mapping: Literal["alpaca", "sharegpt", "messages", "text"] = "alpaca"
     """How to read the reference file: alpaca | sharegpt | messages | text."""
     model: str = "minilm-l6"
@@ -66,14 +72,47 @@ def score_quality(
     *,
     embed: Callable[[list[str]], np.ndarray],
     reference: np.ndarray,
+    labels: np.ndarray | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    """Score rows against reference vectors; ``embed`` maps texts to normalized vectors (see ``Embedder``)."""
+    """Score rows; ``embed`` maps texts to normalized vectors (see ``Embedder``), ``reference`` holds the vectors
+    of the reference rows and ``labels`` their good (1) / bad (0) labels for ``scorer: classifier``."""
     if reference.shape[0] == 0:
         raise ValueError(f"quality.reference {params.reference!r} has no rows")
-    scores = similarity_scores(embed(frame["text"].fill_null("").to_list()), reference, params.k)
+    vectors = embed(frame["text"].fill_null("").to_list())
+    extra: dict[str, Any] = {}
+    if params.scorer == "classifier":
+        if labels is None:
+            raise ValueError("quality: scorer classifier needs labels for the reference rows")
+        scores, extra = classifier_scores(reference, labels, vectors)
+    else:
+        scores = similarity_scores(vectors, reference, params.k)
     mask = keep_mask(scores, params.keep)
     scored = add_meta(frame, quality_score=pl.Series(scores.astype(np.float64)))
     reason = pl.Series([None if m else "low_quality" for m in mask], dtype=pl.String)
     kept, dropped = split(scored, reason)
     q = np.quantile(scores, [0.1, 0.5, 0.9]).round(4).tolist() if scores.size else []
-    return kept, dropped, base_stats(frame.height, kept, dropped, score_p10_p50_p90=q)
+    return kept, dropped, base_stats(frame.height, kept, dropped, score_p10_p50_p90=q, **extra)
+
+
+def classifier_scores(train: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """P(good) for ``rows`` from a class-balanced logistic regression fit on ``train`` / ``labels`` (1 = good).
+
+    Example: train [[1,0],[0.9,0.1],[0,1],[0.1,0.9]] with labels [1,1,0,0] scores row [1,0] above row [0,1].
+    Also returns the training accuracy and 5-fold cross-validated accuracy (when each class has >= 5 rows).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    y = np.asarray(labels).astype(int)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() == 0:
+        raise ValueError(f"quality: the labelled rows need both good and bad examples (good {counts[1]}, bad {counts[0]})")
+    model = LogisticRegression(max_iter=1000, class_weight="balanced")
+    model.fit(train, y)
+    info: dict[str, Any] = {"classifier_rows": {"good": int(counts[1]), "bad": int(counts[0])},
+                            "classifier_train_accuracy": round(float(model.score(train, y)), 4)}
+    if counts.min() >= 5:
+        cv = cross_val_score(LogisticRegression(max_iter=1000, class_weight="balanced"), train, y, cv=5)
+        info["classifier_cv_accuracy"] = round(float(cv.mean()), 4)
+    scores = model.predict_proba(rows)[:, 1] if rows.shape[0] else np.zeros(0)
+    return scores, info

@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         recipe = load_recipe(args.recipe)
         runner = Runner(recipe, Path(args.out) if args.out else None, console=console)
         result = runner.run(train=not args.no_train)
-    except (RecipeError, IngestError, FileNotFoundError) as err:
+    except (RecipeError, IngestError, FileNotFoundError, ValueError) as err:  # bad input: says where and how
         console.print(f"[red]error[/] {err}", highlight=False)
         return EXIT_INVALID
     except GateFailed as err:

@@ -67,12 +67,30 @@ def _quality(frame: pl.DataFrame, params: quality.QualityParams, ctx: Context) -
     ref, _ = ingest(InputSpec(path=params.reference, mapping=params.reference_mapping), Path(params.reference))
     embedder = _embedder("quality", params.model, ctx, batch_size=params.batch_size,
                          max_seq_length=params.max_seq_length, precision=params.precision)
+    labels = None
+    if params.scorer == "classifier":
+        if params.label_column not in ref.columns:
+            raise ValueError(f"quality.label_column: {params.reference} has no column {params.label_column!r}; "
+                             f"columns: {ref.columns}")
+        labels = ref[params.label_column].cast(pl.Boolean).fill_null(False).cast(pl.Int8).to_numpy()
     kept, dropped, stats = quality.score_quality(
         frame, params, embed=lambda texts: embedder.encode(texts, ctx.progress),
-        reference=embedder.encode(ref["text"].to_list()),
+        reference=embedder.encode(ref["text"].to_list()), labels=labels,
     )
     stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
     return kept, dropped, stats
+
+
+def _dedup_minhash(frame: pl.DataFrame, params: minhash.MinhashParams, ctx: Context) -> StepOutput:
+    earlier = []
+    for path in map(Path, params.against):
+        if path.is_dir():
+            raise ValueError(f"dedup_minhash.against: {path} is a directory; name its curated file, e.g. "
+                             f"{path / 'dataset' / 'data.parquet'}")
+        old = pl.read_parquet(path, columns=["id", "text"])
+        # Prefix ids with where they came from: an earlier run's "file:line" ids may repeat this run's.
+        earlier.append(old.select(pl.format("{}:{}", pl.lit(str(path)), pl.col("id")).alias("id"), "text"))
+    return minhash.dedup_minhash(frame, params, earlier=pl.concat(earlier) if earlier else None)
 
 
 def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, ctx: Context) -> StepOutput:
@@ -135,7 +153,7 @@ STEPS: dict[str, StepDef] = {
     "dedup_exact": StepDef(
         dedup_exact.ExactDedupParams, dedup_exact.VERSION, lambda f, p, c: dedup_exact.dedup_exact(f, p)
     ),
-    "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, lambda f, p, c: minhash.dedup_minhash(f, p)),
+    "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, _dedup_minhash),
     "dedup_semantic": StepDef(semdedup.SemanticDedupParams, semdedup.VERSION, _dedup_semantic),
     "quality": StepDef(quality.QualityParams, quality.VERSION, _quality),
     "decontaminate": StepDef(

@@ -226,3 +226,32 @@ def test_fused_kernel_equals_numpy_reference() -> None:
         a, b = permutations(32, 5)
         got = minhash_kernel.signatures_from_tokens(*token_hashes(texts, unit), n, a, b)
         assert np.array_equal(got, expected), (unit, n)
+
+
+def test_classifier_scorer_known_answer() -> None:
+    from curation.quality import QualityParams, classifier_scores, score_quality
+
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    scores, info = classifier_scores(train, np.array([1, 1, 0, 0]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    assert scores[0] > 0.5 > scores[1] and info["classifier_train_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="both good and bad"):
+        classifier_scores(train, np.array([1, 1, 1, 1]), train)
+    frame = make_frame(["good", "bad"])
+    table = {"good": [1.0, 0.0], "bad": [0.0, 1.0]}
+    params = QualityParams(reference="x", scorer="classifier", keep=KeepRule(min_score=0.5))
+    kept, dropped, stats = score_quality(
+        frame, params, embed=lambda texts: np.array([table[t] for t in texts]), reference=train,
+        labels=np.array([1, 1, 0, 0]),
+    )
+    assert kept["id"].to_list() == ["r0"] and dropped["reason"].to_list() == ["low_quality"]
+    assert stats["classifier_rows"] == {"good": 2, "bad": 2}
+
+
+def test_minhash_against_earlier_sets_drops_only_new_rows() -> None:
+    earlier = pl.DataFrame({"id": ["old:1", "old:2"], "text": [BASE, "an unrelated earlier row about tides"]})
+    frame = make_frame([BASE + " today", "fresh text on a new topic entirely, nothing like before", BASE + " today!"])
+    kept, dropped, stats = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3), earlier=earlier)
+    assert kept["id"].to_list() == ["r1"]
+    assert dropped["reason"].to_list() == ["near_duplicate_of_earlier"] * 2
+    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["old:1", "old:1"]
+    assert stats["earlier_rows"] == 2 and stats["rows_in"] == 3

@@ -96,3 +96,19 @@ def test_missing_input_file_exit_code_2(tmp_path: Path, sample_dir: Path, capsys
     (sample_dir / "sample.jsonl").unlink()
     assert main(["run", str(path)]) == 2
     assert "input file not found" in capsys.readouterr().err
+
+
+def test_dedup_against_an_earlier_run(tmp_path: Path, sample_dir: Path) -> None:
+    first = Runner(load_recipe(_recipe(tmp_path, sample_dir))).run()
+    curated = first.run_dir / "dataset" / "data.parquet"
+    steps = [*STEPS[:3], {"dedup_minhash": {"threshold": 0.8, "against": [str(curated)]}}]
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    recipe = load_recipe(_recipe(second_dir, sample_dir, steps))
+    again = Runner(recipe).run()
+    step = next(s for s in again.manifest["steps"] if s["step"] == "dedup_minhash")
+    assert step["kept"] == 0  # the same data again: every row already curated
+    assert step["dropped_by_reason"] == {"near_duplicate_of_earlier": step["rows_in"]}
+    bad = [*STEPS[:3], {"dedup_minhash": {"against": [str(first.run_dir)]}}]
+    with pytest.raises(ValueError, match="is a directory; name its curated file"):
+        Runner(load_recipe(_recipe(second_dir, sample_dir, bad))).run()

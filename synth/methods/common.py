@@ -39,6 +39,15 @@ def instruction_rows(frame: pl.DataFrame) -> list[SourceRow]:
     return out
 
 
+def require_instruction_rows(frame: pl.DataFrame, method: str) -> list[SourceRow]:
+    """``instruction_rows`` or a ValueError saying what the method needs."""
+    sources = instruction_rows(frame)
+    if not sources:
+        raise ValueError(f"synthesize.{method}: the frame has no instruction rows (messages with a user turn and a "
+                         "non-empty assistant turn) to work from; ingest with mapping alpaca, sharegpt or messages")
+    return sources
+
+
 def chat(user: str, system: str | None = None) -> Chat:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 

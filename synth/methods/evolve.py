@@ -28,7 +28,7 @@ from pydantic import Field
 
 from synth.engine import SamplingConfig
 from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, template_hash
-from synth.methods.common import SourceRow, batch_size, chat, follow_up, instruction_rows
+from synth.methods.common import SourceRow, batch_size, chat, follow_up, require_instruction_rows
 from synth.parse import Rejected, leaks_template, parse_answer, parse_record
 from synth.rouge import rouge_l, tokens
 
@@ -90,10 +90,7 @@ def _prompt(op: str, source: SourceRow) -> list[dict[str, str]]:
 def evolve(
     frame: pl.DataFrame, params: EvolveParams, *, engine: Engine, model_name: str
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    sources = instruction_rows(frame)
-    if not sources:
-        raise ValueError("synthesize.evolve: the frame has no instruction rows (messages with a user turn and a "
-                         "non-empty assistant turn) to evolve; ingest with mapping alpaca, sharegpt or messages")
+    sources = require_instruction_rows(frame, "evolve")
     rng = random.Random(params.seed)
     sampling = SamplingConfig(params.temperature, params.top_p, params.max_tokens, SCHEMA)
     answer_sampling = SamplingConfig(params.temperature, params.top_p, params.answer_max_tokens)

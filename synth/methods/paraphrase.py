@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from synth.engine import SamplingConfig
 from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, template_hash
-from synth.methods.common import SourceRow, batch_size, chat, instruction_rows
+from synth.methods.common import SourceRow, batch_size, chat, require_instruction_rows
 from synth.parse import Rejected, parse_record
 from synth.rouge import rouge_l, tokens
 
@@ -63,10 +63,7 @@ def _words(instruction: str, output: str) -> list[str]:
 def paraphrase(
     frame: pl.DataFrame, params: ParaphraseParams, *, engine: Engine, model_name: str
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    sources = instruction_rows(frame)
-    if not sources:
-        raise ValueError("synthesize.paraphrase: the frame has no instruction rows (messages with a user turn and "
-                         "a non-empty assistant turn) to paraphrase")
+    sources = require_instruction_rows(frame, "paraphrase")
     order = random.Random(params.seed).sample(sources, len(sources))
     sampling = SamplingConfig(params.temperature, params.top_p, params.max_tokens, SCHEMA)
     ledger = Ledger("paraphrase", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE))
