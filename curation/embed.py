@@ -100,7 +100,7 @@ class Embedder:
             self.model.max_seq_length = max_seq_length
         # Small batches suit CPUs (little padding, cache-resident activations); GPUs want wide batches.
         self.batch_size = batch_size or (256 if device.startswith("cuda") else 16)
-        self.model_key = f"{Path(model_path).name}|seq{self.model.max_seq_length}|{str(self.dtype).split('.')[-1]}"
+        self.model_key = f"v2|{Path(model_path).name}|seq{self.model.max_seq_length}|{str(self.dtype).split('.')[-1]}"
         self.cache = EmbeddingCache(cache_path) if cache_path else None
         self.computed = 0
         self.cached = 0
@@ -110,10 +110,10 @@ class Embedder:
 
         with torch.inference_mode():
             out = self.model.encode(
-                texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_tensor=True,
-                show_progress_bar=False,
-            )
-        return out.float().cpu().numpy()
+                texts, batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False,
+            ).float()
+        # Normalized in fp32: a bf16 model's own normalization leaves norms off by ~1e-3.
+        return torch.nn.functional.normalize(out, dim=-1).cpu().numpy()
 
     def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         keys = [_text_key(t) for t in texts]
