@@ -84,3 +84,26 @@ def test_chat_template_masks_everything_but_the_answer() -> None:
     assert encode_row(tok, {"messages": [{"role": "user", "content": "hi"}]}, 512) is None
     text = encode_row(tok, {"messages": None, "text": "plain text row"}, 512)
     assert text is not None and text.labels == text.input_ids
+
+
+def test_qlora_still_learns_after_an_eval_pass() -> None:
+    """Regression: bitsandbytes repacks 4-bit weights for CPU inference on an eval pass, breaking training."""
+    import torch
+
+    from train.formatting import collate, encode_row
+    from train.qlora import TrainParams, _batch_loss, _load_model, evaluate_loss
+
+    torch.manual_seed(0)
+    model, tok = _load_model(models.resolve("smollm2-135m-instruct"), TrainParams(method="qlora"))
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} plus {a}?"},
+                          {"role": "assistant", "content": f"{a} plus {a} is {2 * a}."}]} for a in (3, 14, 27, 58)]
+    examples = [encode_row(tok, r, 128) for r in rows]
+    before = evaluate_loss(model, examples, tok.pad_token_id, 4)  # eval mode, no grad: the trigger
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+    for _ in range(6):
+        loss, n = _batch_loss(model, collate(examples, tok.pad_token_id))
+        (loss / n).backward()
+        opt.step()
+        opt.zero_grad()
+    after = evaluate_loss(model, examples, tok.pad_token_id, 4)
+    assert after < 0.6 * before, (before, after)

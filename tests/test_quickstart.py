@@ -77,7 +77,7 @@ def test_quickstart_end_to_end(quickstart: tuple[Path, Path, subprocess.Complete
     metrics = json.loads((run / "adapter" / "train_metrics.json").read_text())
     assert (run / "adapter" / "adapter_model.safetensors").exists()
     assert metrics["steps"] == 12 and metrics["method"] == "qlora"
-    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert metrics["eval_loss_after"] < 0.8 * metrics["eval_loss_before"]
     assert manifest["train"]["eval_loss_after"] == metrics["eval_loss_after"]
 
 
