@@ -44,7 +44,7 @@ class StepDef:
     """For steps whose params depend on a key (synthesize's ``method``): raw mapping -> params model."""
 
 
-def _embedder(role: str, model: str, ctx: Context, *, batch_size: int, max_seq_length: int,
+def _embedder(role: str, model: str, ctx: Context, *, batch_size: int | None, max_seq_length: int,
               precision: str) -> Embedder:
     """The registry's model ``model`` with the shared embedding cache; recorded in ``ctx.models[role]``."""
     from curation.embed import Embedder
