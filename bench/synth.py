@@ -1,7 +1,7 @@
 """Generation throughput: gristmill's vLLM engine vs HF transformers ``generate``, same prompts, one run.
 
 Both get the same chat prompts and produce exactly ``--max-tokens`` tokens per prompt (``ignore_eos`` /
-``min_new_tokens``), greedy and sampled; throughput is output tokens / wall seconds of generation (model load and
+``min_new_tokens``), greedy and sampled (temperature 0.8, top-k 50: gristmill's default); throughput is output tokens / wall seconds of generation (model load and
 one warm-up batch excluded for both). HF runs left-padded batches of ``--hf-batch`` in bf16 (vLLM's dtype) or ``--hf-dtype float32``.
 
 CPU: the real SmolLM2-135M-Instruct from the registry. GPU machines (no weights can be sent): ``--random-init DIR``
@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+TOP_K = 50  # sampled runs: temperature + top-k 50 for both engines (gristmill's synthesis default)
 TOPICS = ["a lighthouse keeper", "tide pools", "a bakery at dawn", "the history of maps", "bicycle repair",
           "a chess endgame", "rainforest frogs", "saving for a trip", "a school garden", "volcanoes",
           "learning a language", "a night train", "honeybees", "a city library", "winter camping", "jazz"]
@@ -58,13 +59,12 @@ def run_vllm(model: str, convs: list, max_tokens: int, temperature: float, extra
         ReplicatedEngine(model, replicas=replicas, seed=0, gpu_memory_utilization=util or 0.9, extra=extra)
         if replicas > 1 else VLLMEngine(model, seed=0, gpu_memory_utilization=util, extra=extra)
     )
-    sampling = SamplingConfig(temperature=temperature, top_p=1.0 if temperature == 0 else 0.95,
-                              max_tokens=max_tokens, ignore_eos=True)
+    sampling = SamplingConfig(temperature=temperature, top_p=1.0, max_tokens=max_tokens, ignore_eos=True)
     results = {}
     with engine:
         engine.chat(convs[: 8 * replicas], sampling)  # warm-up (and engine start)
         for temp in (0.0, temperature):
-            sampling.temperature, sampling.top_p = temp, (1.0 if temp == 0 else 0.95)
+            sampling.temperature, sampling.top_k = temp, (0 if temp == 0 else TOP_K)
             started = time.perf_counter()
             outs = engine.chat(convs, sampling)
             seconds = time.perf_counter() - started
@@ -85,7 +85,7 @@ def run_hf(model: str, convs: list, max_tokens: int, temperature: float, batch: 
 
     def generate(chunk: list[str], temp: float) -> int:
         x = tok(chunk, return_tensors="pt", padding=True).to(device)
-        kwargs = {"do_sample": True, "temperature": temp, "top_p": 0.95} if temp > 0 else {"do_sample": False}
+        kwargs = {"do_sample": True, "temperature": temp, "top_k": TOP_K} if temp > 0 else {"do_sample": False}
         with torch.inference_mode():
             out = lm.generate(**x, max_new_tokens=max_tokens, min_new_tokens=max_tokens, pad_token_id=tok.pad_token_id,
                               **kwargs)

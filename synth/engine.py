@@ -30,11 +30,13 @@ class SamplingConfig:
     json_schema: dict[str, Any] | None = None
     ignore_eos: bool = False
     """Benchmarks only: generate exactly max_tokens (fixed output lengths make throughput comparable)."""
+    top_k: int = 0
+    """Sample among the k most likely tokens (0 = off)."""
 
     def as_dict(self) -> dict[str, Any]:
         out = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
                "json_schema": self.json_schema}
-        return out | ({"ignore_eos": True} if self.ignore_eos else {})
+        return out | ({"ignore_eos": True} if self.ignore_eos else {}) | ({"top_k": self.top_k} if self.top_k else {})
 
 
 @dataclass
@@ -111,7 +113,7 @@ class VLLMEngine:
             kwargs["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema)
         params = SamplingParams(
             temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-            ignore_eos=sampling.ignore_eos, **kwargs
+            ignore_eos=sampling.ignore_eos, top_k=sampling.top_k or 0, **kwargs
         )
         outputs = llm.chat(conversations, params, use_tqdm=False)
         return [

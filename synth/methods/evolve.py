@@ -26,8 +26,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from synth.engine import SamplingConfig
-from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, template_hash
+from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, sampling_config, template_hash
 from synth.methods.common import SourceRow, batch_size, chat, follow_up, require_instruction_rows
 from synth.parse import Rejected, leaks_template, parse_answer, parse_record
 from synth.rouge import rouge_l, tokens
@@ -92,8 +91,8 @@ def evolve(
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     sources = require_instruction_rows(frame, "evolve")
     rng = random.Random(params.seed)
-    sampling = SamplingConfig(params.temperature, params.top_p, params.max_tokens, SCHEMA)
-    answer_sampling = SamplingConfig(params.temperature, params.top_p, params.answer_max_tokens)
+    sampling = sampling_config(params, params.max_tokens, SCHEMA)
+    answer_sampling = sampling_config(params, params.answer_max_tokens)
     answer_json = json.dumps(answer_sampling.as_dict(), sort_keys=True)
     ledger = Ledger("evolve", model_name, engine, sampling, params.seed,
                     template_hash(SYSTEM, TEMPLATE, *(OPERATIONS[o] for o in sorted(set(params.operations)))))

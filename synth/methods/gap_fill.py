@@ -26,9 +26,8 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.engine import SamplingConfig
 from synth.mentions import groups_mentioned, load_lexicon
-from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, template_hash
+from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, sampling_config, template_hash
 from synth.methods.common import batch_size, chat, instruction_rows
 from synth.parse import TASK_SCHEMA, Rejected, parse_task
 from synth.rouge import max_rouge_l, tokens
@@ -137,7 +136,7 @@ def gap_fill(
             raise ValueError(f"synthesize.gaps: {gap.axis}.{gap.group} is not in the lexicon (axes: "
                              f"{', '.join(f'{a}: {sorted(g)}' for a, g in lexicon.items())}); pass `lexicon:`")
     rng = random.Random(params.seed)
-    sampling = SamplingConfig(params.temperature, params.top_p, params.max_tokens, TASK_SCHEMA)
+    sampling = sampling_config(params, params.max_tokens, TASK_SCHEMA)
     ledger = Ledger("gap_fill", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE))
     sources = instruction_rows(frame)
     pool = [tokens(s.instruction) for s in sources]

@@ -16,8 +16,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
-from synth.engine import SamplingConfig
-from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, template_hash
+from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, sampling_config, template_hash
 from synth.methods.common import SourceRow, batch_size, chat, require_instruction_rows
 from synth.parse import Rejected, parse_record
 from synth.rouge import rouge_l, tokens
@@ -65,7 +64,7 @@ def paraphrase(
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     sources = require_instruction_rows(frame, "paraphrase")
     order = random.Random(params.seed).sample(sources, len(sources))
-    sampling = SamplingConfig(params.temperature, params.top_p, params.max_tokens, SCHEMA)
+    sampling = sampling_config(params, params.max_tokens, SCHEMA)
     ledger = Ledger("paraphrase", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE))
     source_words = {s.id: _words(s.instruction, s.output) for s in sources}
     turn, accepted = 0, 0

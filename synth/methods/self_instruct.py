@@ -15,8 +15,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from synth.engine import SamplingConfig
-from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, template_hash
+from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, sampling_config, template_hash
 from synth.parse import TASK_SCHEMA, Rejected, parse_task
 from synth.rouge import max_rouge_l, tokens
 from synth.seeds import SeedTask
@@ -61,7 +60,7 @@ def self_instruct(
     model_name: str,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     rng = random.Random(params.seed)
-    sampling = SamplingConfig(params.temperature, params.top_p, params.max_tokens, TASK_SCHEMA)
+    sampling = sampling_config(params, params.max_tokens, TASK_SCHEMA)
     ledger = Ledger("self_instruct", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE))
     pool_tokens = [tokens(t.instruction) for t in seed_tasks]
     if "messages" in frame.columns:
