@@ -78,6 +78,23 @@ def export_dataset(frame: pl.DataFrame, out: Path, recipe: Any, manifest: dict[s
     return info
 
 
+def _audit_lines(manifest: dict[str, Any]) -> list[str]:
+    """The card's audit section: gate result and, per axis, mentions per group and the representation ratio."""
+    out: list[str] = []
+    for name, path in manifest.get("reports", {}).items():
+        report = json.loads(Path(path).read_text())
+        if "axes" not in report or "gate" not in report:
+            continue
+        gate = "passed" if report["gate"]["passed"] else "failed: " + "; ".join(report["gate"]["failures"])
+        out += ["", f"## Demographic audit ({name})", "", f"Gate {gate}. Rows mentioning each group (lexicon):", ""]
+        for axis, entry in report["axes"].items():
+            groups = ", ".join(f"{g} {c}" for g, c in entry["group_rows"].items())
+            out.append(f"- {axis}: {groups} (ratio {entry['representation_ratio']})")
+        if report.get("gaps"):
+            out.append("- under-represented: " + ", ".join(f"{g['axis']}.{g['group']}" for g in report["gaps"]))
+    return out
+
+
 def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any]) -> str:
     synthetic = int(frame["source"].str.starts_with("synth:").sum()) if "source" in frame.columns else 0
     lines = [
@@ -98,6 +115,7 @@ def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any]) -> str
         reasons = ", ".join(f"{k}: {v}" for k, v in s.get("dropped_by_reason", {}).items()) or "-"
         added = f" (+{s['rows_added']} generated)" if s.get("rows_added") else ""
         lines.append(f"| {s['step']} | {s['rows_in']}{added} | {s['kept']} | {s['dropped']} | {reasons} |")
+    lines += _audit_lines(manifest)
     lines += [
         "",
         "Every dropped row is in `../rejects.parquet` with its step and reason.",

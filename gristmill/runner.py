@@ -186,7 +186,9 @@ class Runner:
                 if not stats["resumed"]:
                     recomputed.append(step.name)
                 if "report" in stats:
-                    write_json_atomic(self.run_dir / "reports" / f"{i:02d}-{step.name}.json", stats["report"])
+                    report_path = self.run_dir / "reports" / f"{i:02d}-{step.name}.json"
+                    write_json_atomic(report_path, stats["report"])
+                    manifest.setdefault("reports", {})[f"{i:02d}-{step.name}"] = str(report_path)
                 if stats.get("gate_passed") is False:
                     gate_failure = GateFailed(f"{i:02d}-{step.name}", stats["report"]["gate"]["failures"])
                     break

@@ -67,6 +67,7 @@ class VLLMEngine:
             except ImportError as err:  # pragma: no cover - depends on the environment
                 raise ImportError(f"synthesis needs vLLM: {_HINT}") from err
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep a recipe run's console readable
             util = self.gpu_memory_utilization
             if util is None:
                 # vLLM-CPU sizes itself from the node's memory; 0.4 leaves room for the rest of the run.

@@ -51,6 +51,7 @@ def test_run_accounts_for_every_row_and_removes_planted_defects(tmp_path: Path, 
     assert set(first) == {"id", "messages", "source"} and first["messages"][-1]["role"] == "assistant"
     card = (run / "dataset" / "README.md").read_text()
     assert f"rows: **{data.height}**" in card and "exact_duplicate" in card
+    assert "## Demographic audit (05-audit)" in card and "- gender: female" in card
     assert (run / "reports" / "05-audit.json").exists()
     for n, name in enumerate(["ingest", "normalize", "filter", "dedup_exact", "dedup_minhash", "audit"]):
         assert (run / "steps" / f"{n:02d}-{name}" / "stats.json").exists()
