@@ -1,11 +1,16 @@
-"""Assertions shared by the runner and quickstart tests."""
+"""Shared test helpers: run-level assertions and a scripted engine for unit tests of generation methods."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+
+from synth.engine import Generation, SamplingConfig
+
+Reply = str | tuple[str, str]
 
 
 def assert_manifest_adds_up(manifest: dict) -> None:
@@ -39,3 +44,29 @@ def assert_planted_defects_removed(run_dir: Path, data_dir: Path, quickstart_ste
             assert row_id not in final and reason[row_id] == "contaminated", row_id
         leaks = rejects.filter(pl.col("reason") == "contaminated")
         assert leaks["meta"].str.contains("quiz-").all()  # the report names the eval items hit
+
+
+class ScriptedEngine:
+    """Answers each conversation with ``respond(user_text, sampling)``; records every call's size and schema."""
+
+    model_path = "scripted"
+    name = "scripted"
+
+    def __init__(self, respond: Callable[[str, SamplingConfig], Reply]) -> None:
+        self.respond = respond
+        self.calls: list[tuple[int, bool]] = []
+        self.prompts: list[str] = []
+
+    def version(self) -> str:
+        return "0"
+
+    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig) -> list[Generation]:
+        self.calls.append((len(conversations), sampling.json_schema is not None))
+        out = []
+        for conv in conversations:
+            user = "\n".join(m["content"] for m in conv if m["role"] != "system")
+            self.prompts.append(user)
+            reply = self.respond(user, sampling)
+            text, finish = reply if isinstance(reply, tuple) else (reply, "stop")
+            out.append(Generation(text, finish, 40, 10))
+        return out

@@ -3,43 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
-from synth.engine import Generation, SamplingConfig
+from synth.engine import SamplingConfig
 from tests.conftest import make_frame
-
-Reply = str | tuple[str, str]
-
-
-class ScriptedEngine:
-    """Answers each conversation with ``respond(user_text, sampling)``; records every call's size and schema."""
-
-    model_path = "scripted"
-    name = "scripted"
-
-    def __init__(self, respond: Callable[[str, SamplingConfig], Reply]) -> None:
-        self.respond = respond
-        self.calls: list[tuple[int, bool]] = []
-        self.prompts: list[str] = []
-
-    def version(self) -> str:
-        return "0"
-
-    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig) -> list[Generation]:
-        self.calls.append((len(conversations), sampling.json_schema is not None))
-        out = []
-        for conv in conversations:
-            user = "\n".join(m["content"] for m in conv if m["role"] != "system")
-            self.prompts.append(user)
-            reply = self.respond(user, sampling)
-            text, finish = reply if isinstance(reply, tuple) else (reply, "stop")
-            out.append(Generation(text, finish, 40, 10))
-        return out
+from tests.helpers import Reply, ScriptedEngine
 
 
 def chat_frame(pairs: list[tuple[str, str | None]], ids: list[str] | None = None) -> pl.DataFrame:

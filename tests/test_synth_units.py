@@ -8,6 +8,7 @@ import pytest
 from synth.parse import Rejected, parse_task
 from synth.rouge import lcs_length, max_rouge_l, rouge_l, tokens
 from synth.seeds import load_seed_tasks
+from tests.helpers import ScriptedEngine
 
 
 def test_rouge_l_known_answers() -> None:
@@ -53,27 +54,6 @@ def test_seed_tasks_both_shapes_and_errors(tmp_path: Path) -> None:
         load_seed_tasks(path)
 
 
-class ScriptedEngine:
-    """Replays fixed outputs: lets the unit test pin the method's accounting (the real engine runs in test_quickstart)."""
-
-    model_path = "scripted"
-    name = "scripted"
-
-    def __init__(self, outputs: list[tuple[str, str]]) -> None:
-        self.outputs = list(outputs)
-        self.calls: list[int] = []
-
-    def version(self) -> str:
-        return "0"
-
-    def chat(self, conversations, sampling):  # type: ignore[no-untyped-def]
-        from synth.engine import Generation
-
-        self.calls.append(len(conversations))
-        assert sampling.json_schema is not None
-        return [Generation(t, f, 50, 20) for t, f in (self.outputs.pop(0) for _ in conversations)]
-
-
 def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None:
     from synth.methods.self_instruct import SelfInstructParams as SynthesizeParams
     from synth.methods.self_instruct import self_instruct
@@ -83,17 +63,18 @@ def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None
     seeds = [SeedTask("s0", "Translate the phrase into French.", "Good night", "Bonne nuit"),
              SeedTask("s1", "List three primary colours.", "", "Red, yellow and blue.")]
     task = lambda ins, out: json.dumps({"instruction": ins, "input": "", "output": out})  # noqa: E731
-    engine = ScriptedEngine([
+    outputs = [
         (task("Name the largest planet in the solar system.", "Jupiter."), "stop"),
         (task("Translate the phrase into French.", "Bonjour"), "stop"),  # copies a seed -> not_novel
         ("not json", "stop"),
         ('{"instruction": "Write', "length"),
         (task("Describe how a rainbow forms.", "Sunlight refracts in raindrops."), "stop"),
-    ])
+    ]
+    engine = ScriptedEngine(lambda user, sampling: outputs.pop(0))
     frame = make_frame(["a real row"])
     params = SynthesizeParams(seeds="unused", n=2, oversample=2.5, max_rounds=1)
     kept, dropped, stats = self_instruct(frame, params, engine=engine, seed_tasks=seeds, model_name="m")
-    assert engine.calls == [5]
+    assert engine.calls == [(5, True)]  # one batch, with the task JSON schema
     assert stats["rows_in"] + stats["rows_added"] == kept.height + dropped.height == 6
     assert stats["dropped_by_reason"] == {"not_novel": 1, "unparseable": 1, "truncated": 1}
     synth = kept.filter(kept["source"] == "synth:self_instruct")
@@ -101,4 +82,4 @@ def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None
     prov = synth["meta"].struct.field("synth").to_list()
     assert all(p["method"] == "self_instruct" and p["model"] == "m" and len(p["seed_ids"]) == 2 for p in prov)
     assert all(len(p["template_hash"]) == 16 and json.loads(p["sampling"])["seed"] == 0 for p in prov)
-    assert stats["output_tokens"] == 100 and stats["output_tokens_per_kept_row"] == 50.0
+    assert stats["output_tokens"] == 50 and stats["output_tokens_per_kept_row"] == 25.0
