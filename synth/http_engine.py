@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from synth.engine import Generation, SamplingConfig
+from synth.engine import PROMPT_TOO_LONG, Generation, SamplingConfig
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 Response = tuple[int, str, float | None]
@@ -34,6 +35,14 @@ Response = tuple[int, str, float | None]
 
 class OpenAIEngineError(RuntimeError):
     """A request failed for good (after retries, or with a non-retryable HTTP status)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# How vLLM's and OpenAI's servers word a 400 for a prompt over the context length.
+_TOO_LONG = re.compile(r"maximum (model|context) length|context_length_exceeded|prompt is too long", re.I)
 
 
 def _httpx_transport(timeout: float, concurrency: int) -> tuple[Callable[..., Response], Callable[[], None],
@@ -159,7 +168,7 @@ class OpenAIEngine:
                     return text
                 problem = f"HTTP {status}: {text[:500]}"
                 if status not in RETRY_STATUS:
-                    raise OpenAIEngineError(f"{method} {url} failed with {problem}")
+                    raise OpenAIEngineError(f"{method} {url} failed with {problem}", status)
             if attempt < self.max_retries:
                 time.sleep(min(wait, 30.0) if wait is not None else self._backoff(attempt))
         raise OpenAIEngineError(f"{method} {url} failed after {self.max_retries + 1} attempts; last: {problem}")
@@ -184,7 +193,12 @@ class OpenAIEngine:
 
     def complete(self, conversation: list[dict[str, str]], sampling: SamplingConfig) -> Generation:
         """One chat completion."""
-        text = self._request("POST", "/chat/completions", self.body(conversation, sampling))
+        try:
+            text = self._request("POST", "/chat/completions", self.body(conversation, sampling))
+        except OpenAIEngineError as err:
+            if err.status == 400 and _TOO_LONG.search(str(err)):
+                return Generation("", PROMPT_TOO_LONG, 0, 0)
+            raise
         try:
             data = json.loads(text)
             choice = data["choices"][0]

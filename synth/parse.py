@@ -14,6 +14,8 @@ import json
 import re
 from typing import Any
 
+from synth.engine import PROMPT_TOO_LONG
+
 TASK_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -46,12 +48,19 @@ class Rejected(ValueError):
         self.reason = reason
 
 
+def _check_prompt(finish_reason: str | None) -> None:
+    if finish_reason == PROMPT_TOO_LONG:
+        raise Rejected(PROMPT_TOO_LONG, "the prompt does not fit the model's context; shorten the seed/source rows "
+                       "or raise the model's max length")
+
+
 def json_object(text: str, finish_reason: str | None) -> dict[str, Any]:
     """The JSON object in ``text`` (bare, fenced, or the first one amid prose); ``Rejected`` if there is none.
 
     >>> json_object('Sure! ```json\\n{"a": 1}\\n```', "stop")
     {'a': 1}
     """
+    _check_prompt(finish_reason)
     fenced = _FENCE.match(text)
     body = fenced.group(1) if fenced else text
     try:
@@ -133,6 +142,7 @@ def parse_answer(
     >>> parse_answer("  Paris is the capital of France. ", "stop")
     'Paris is the capital of France.'
     """
+    _check_prompt(finish_reason)
     answer = text.strip()
     if finish_reason == "length":
         raise Rejected("truncated", "hit max_tokens")

@@ -60,6 +60,9 @@ class ScriptedEngine:
     def version(self) -> str:
         return "0"
 
+    def close(self) -> None:
+        pass
+
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingConfig) -> list[Generation]:
         self.calls.append((len(conversations), sampling.json_schema is not None))
         out = []

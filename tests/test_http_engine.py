@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from synth.engine import SamplingConfig
+from synth.engine import PROMPT_TOO_LONG, SamplingConfig
 from synth.http_engine import OpenAIEngine, OpenAIEngineError
-from synth.parse import TASK_SCHEMA
+from synth.parse import TASK_SCHEMA, Rejected, parse_task
 
 SAMPLING = SamplingConfig(0.7, 0.9, 32, TASK_SCHEMA)
 
@@ -32,7 +32,7 @@ class FakeServer:
 
     Records every request's path, headers and JSON body."""
 
-    def __init__(self, script: list[tuple[int, float]] | None = None) -> None:
+    def __init__(self, script: list[tuple[int, float]] | None = None, error: str = "scripted {status}") -> None:
         self.script = list(script or [])
         self.seen: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -52,7 +52,7 @@ class FakeServer:
                     status, delay = owner.script.pop(0) if owner.script else (200, 0.0)
                 time.sleep(delay)
                 if status != 200:
-                    self._reply(status, {"error": {"message": f"scripted {status}"}})
+                    self._reply(status, {"error": {"message": error.format(status=status)}})
                     return
                 user = body["messages"][-1]["content"]
                 self._reply(200, {"model": "served-model", "choices": [
@@ -124,6 +124,22 @@ def test_gives_up_after_max_retries_and_fails_fast_on_400() -> None:
         with pytest.raises(OpenAIEngineError, match="HTTP 400"):  # not retryable: one attempt
             engine.chat([conv("hi")], SAMPLING)
         assert len(srv.seen) == 4
+    finally:
+        srv.close()
+
+
+def test_prompt_over_the_context_is_answered_prompt_too_long_not_raised() -> None:
+    msg = "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens."
+    srv = FakeServer([(200, 0), (400, 0)], error=msg)
+    try:
+        engine = OpenAIEngine(srv.url, "m", concurrency=1)
+        out = engine.chat([conv("short"), conv("very long")], SAMPLING)
+        assert out[0].text == "echo: short"
+        assert (out[1].text, out[1].finish_reason, out[1].output_tokens) == ("", PROMPT_TOO_LONG, 0)
+        with pytest.raises(Rejected) as err:
+            parse_task(out[1].text, out[1].finish_reason)
+        assert err.value.reason == "prompt_too_long"
+        assert len(srv.seen) == 2  # a 400 is not retried
     finally:
         srv.close()
 
@@ -248,10 +264,11 @@ def test_real_vllm_server_structured_output_and_self_instruct(vllm_server: tuple
     assert engine.version() == model
     prompt = ("Write one new task for an assistant. Answer as JSON with the keys \"instruction\", \"input\" and "
               "\"output\".")
-    out = engine.chat([conv(prompt + f" Topic {i}: {t}.") for i, t in enumerate(["cooking", "maths", "travel",
-                                                                                    "music"])],
-                      SamplingConfig(0.7, 0.95, 200, TASK_SCHEMA))
-    assert len(out) == 4
+    convs = [conv(prompt + f" Topic {i}: {t}.") for i, t in enumerate(["cooking", "maths", "travel", "music"])]
+    too_long = conv("Summarize: " + "lorem ipsum dolor sit amet " * 600)  # > 2,048 tokens (--max-model-len)
+    out = engine.chat([*convs, too_long], SamplingConfig(0.7, 0.95, 200, TASK_SCHEMA))
+    assert out[4].finish_reason == PROMPT_TOO_LONG  # answered, not raised: the other requests stand
+    out = out[:4]
     for gen in out:
         assert gen.prompt_tokens > 0 and 0 < gen.output_tokens <= 200 and gen.finish_reason in ("stop", "length")
         if gen.finish_reason == "stop":

@@ -1,5 +1,5 @@
 """Generation methods. Each module defines ``<Name>Params`` (a ``GenerationParams`` with a ``method`` literal),
-``VERSION`` and ``run(frame, params, *, engine, model_name) -> (kept, dropped, stats)``; ``METHODS`` maps the
+``VERSION`` and ``run(frame, params, *, engine, model_name[, screen]) -> (kept, dropped, stats)``; ``METHODS`` maps the
 recipe's ``method:`` value to them."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from synth.methods import answer, evolve, gap_fill, paraphrase, self_instruct
-from synth.methods.base import Engine, GenerationParams
+from synth.methods.base import Engine, GenerationParams, NewRowParams, Screen
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,13 @@ def params_for(raw: dict[str, Any]) -> type[GenerationParams]:
     return METHODS[method].params
 
 
-def run_method(frame: pl.DataFrame, params: GenerationParams, *, engine: Engine, model_name: str) -> tuple[
-    pl.DataFrame, pl.DataFrame, dict[str, Any]
-]:
-    return METHODS[params.method].run(frame, params, engine=engine, model_name=model_name)  # type: ignore[attr-defined]
+def run_method(frame: pl.DataFrame, params: GenerationParams, *, engine: Engine, model_name: str,
+               screen: Screen | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """Run ``params.method``; ``screen`` (the post-filter, for methods that add rows) checks each round's rows."""
+    run = METHODS[params.method].run
+    if isinstance(params, NewRowParams):
+        return run(frame, params, engine=engine, model_name=model_name, screen=screen)
+    return run(frame, params, engine=engine, model_name=model_name)
 
 
 def versions() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -82,6 +83,38 @@ class GenerationParams(BaseModel):
         return self
 
 
+class PostFilter(BaseModel):
+    """Checks a generated row must pass before it counts toward ``n``; run after each round by the orchestrator
+    with the curation stage's own code (MinHash near-dedup, n-gram decontamination). A row that fails is
+    dropped with reason ``post_filter.<reason>`` and the next round asks for a replacement."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    near_duplicates: bool = True
+    """Drop a generated row that near-duplicates (MinHash over word 5-grams, verified Jaccard) a row of the step's
+    input or a generated row kept before it (reasons ``near_duplicate_of_earlier``, ``near_duplicate``)."""
+    threshold: float = Field(0.8, gt=0, le=1)
+    """Jaccard similarity at or above which ``near_duplicates`` drops a row."""
+    eval_sets: list[str] = Field(default_factory=list, json_schema_extra={"path": True})
+    """Evaluation files (csv, jsonl, json) a generated row must not share an n-gram with (reason
+    ``contaminated``): a generator can reproduce benchmark items it saw in pretraining."""
+    ngram: int = Field(13, ge=1, le=50)
+    """N-gram size in words for ``eval_sets``."""
+
+
+Screen = Callable[[pl.DataFrame, pl.DataFrame], dict[str, str]]
+"""``screen(candidates, pool) -> {candidate id: reason}``: both frames have ``id`` and ``text``; the pool is the
+step's input rows plus the generated rows kept so far. Built from a ``PostFilter`` by the orchestrator."""
+
+
+class NewRowParams(GenerationParams):
+    """Params of methods that add rows (all but ``answer``, which rewrites rows in place)."""
+
+    post_filter: PostFilter = Field(default_factory=PostFilter)
+    """Checks on every generated row before it counts (near-dedup on by default; decontamination with
+    ``eval_sets``)."""
+
+
 def sampling_config(params: GenerationParams, max_tokens: int, json_schema: dict[str, Any] | None = None
                     ) -> SamplingConfig:
     """The engine sampling settings of a method's params."""
@@ -101,6 +134,11 @@ def messages_row(instruction: str, extra: str, output: str) -> dict[str, Any]:
     }
 
 
+def _id_text(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows]},
+                        schema={"id": pl.String, "text": pl.String})
+
+
 @dataclass
 class Ledger:
     """Every candidate of one synthesize step, with counts for yield accounting."""
@@ -114,9 +152,13 @@ class Ledger:
     accepted: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(
-        default_factory=lambda: {"requested": 0, "generated": 0, "parsed": 0, "prompt_tokens": 0, "output_tokens": 0}
+        default_factory=lambda: {"requested": 0, "generated": 0, "parsed": 0, "post_filtered": 0, "prompt_tokens": 0,
+                                 "output_tokens": 0}
     )
     started: float = field(default_factory=time.perf_counter)
+    screen: Screen | None = None
+    """Post-filter run by ``settle`` on the rows accepted since the last call (None: accept as is)."""
+    _settled: int = 0
 
     def provenance(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -149,6 +191,30 @@ class Ledger:
     def reject(self, cand_id: str, raw_text: str, reason: str, provenance: dict[str, Any]) -> None:
         self.rejected.append({"id": cand_id, "text": raw_text, "source": f"synth:{self.method}",
                               "meta": {"synth": provenance}, "reason": reason})
+
+    def settle(self, frame: pl.DataFrame) -> set[str]:
+        """Run the post-filter on the rows accepted since the last call, against ``frame`` (the step's input)
+        and the rows kept before; move those it fails to the rejects. Returns the ids it removed (the method
+        then asks for replacements). Call once per round, after its rows are accepted."""
+        new = self.accepted[self._settled :]
+        if self.screen is None or not new:
+            self._settled = len(self.accepted)
+            return set()
+        pool = pl.concat([frame.select(pl.col("id").cast(pl.String), pl.col("text").cast(pl.String)),
+                          _id_text(self.accepted[: self._settled])])
+        reasons = self.screen(_id_text(new), pool)
+        keep = []
+        for row in new:
+            reason = reasons.get(row["id"])
+            if reason is None:
+                keep.append(row)
+            else:
+                self.rejected.append({"id": row["id"], "text": row["text"], "source": row["source"],
+                                      "meta": row["meta"], "reason": f"post_filter.{reason}"})
+        self.accepted[self._settled :] = keep
+        self._settled = len(self.accepted)
+        self.counts["post_filtered"] += len(new) - len(keep)
+        return {r["id"] for r in new} - {r["id"] for r in keep}
 
     def result(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
         seconds = time.perf_counter() - self.started

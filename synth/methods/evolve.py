@@ -26,12 +26,20 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, sampling_config, template_hash
+from synth.methods.base import (
+    Engine,
+    Ledger,
+    NewRowParams,
+    Screen,
+    messages_row,
+    sampling_config,
+    template_hash,
+)
 from synth.methods.common import SourceRow, batch_size, chat, follow_up, require_instruction_rows
 from synth.parse import Rejected, leaks_template, parse_answer, parse_record
 from synth.rouge import rouge_l, tokens
 
-VERSION = "1"
+VERSION = "2"  # 2: post-filter
 
 Operation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "breadth"]
 
@@ -66,7 +74,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-class EvolveParams(GenerationParams):
+class EvolveParams(NewRowParams):
     method: Literal["evolve"] = "evolve"
     """Evolve existing instructions into harder or rarer ones and answer them (Evol-Instruct)."""
     operations: list[Operation] = Field(
@@ -87,7 +95,7 @@ def _prompt(op: str, source: SourceRow) -> list[dict[str, str]]:
 
 
 def evolve(
-    frame: pl.DataFrame, params: EvolveParams, *, engine: Engine, model_name: str
+    frame: pl.DataFrame, params: EvolveParams, *, engine: Engine, model_name: str, screen: Screen | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     sources = require_instruction_rows(frame, "evolve")
     rng = random.Random(params.seed)
@@ -95,7 +103,7 @@ def evolve(
     answer_sampling = sampling_config(params, params.answer_max_tokens)
     answer_json = json.dumps(answer_sampling.as_dict(), sort_keys=True)
     ledger = Ledger("evolve", model_name, engine, sampling, params.seed,
-                    template_hash(SYSTEM, TEMPLATE, *(OPERATIONS[o] for o in sorted(set(params.operations)))))
+                    template_hash(SYSTEM, TEMPLATE, *(OPERATIONS[o] for o in sorted(set(params.operations)))), screen=screen)
     order: list[SourceRow] = []
     accepted = 0
     for round_no in range(params.max_rounds):
@@ -139,10 +147,11 @@ def evolve(
                 continue
             accepted += 1
             ledger.accept(cand_id, messages_row(instruction, "", output), prov)
+        accepted -= len(ledger.settle(frame))
     return ledger.result(frame)
 
 
 def run(
-    frame: pl.DataFrame, params: EvolveParams, *, engine: Engine, model_name: str
+    frame: pl.DataFrame, params: EvolveParams, *, engine: Engine, model_name: str, screen: Screen | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    return evolve(frame, params, engine=engine, model_name=model_name)
+    return evolve(frame, params, engine=engine, model_name=model_name, screen=screen)

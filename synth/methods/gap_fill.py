@@ -27,12 +27,20 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synth.mentions import groups_mentioned, load_lexicon
-from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, sampling_config, template_hash
+from synth.methods.base import (
+    Engine,
+    Ledger,
+    NewRowParams,
+    Screen,
+    messages_row,
+    sampling_config,
+    template_hash,
+)
 from synth.methods.common import batch_size, chat, instruction_rows
 from synth.parse import TASK_SCHEMA, Rejected, parse_task
 from synth.rouge import max_rouge_l, tokens
 
-VERSION = "1"
+VERSION = "2"  # 2: post-filter
 
 PHRASES: dict[str, str] = {
     "female": "a woman or girl", "male": "a man or boy", "nonbinary": "a nonbinary person",
@@ -71,7 +79,7 @@ class Gap(BaseModel):
         return self.rows if self.target_rows is None else max(0, self.target_rows - self.rows)
 
 
-class GapFillParams(GenerationParams):
+class GapFillParams(NewRowParams):
     method: Literal["gap_fill"] = "gap_fill"
     """Generate rows involving groups that an audit found under-represented."""
     gaps: str | None = Field(None, json_schema_extra={"path": True})
@@ -129,7 +137,7 @@ def quotas(needs: list[int], n: int) -> list[int]:
 
 def gap_fill(
     frame: pl.DataFrame, params: GapFillParams, *, engine: Engine, model_name: str,
-    gaps: list[Gap], lexicon: dict[str, dict[str, list[str]]],
+    gaps: list[Gap], lexicon: dict[str, dict[str, list[str]]], screen: Screen | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     for gap in gaps:
         if gap.group not in lexicon.get(gap.axis, {}):
@@ -137,11 +145,13 @@ def gap_fill(
                              f"{', '.join(f'{a}: {sorted(g)}' for a, g in lexicon.items())}); pass `lexicon:`")
     rng = random.Random(params.seed)
     sampling = sampling_config(params, params.max_tokens, TASK_SCHEMA)
-    ledger = Ledger("gap_fill", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE))
+    ledger = Ledger("gap_fill", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE),
+                    screen=screen)
     sources = instruction_rows(frame)
     pool = [tokens(s.instruction) for s in sources]
     quota = quotas([g.needed for g in gaps], params.n)
     done = [0] * len(gaps)
+    gap_of: dict[str, int] = {}  # candidate id -> its gap (a post-filtered row frees its gap's slot)
     for round_no in range(params.max_rounds):
         picks = [i for i, g in enumerate(gaps) for _ in range(batch_size(quota[i] - done[i], params.oversample))
                  if quota[i] > done[i]]
@@ -178,8 +188,11 @@ def gap_fill(
                 ledger.reject(cand_id, gen.text, rej.reason, prov)
                 continue
             done[i] += 1
+            gap_of[cand_id] = i
             pool.append(tokens(task["instruction"]))
             ledger.accept(cand_id, row, prov | {"rouge_l_max": score})
+        for cand_id in ledger.settle(frame):
+            done[gap_of[cand_id]] -= 1
     kept, dropped, stats = ledger.result(frame)
     filled = [{"axis": g.axis, "group": g.group, "needed": g.needed, "quota": q, "generated": d}
               for g, q, d in zip(gaps, quota, done, strict=True)]
@@ -187,7 +200,7 @@ def gap_fill(
 
 
 def run(
-    frame: pl.DataFrame, params: GapFillParams, *, engine: Engine, model_name: str
+    frame: pl.DataFrame, params: GapFillParams, *, engine: Engine, model_name: str, screen: Screen | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     return gap_fill(frame, params, engine=engine, model_name=model_name, gaps=load_gaps(params),
-                    lexicon=load_lexicon(params.lexicon))
+                    lexicon=load_lexicon(params.lexicon), screen=screen)

@@ -16,12 +16,20 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
-from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, sampling_config, template_hash
+from synth.methods.base import (
+    Engine,
+    Ledger,
+    NewRowParams,
+    Screen,
+    messages_row,
+    sampling_config,
+    template_hash,
+)
 from synth.methods.common import SourceRow, batch_size, chat, require_instruction_rows
 from synth.parse import Rejected, parse_record
 from synth.rouge import rouge_l, tokens
 
-VERSION = "1"
+VERSION = "2"  # 2: post-filter
 
 SYSTEM = "You reword training examples for a helpful assistant. Answer only with JSON."
 TEMPLATE = (
@@ -37,7 +45,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-class ParaphraseParams(GenerationParams):
+class ParaphraseParams(NewRowParams):
     method: Literal["paraphrase"] = "paraphrase"
     """Reword existing instruction rows (instruction and answer) into new rows."""
     max_rouge_l: float = Field(0.8, gt=0, le=1)
@@ -60,12 +68,13 @@ def _words(instruction: str, output: str) -> list[str]:
 
 
 def paraphrase(
-    frame: pl.DataFrame, params: ParaphraseParams, *, engine: Engine, model_name: str
+    frame: pl.DataFrame, params: ParaphraseParams, *, engine: Engine, model_name: str, screen: Screen | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     sources = require_instruction_rows(frame, "paraphrase")
     order = random.Random(params.seed).sample(sources, len(sources))
     sampling = sampling_config(params, params.max_tokens, SCHEMA)
-    ledger = Ledger("paraphrase", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE))
+    ledger = Ledger("paraphrase", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE),
+                    screen=screen)
     source_words = {s.id: _words(s.instruction, s.output) for s in sources}
     turn, accepted = 0, 0
     for round_no in range(params.max_rounds):
@@ -98,10 +107,11 @@ def paraphrase(
             accepted += 1
             row = messages_row(pair["instruction"], "", pair["output"])
             ledger.accept(cand_id, row, prov | {"rouge_l_source": round(score, 4), "length_ratio": round(ratio, 3)})
+        accepted -= len(ledger.settle(frame))
     return ledger.result(frame)
 
 
 def run(
-    frame: pl.DataFrame, params: ParaphraseParams, *, engine: Engine, model_name: str
+    frame: pl.DataFrame, params: ParaphraseParams, *, engine: Engine, model_name: str, screen: Screen | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    return paraphrase(frame, params, engine=engine, model_name=model_name)
+    return paraphrase(frame, params, engine=engine, model_name=model_name, screen=screen)

@@ -15,12 +15,20 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from synth.methods.base import Engine, GenerationParams, Ledger, messages_row, sampling_config, template_hash
+from synth.methods.base import (
+    Engine,
+    Ledger,
+    NewRowParams,
+    Screen,
+    messages_row,
+    sampling_config,
+    template_hash,
+)
 from synth.parse import TASK_SCHEMA, Rejected, parse_task
 from synth.rouge import max_rouge_l, tokens
 from synth.seeds import SeedTask
 
-VERSION = "1"
+VERSION = "2"  # 2: post-filter
 
 SYSTEM = "You write diverse, self-contained tasks for training a helpful assistant. Answer only with JSON."
 TEMPLATE = (
@@ -31,7 +39,7 @@ TEMPLATE = (
 )
 
 
-class SelfInstructParams(GenerationParams):
+class SelfInstructParams(NewRowParams):
     method: Literal["self_instruct"] = "self_instruct"
     """Generate new tasks from seed tasks (Self-Instruct)."""
     seeds: str = Field(json_schema_extra={"path": True})
@@ -51,6 +59,12 @@ def _format(task: SeedTask | dict[str, str], i: int) -> str:
     return "\n".join(lines)
 
 
+def prompt_for(examples: list[SeedTask | dict[str, str]]) -> list[dict[str, str]]:
+    """The chat prompt that shows ``examples`` (numbered from 1) and asks for one new task."""
+    shown = "\n\n".join(_format(task, k + 1) for k, task in enumerate(examples))
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TEMPLATE.format(examples=shown)}]
+
+
 def self_instruct(
     frame: pl.DataFrame,
     params: SelfInstructParams,
@@ -58,10 +72,12 @@ def self_instruct(
     engine: Engine,
     seed_tasks: list[SeedTask],
     model_name: str,
+    screen: Screen | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     rng = random.Random(params.seed)
     sampling = sampling_config(params, params.max_tokens, TASK_SCHEMA)
-    ledger = Ledger("self_instruct", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE))
+    ledger = Ledger("self_instruct", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE),
+                    screen=screen)
     pool_tokens = [tokens(t.instruction) for t in seed_tasks]
     if "messages" in frame.columns:
         for msgs in frame["messages"].to_list():
@@ -77,10 +93,7 @@ def self_instruct(
         prompts, shown = [], []
         for _ in range(batch):
             picks = rng.sample(range(len(examples_pool)), min(params.examples_per_prompt, len(examples_pool)))
-            examples = "\n\n".join(_format(examples_pool[p], k + 1) for k, p in enumerate(picks))
-            prompts.append(
-                [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TEMPLATE.format(examples=examples)}]
-            )
+            prompts.append(prompt_for([examples_pool[p] for p in picks]))
             shown.append([e.id if isinstance(e, SeedTask) else e["id"] for e in (examples_pool[p] for p in picks)])
         for idx, (gen, seed_ids) in enumerate(zip(ledger.generate(prompts), shown, strict=True)):
             cand_id = ledger.candidate_id(round_no, idx, gen.text)
@@ -100,12 +113,15 @@ def self_instruct(
             accepted.append(task | {"id": cand_id})
             row = messages_row(task["instruction"], task["input"], task["output"])
             ledger.accept(cand_id, row, prov | {"rouge_l_max": score})
+        removed = ledger.settle(frame)
+        accepted = [task for task in accepted if task["id"] not in removed]
     return ledger.result(frame)
 
 
 def run(
-    frame: pl.DataFrame, params: SelfInstructParams, *, engine: Engine, model_name: str
+    frame: pl.DataFrame, params: SelfInstructParams, *, engine: Engine, model_name: str, screen: Screen | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     from synth.seeds import load_seed_tasks
 
-    return self_instruct(frame, params, engine=engine, seed_tasks=load_seed_tasks(params.seeds), model_name=model_name)
+    return self_instruct(frame, params, engine=engine, seed_tasks=load_seed_tasks(params.seeds), model_name=model_name,
+                         screen=screen)

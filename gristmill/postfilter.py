@@ -1,0 +1,49 @@
+"""The synthesize step's post-filter: a ``synth.methods.base.PostFilter`` turned into a screen over curation's code.
+
+synth/ cannot import curation/ (stage packages stay independent), so the orchestrator builds the screen and hands
+it to the method as a plain callable. The eval-set index is built once per step; near-dedup runs per round
+against the step's input rows and the generated rows kept in earlier rounds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from curation import decontam, minhash
+from synth.methods.base import PostFilter, Screen
+
+
+def build_screen(params: PostFilter) -> Screen | None:
+    """``screen(candidates, pool) -> {candidate id: reason}`` for ``params``; None when nothing is checked.
+
+    Reasons: ``contaminated`` (shares a ``params.ngram``-word n-gram with an eval item), ``near_duplicate_of_earlier``
+    (Jaccard >= ``params.threshold`` with a pool row), ``near_duplicate`` (with an earlier candidate of the same
+    round, which is kept). A row that fails both is reported as contaminated.
+    """
+    if not params.near_duplicates and not params.eval_sets:
+        return None
+    for path in params.eval_sets:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"synthesize.post_filter.eval_sets: {path} does not exist")
+    index = None
+    if params.eval_sets:
+        items = decontam.load_eval_items(params.eval_sets)
+        index = decontam.eval_ngrams(items["text"], params.ngram, min_item_words=min(5, params.ngram))
+    dedup = minhash.MinhashParams(threshold=params.threshold)
+
+    def screen(candidates: pl.DataFrame, pool: pl.DataFrame) -> dict[str, str]:
+        ids = candidates["id"].to_list()
+        reasons: dict[str, str] = {}
+        if index is not None:
+            hits = decontam.contamination_hits(candidates["text"], index)
+            reasons.update((ids[row], "contaminated") for row in hits["row"].unique().to_list())
+        if params.near_duplicates:
+            frame = candidates.with_columns(pl.struct(pl.lit(None, pl.String).alias("synth_id")).alias("meta"))
+            _, dropped, _ = minhash.dedup_minhash(frame, dedup, earlier=pool)
+            for row_id, reason in dropped.select("id", "reason").iter_rows():
+                reasons.setdefault(row_id, reason)
+        return reasons
+
+    return screen
