@@ -80,14 +80,11 @@ def run_vllm(model: str, sets: dict[str, list], max_tokens: int, temperature: fl
 
     Each set has its own prompts, so no timed run reuses prefix-cache blocks another run filled (sharing within
     a set, e.g. the method's system prompt, is what a real step gets too)."""
-    from synth.engine import SamplingConfig, VLLMEngine
-    from synth.replicas import ReplicatedEngine
+    from synth.engine import SamplingConfig
+    from synth.replicas import vllm_engine
 
     util = extra.pop("gpu_memory_utilization", None)
-    engine: VLLMEngine | ReplicatedEngine = (
-        ReplicatedEngine(model, replicas=replicas, seed=0, gpu_memory_utilization=util or 0.9, extra=extra)
-        if replicas > 1 else VLLMEngine(model, seed=0, gpu_memory_utilization=util, extra=extra)
-    )
+    engine = vllm_engine(model, replicas=replicas, seed=0, gpu_memory_utilization=util, extra=extra)
     results = {}
     with engine:
         engine.chat(sets["warmup"], SamplingConfig(top_p=1.0, max_tokens=max_tokens, ignore_eos=True))

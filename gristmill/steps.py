@@ -137,15 +137,11 @@ def _synth_engine(params: GenerationParams, ctx: Context) -> Any:
         return OpenAIEngine(params.base_url, params.model, params.api_key_env, params.concurrency,
                             params.request_timeout_s, params.max_retries, seed=seed)
     from gristmill.models import resolve
-    from synth.engine import VLLMEngine
+    from synth.replicas import vllm_engine
 
     model_path = resolve(params.model, key="synthesize.model")
     ctx.models["synthesize"] = model_path
-    if params.replicas > 1:
-        from synth.replicas import ReplicatedEngine
-
-        return ReplicatedEngine(model_path, replicas=params.replicas, seed=params.seed)
-    return VLLMEngine(model_path, seed=params.seed)
+    return vllm_engine(model_path, replicas=params.replicas, seed=params.seed)
 
 
 STEPS: dict[str, StepDef] = {

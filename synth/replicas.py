@@ -1,10 +1,14 @@
-"""Several vLLM engines on one GPU, one per process, for models too small to keep a GPU busy.
+"""vLLM engines in worker processes: several on one GPU for models too small to keep it busy, one on CPU.
 
 A 135M-parameter model needs ~2 ms of GPU time per decode step of 1,000 sequences, but vLLM's per-step CPU work
 (scheduling, sampling bookkeeping, detokenization) takes tens of milliseconds, so a single engine leaves the GPU
 mostly idle. ``ReplicatedEngine`` starts ``replicas`` worker processes, each with its own ``VLLMEngine`` holding
 ``1/replicas`` of the GPU memory budget, splits every batch into contiguous shards, and returns the results in the
 original order. Replica ``i`` is seeded ``seed + i``, so outputs are reproducible for a fixed replica count.
+
+On CPU a single worker runs vLLM in one process (``VLLMEngine.single_process``): the worker is a fresh spawned
+interpreter that imports only the engine, and the run's process waits on a pipe without using a core. Closing
+the engine ends the process, so all of its memory is back before training starts.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from synth.engine import Generation, SamplingConfig, VLLMEngine
 
 
 def _worker(conn: Any, kwargs: dict[str, Any]) -> None:
-    engine = VLLMEngine(**kwargs)
+    engine = VLLMEngine(**kwargs, single_process=True)
     try:
         try:
             engine._start()
@@ -45,8 +49,8 @@ class ReplicatedEngine:
     replicas: int = 2
     seed: int = 0
     max_model_len: int = 2048
-    gpu_memory_utilization: float = 0.9
-    """Total across replicas."""
+    gpu_memory_utilization: float | None = None
+    """Total across replicas (default: 0.9 of a GPU; one CPU replica uses ``VLLMEngine``'s default)."""
     extra: dict[str, Any] = field(default_factory=dict)
     _workers: list[tuple[Any, Any]] = field(default_factory=list)
 
@@ -55,16 +59,18 @@ class ReplicatedEngine:
     def version(self) -> str:
         import vllm
 
-        return f"{vllm.__version__} x{self.replicas}"
+        return f"{vllm.__version__} x{self.replicas}" if self.replicas > 1 else str(vllm.__version__)
 
     def _start(self) -> None:
         if self._workers:
             return
         ctx = mp.get_context("spawn")
+        util = self.gpu_memory_utilization
+        share = None if util is None and self.replicas == 1 else (util or 0.9) / self.replicas
         for i in range(self.replicas):
             parent, child = ctx.Pipe()
             kwargs = {"model_path": self.model_path, "seed": self.seed + i, "max_model_len": self.max_model_len,
-                      "gpu_memory_utilization": self.gpu_memory_utilization / self.replicas, "extra": self.extra}
+                      "gpu_memory_utilization": share, "extra": self.extra}
             proc = ctx.Process(target=_worker, args=(child, kwargs))  # not daemonic: vLLM spawns children
             proc.start()
             # One at a time: vLLM sizes its KV cache by profiling GPU memory, which concurrent starts would skew.
@@ -100,3 +106,15 @@ class ReplicatedEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def vllm_engine(model_path: str, *, replicas: int = 1, seed: int = 0, gpu_memory_utilization: float | None = None,
+                extra: dict[str, Any] | None = None) -> VLLMEngine | ReplicatedEngine:
+    """The engine a synthesize step runs: worker processes on CPU (always) and for ``replicas > 1``; otherwise
+    ``VLLMEngine`` in this process (on a GPU its engine core is a separate process anyway)."""
+    import torch
+
+    if replicas > 1 or not torch.cuda.is_available():
+        return ReplicatedEngine(model_path, replicas=replicas, seed=seed,
+                                gpu_memory_utilization=gpu_memory_utilization, extra=dict(extra or {}))
+    return VLLMEngine(model_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization, extra=dict(extra or {}))

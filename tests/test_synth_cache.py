@@ -209,7 +209,7 @@ def _rows_or_zero(path: Path) -> int:
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_generating_twice(tmp_path: Path) -> None:
-    """SIGKILL `gristmill run` (and its vLLM engine core) after the first committed chunks, then rerun: the rerun
+    """SIGKILL `gristmill run` (and its vLLM worker process) after the first committed chunks, then rerun: the rerun
     replays exactly the committed requests and generates only the rest."""
     import yaml
 
@@ -241,7 +241,7 @@ def test_killed_run_resumes_without_generating_twice(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, f"no committed chunk after 400 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and its engine-core process
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its vLLM worker process
         proc.wait()
     committed = rows(db)
     assert committed >= 2 and committed % 2 == 0  # whole chunks only

