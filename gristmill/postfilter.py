@@ -1,28 +1,35 @@
 """The synthesize step's post-filter: a ``synth.methods.base.PostFilter`` turned into a screen over curation's code.
 
 synth/ cannot import curation/ (stage packages stay independent), so the orchestrator builds the screen and hands
-it to the method as a plain callable. The eval-set index is built once per step; near-dedup runs per round
-against the step's input rows and the generated rows kept in earlier rounds.
+it to the method as a plain callable. The eval-set index and the reference embeddings are built once per step;
+near-dedup runs per round against the step's input rows and the generated rows kept in earlier rounds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from curation import decontam, minhash
+from curation.scoring import similarity_scores
 from synth.methods.base import PostFilter, Screen
 
+Embed = Callable[[list[str]], np.ndarray]
 
-def build_screen(params: PostFilter) -> Screen | None:
+
+def build_screen(params: PostFilter, embedder: Callable[[str], Embed] | None = None) -> Screen | None:
     """``screen(candidates, pool) -> {candidate id: reason}`` for ``params``; None when nothing is checked.
 
     Reasons: ``contaminated`` (shares a ``params.ngram``-word n-gram with an eval item), ``near_duplicate_of_earlier``
     (Jaccard >= ``params.threshold`` with a pool row), ``near_duplicate`` (with an earlier candidate of the same
-    round, which is kept). A row that fails both is reported as contaminated.
+    round, which is kept), ``low_quality`` (embedding score under ``params.quality.min_score``). A row failing
+    several checks gets the first reason of that list. ``embedder(model)`` returns an ``embed(texts)`` function
+    (normalized rows); it is required with ``params.quality``.
     """
-    if not params.near_duplicates and not params.eval_sets:
+    if not params.near_duplicates and not params.eval_sets and params.quality is None:
         return None
     for path in params.eval_sets:
         if not Path(path).is_file():
@@ -32,6 +39,17 @@ def build_screen(params: PostFilter) -> Screen | None:
         items = decontam.load_eval_items(params.eval_sets)
         index = decontam.eval_ngrams(items["text"], params.ngram, min_item_words=min(5, params.ngram))
     dedup = minhash.MinhashParams(threshold=params.threshold)
+    gate = params.quality
+    embed: Embed | None = None
+    reference = np.zeros((0, 0), dtype=np.float32)
+    if gate is not None:
+        if embedder is None:
+            raise ValueError("synthesize.post_filter.quality needs an embedding model (pass `embedder`)")
+        from gristmill.ingest import InputSpec, ingest
+
+        ref, _ = ingest(InputSpec(path=gate.reference, mapping=gate.reference_mapping), Path(gate.reference))
+        embed = embedder(gate.model)
+        reference = embed(ref["text"].to_list())
 
     def screen(candidates: pl.DataFrame, pool: pl.DataFrame) -> dict[str, str]:
         ids = candidates["id"].to_list()
@@ -44,6 +62,11 @@ def build_screen(params: PostFilter) -> Screen | None:
             _, dropped, _ = minhash.dedup_minhash(frame, dedup, earlier=pool)
             for row_id, reason in dropped.select("id", "reason").iter_rows():
                 reasons.setdefault(row_id, reason)
+        if gate is not None and embed is not None:
+            scores = similarity_scores(embed(candidates["text"].to_list()), reference, gate.k)
+            for row_id, score in zip(ids, scores.tolist(), strict=True):
+                if score < gate.min_score:
+                    reasons.setdefault(row_id, "low_quality")
         return reasons
 
     return screen

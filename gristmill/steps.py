@@ -113,7 +113,13 @@ def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> 
     from gristmill.postfilter import build_screen
     from synth.cache import CachedEngine
 
-    screen = build_screen(params.post_filter) if isinstance(params, NewRowParams) else None
+    screen = None
+    if isinstance(params, NewRowParams):
+        def embedder(model: str) -> Callable[[list[str]], Any]:
+            return _embedder("synthesize.post_filter.quality", model, ctx, batch_size=None, max_seq_length=256,
+                             precision="fast").encode
+
+        screen = build_screen(params.post_filter, embedder)
     engine = _synth_engine(params, ctx)
     try:
         if not params.cache:

@@ -114,6 +114,9 @@ def vllm_engine(model_path: str, *, replicas: int = 1, seed: int = 0, gpu_memory
     ``VLLMEngine`` in this process (on a GPU its engine core is a separate process anyway)."""
     import torch
 
+    if replicas > 1 and not torch.cuda.is_available():
+        raise ValueError(f"synthesize.replicas: {replicas} engines share a GPU and none is available; on CPU use "
+                         "replicas: 1 (one engine already computes on every core)")
     if replicas > 1 or not torch.cuda.is_available():
         return ReplicatedEngine(model_path, replicas=replicas, seed=seed,
                                 gpu_memory_utilization=gpu_memory_utilization, extra=dict(extra or {}))

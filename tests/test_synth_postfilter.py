@@ -125,3 +125,47 @@ def test_recipe_resolves_nested_post_filter_paths(tmp_path: Path, monkeypatch: p
     recipe.write_text(recipe.read_text().replace("data/eval.jsonl", "data/missing.jsonl"))
     with pytest.raises(FileNotFoundError, match=r"steps\.synthesize\.post_filter\.eval_sets: .*missing\.jsonl"):
         Runner(load_recipe(recipe)).run()
+
+
+def test_quality_gate_drops_rows_far_from_the_reference(tmp_path: Path) -> None:
+    """A bag-of-words embedder stands in for MiniLM (the slow test below uses the real one): the gate's job is
+    the arithmetic and the wiring, scored against the reference file read through the alpaca mapping."""
+    import numpy as np
+
+    from synth.methods.base import QualityGate
+
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(json.dumps({"instruction": "bake bread", "output": "knead dough oven"}) + "\n")
+    vocab = ["bake", "bread", "knead", "dough", "oven", "tax", "filing"]
+
+    def embed(texts: list[str]) -> np.ndarray:
+        vecs = np.array([[t.lower().split().count(w) for w in vocab] for t in texts], dtype=np.float32) + 1e-6
+        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+    seen: list[str] = []
+    gate = QualityGate(reference=str(gold), min_score=0.5, k=1, model="bow")
+    screen = build_screen(PostFilter(near_duplicates=False, quality=gate), lambda m: seen.append(m) or embed)
+    assert screen is not None and seen == ["bow"]
+    reasons = screen(id_text(["a", "b"], ["bake bread in the oven", "tax filing deadline"]), id_text([], []))
+    assert reasons == {"b": "low_quality"}
+    with pytest.raises(ValueError, match="post_filter.quality needs an embedding model"):
+        build_screen(PostFilter(quality=gate))
+
+
+@pytest.mark.slow
+def test_quality_gate_with_real_minilm(tmp_path: Path) -> None:
+    from curation.embed import Embedder
+    from gristmill.models import resolve
+    from synth.methods.base import QualityGate
+
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in [
+        ("How do I bake sourdough bread at home?", "Feed the starter, mix, proof overnight, bake hot."),
+        ("Give tips for roasting vegetables.", "Cut evenly, oil lightly, roast at 220 C until browned.")]))
+    embedder = Embedder(resolve("minilm-l6"), cache_path=tmp_path / "emb.sqlite")
+    gate = QualityGate(reference=str(gold), min_score=0.3, k=1)
+    screen = build_screen(PostFilter(near_duplicates=False, quality=gate), lambda m: embedder.encode)
+    assert screen is not None
+    candidates = id_text(["bread", "noise"], ["A simple recipe for baking a loaf of crusty bread in a home oven.",
+                                             "qzv 88 ##### lorem xx yy"])
+    assert screen(candidates, id_text([], [])) == {"noise": "low_quality"}

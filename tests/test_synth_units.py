@@ -119,3 +119,16 @@ def test_vllm_engine_answers_prompts_over_the_context_without_sending_them() -> 
     assert sent == [short, short]
     assert [g.finish_reason for g in out] == ["stop", PROMPT_TOO_LONG, "stop"]
     assert out[1].prompt_tokens >= 64 and out[1].text == "" and out[0].text == "ok hello"
+
+
+def test_replicas_need_a_gpu() -> None:
+    import torch
+
+    from synth.replicas import ReplicatedEngine, vllm_engine
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU rule")
+    with pytest.raises(ValueError, match=r"synthesize\.replicas: 2 engines share a GPU .* use replicas: 1"):
+        vllm_engine("unused", replicas=2)
+    engine = vllm_engine("unused", seed=3)  # nothing starts until the first chat
+    assert isinstance(engine, ReplicatedEngine) and (engine.replicas, engine.seed) == (1, 3)

@@ -84,10 +84,28 @@ class GenerationParams(BaseModel):
         return self
 
 
+class QualityGate(BaseModel):
+    """Embedding quality check of generated rows (the ``quality`` step's reference scorer)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    reference: str = Field(json_schema_extra={"path": True})
+    """Rows that look like the data you want (jsonl/json/csv/parquet), e.g. the ``quality`` step's gold set."""
+    reference_mapping: Literal["alpaca", "sharegpt", "messages", "text"] = "alpaca"
+    """How to read ``reference`` (the same mappings as inputs)."""
+    min_score: float = Field(ge=-1, le=1)
+    """Drop a generated row whose score (mean cosine to its ``k`` nearest reference rows) is below this
+    (reason ``low_quality``)."""
+    k: int = Field(3, ge=1)
+    """Reference rows averaged per score."""
+    model: str = "minilm-l6"
+    """Embedding model: a registered short name or a local sentence-transformers directory."""
+
+
 class PostFilter(BaseModel):
     """Checks a generated row must pass before it counts toward ``n``; run after each round by the orchestrator
-    with the curation stage's own code (MinHash near-dedup, n-gram decontamination). A row that fails is
-    dropped with reason ``post_filter.<reason>`` and the next round asks for a replacement."""
+    with the curation stage's own code (MinHash near-dedup, n-gram decontamination, embedding quality). A row that
+    fails is dropped with reason ``post_filter.<reason>`` and the next round asks for a replacement."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -101,6 +119,8 @@ class PostFilter(BaseModel):
     ``contaminated``): a generator can reproduce benchmark items it saw in pretraining."""
     ngram: int = Field(13, ge=1, le=50)
     """N-gram size in words for ``eval_sets``."""
+    quality: QualityGate | None = None
+    """Embedding quality floor for generated rows (off by default)."""
 
 
 Screen = Callable[[pl.DataFrame, pl.DataFrame], dict[str, str]]
