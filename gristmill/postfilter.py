@@ -58,6 +58,7 @@ def build_screen(params: PostFilter, embedder: Callable[[str], Embed] | None = N
             hits = decontam.contamination_hits(candidates["text"], index)
             reasons.update((ids[row], "contaminated") for row in hits["row"].unique().to_list())
         if params.near_duplicates:
+            # dedup_minhash annotates meta (cluster_id, duplicate_of); candidates carry a placeholder struct.
             frame = candidates.with_columns(pl.struct(pl.lit(None, pl.String).alias("synth_id")).alias("meta"))
             _, dropped, _ = minhash.dedup_minhash(frame, dedup, earlier=pool)
             for row_id, reason in dropped.select("id", "reason").iter_rows():
