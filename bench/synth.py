@@ -1,7 +1,7 @@
 """Generation throughput: gristmill's vLLM engine vs HF transformers ``generate``, same prompts, one run.
 
 Workload (``--workload``): ``self_instruct`` (default) sends the prompts gristmill's self_instruct method builds
-(its system prompt and template around 3 real Self-Instruct seed tasks, mean ~470 prompt tokens); ``short`` sends
+(its system prompt and template around 3 real Self-Instruct seed tasks, mean 453 prompt tokens, 196-1,132); ``short`` sends
 one-line requests (~46 tokens). Greedy and sampled (temperature 0.8, top-k 50: gristmill's default) runs each get
 their own prompts, so neither reuses the other's prefix cache. Both engines produce exactly ``--max-tokens`` tokens
 per prompt (``ignore_eos`` / ``min_new_tokens``); throughput = output tokens / wall seconds of generation (model
@@ -40,7 +40,7 @@ SEEDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "selfinstruct_
 
 def prompts(n: int, workload: str = "short", seeds: str | None = None) -> list[list[dict[str, str]]]:
     """``short``: one-line requests (~40 prompt tokens). ``self_instruct``: the prompts gristmill's self_instruct
-    method sends (its system prompt + template + 3 real seed tasks drawn at random, mean ~470 tokens, shared prefix)."""
+    method sends (its system prompt + template + 3 real seed tasks drawn at random, mean 453 tokens, shared prefix)."""
     if workload == "short":
         return [[{"role": "user", "content": f"Request {i}: write a detailed, vivid paragraph about {TOPICS[i % len(TOPICS)]}."}]
                 for i in range(n)]

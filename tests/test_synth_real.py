@@ -136,3 +136,16 @@ def test_gap_fill_keeps_only_rows_that_mention_the_group(engine: Any) -> None:
     lexicon = load_lexicon(None)["age"]
     assert all("older_adult" in groups_mentioned(t, lexicon) for t in new["text"].to_list())
     assert stats["gaps"][0]["generated"] == new.height
+
+
+def test_prompt_over_the_context_is_answered_not_raised(engine: Any) -> None:
+    """vLLM rejects a whole ``chat`` batch when one prompt reaches max_model_len (2,048 here); the engine sends
+    only the prompts that fit and answers the rest ``prompt_too_long``."""
+    from synth.engine import PROMPT_TOO_LONG, SamplingConfig
+
+    short = [{"role": "user", "content": "Name a colour."}]
+    too_long = [{"role": "user", "content": "Summarize: " + "lorem ipsum dolor sit amet " * 600}]
+    out = engine.chat([short, too_long, short], SamplingConfig(temperature=0.0, max_tokens=8))
+    assert [g.finish_reason == PROMPT_TOO_LONG for g in out] == [False, True, False]
+    assert out[1].text == "" and out[1].output_tokens == 0 and out[1].prompt_tokens > 2048
+    assert out[0].output_tokens > 0 and out[0].text == out[2].text  # greedy: same prompt, same answer

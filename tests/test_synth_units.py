@@ -86,41 +86,6 @@ def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None
     assert stats["output_tokens"] == 50 and stats["output_tokens_per_kept_row"] == 25.0
 
 
-@pytest.mark.slow
-def test_vllm_engine_answers_prompts_over_the_context_without_sending_them() -> None:
-    """vLLM rejects a whole ``chat`` batch when one prompt reaches max_model_len; the engine sends only the prompts
-    that fit (lengths from the model's real chat template) and answers the rest ``prompt_too_long``."""
-    from transformers import AutoTokenizer
-
-    from gristmill.models import resolve
-    from synth.engine import PROMPT_TOO_LONG, SamplingConfig, VLLMEngine
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct"))
-    sent: list[list[dict[str, str]]] = []
-
-    class Output:  # the fields of vllm's RequestOutput that the engine reads
-        def __init__(self, conv: list[dict[str, str]]) -> None:
-            self.prompt_token_ids = [0] * 5
-            self.outputs = [type("Completion", (), {"text": "ok " + conv[0]["content"][:5], "finish_reason": "stop",
-                                                    "token_ids": [1, 2]})()]
-
-    class FakeLLM:
-        def get_tokenizer(self) -> object:
-            return tokenizer
-
-        def chat(self, convs: list[list[dict[str, str]]], params: object, use_tqdm: bool) -> list[Output]:
-            sent.extend(convs)
-            return [Output(c) for c in convs]
-
-    engine = VLLMEngine("unused", max_model_len=64, _llm=FakeLLM())
-    short = [{"role": "user", "content": "hello there"}]
-    edge = [{"role": "user", "content": "word " * 40}]  # ~70 tokens with the template: over 64
-    out = engine.chat([short, edge, short], SamplingConfig(max_tokens=8))
-    assert sent == [short, short]
-    assert [g.finish_reason for g in out] == ["stop", PROMPT_TOO_LONG, "stop"]
-    assert out[1].prompt_tokens >= 64 and out[1].text == "" and out[0].text == "ok hello"
-
-
 def test_replicas_need_a_gpu() -> None:
     import torch
 
