@@ -18,7 +18,8 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from audit.lexicon import detect, load_lexicon
+from gristmill.audit.lexicon import lexicon_or_builtin
+from gristmill.common.lexicon import detect
 
 VERSION = "1"
 
@@ -60,7 +61,7 @@ def _selection_rates(labels: pl.Series, groups: pl.Series) -> tuple[dict[str, fl
 
 def audit_rows(frame: pl.DataFrame, params: AuditParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """Annotate rows with ``meta.demographics`` and report; keeps every row (the gate acts on the run)."""
-    lexicon = load_lexicon(params.lexicon)
+    lexicon = lexicon_or_builtin(params.lexicon)
     unknown = [a for a in params.axes if a not in lexicon]
     if unknown:
         raise ValueError(f"audit.axes: unknown axis {unknown}; the lexicon has {sorted(lexicon)}")

@@ -65,8 +65,8 @@ def main() -> None:
     from scipy.stats import spearmanr
     from sentence_transformers import SentenceTransformer
 
-    from curation.embed import Embedder
-    from curation.scoring import similarity_scores
+    from gristmill.curation.embed import Embedder
+    from gristmill.curation.scoring import similarity_scores
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=600)

@@ -73,7 +73,7 @@ def ground_truth(sets: list[set[str]], threshold: float, max_df: int = 200) -> s
 
 
 def run_gristmill(texts: list[str], threshold: float, num_perm: int, ngram: int) -> set[tuple[int, int]]:
-    from curation.minhash import MinhashParams, near_duplicate_pairs
+    from gristmill.curation.minhash import MinhashParams, near_duplicate_pairs
 
     found = near_duplicate_pairs(pl.Series(texts), MinhashParams(threshold=threshold, num_perm=num_perm, ngram=ngram))
     pairs = found.pairs

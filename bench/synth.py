@@ -46,8 +46,8 @@ def prompts(n: int, workload: str = "short", seeds: str | None = None) -> list[l
                 for i in range(n)]
     import random
 
-    from synth.methods.self_instruct import prompt_for
-    from synth.seeds import load_seed_tasks
+    from gristmill.synth.methods.self_instruct import prompt_for
+    from gristmill.synth.seeds import load_seed_tasks
 
     tasks = load_seed_tasks(seeds or SEEDS)
     rng = random.Random(0)
@@ -80,8 +80,8 @@ def run_vllm(model: str, sets: dict[str, list], max_tokens: int, temperature: fl
 
     Each set has its own prompts, so no timed run reuses prefix-cache blocks another run filled (sharing within
     a set, e.g. the method's system prompt, is what a real step gets too)."""
-    from synth.engine import SamplingConfig
-    from synth.replicas import vllm_engine
+    from gristmill.synth.engine import SamplingConfig
+    from gristmill.synth.replicas import vllm_engine
 
     util = extra.pop("gpu_memory_utilization", None)
     engine = vllm_engine(model, replicas=replicas, seed=0, gpu_memory_utilization=util, extra=extra)

@@ -42,8 +42,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation._frame import add_meta, base_stats, split
-from curation.shingles import token_hashes, window_hashes
+from gristmill.curation._frame import add_meta, base_stats, split
+from gristmill.curation.shingles import token_hashes, window_hashes
 
 VERSION = "1"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")

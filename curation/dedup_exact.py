@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from curation._frame import add_meta, base_stats, split
+from gristmill.curation._frame import add_meta, base_stats, split
 
 VERSION = "1"
 

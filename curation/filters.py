@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation._frame import base_stats, split
+from gristmill.curation._frame import base_stats, split
 
 VERSION = "1"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from curation.shingles import Unit, hashed_shingles
+from gristmill.curation.shingles import Unit, hashed_shingles
 
 _MIX = np.uint64(0x100000001B3)
 MAX_BUCKET_PAIRS = 64

@@ -18,11 +18,11 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation import minhash_kernel
-from curation._frame import add_meta, base_stats, split
-from curation.clusters import clusters, preference_rank
-from curation.lsh import band_keys, candidate_pairs, exact_jaccard, optimal_bands
-from curation.shingles import hashed_shingles, token_hashes
+from gristmill.curation import minhash_kernel
+from gristmill.curation._frame import add_meta, base_stats, split
+from gristmill.curation.clusters import clusters, preference_rank
+from gristmill.curation.lsh import band_keys, candidate_pairs, exact_jaccard, optimal_bands
+from gristmill.curation.shingles import hashed_shingles, token_hashes
 
 VERSION = "1"
 SCHEME = "affine32"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from curation._frame import base_stats, split
+from gristmill.curation._frame import base_stats, split
 
 VERSION = "1"
 _CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\u200b\u200c\u200d\ufeff]")

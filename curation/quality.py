@@ -17,8 +17,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation._frame import add_meta, base_stats, split
-from curation.scoring import keep_mask, similarity_scores
+from gristmill.curation._frame import add_meta, base_stats, split
+from gristmill.curation.scoring import keep_mask, similarity_scores
 
 VERSION = "1"
 

@@ -21,9 +21,9 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from curation import language
-from curation import textstats as ts
-from curation._frame import add_meta, base_stats, split
+from gristmill.curation import language
+from gristmill.curation import textstats as ts
+from gristmill.curation._frame import add_meta, base_stats, split
 
 VERSION = "1"
 

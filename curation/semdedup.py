@@ -26,8 +26,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation._frame import add_meta, base_stats, split
-from curation.clusters import clusters, preference_rank
+from gristmill.curation._frame import add_meta, base_stats, split
+from gristmill.curation.clusters import clusters, preference_rank
 
 VERSION = "1"
 _BLOCK = 2048  # rows per block of the within-cluster similarity product (bounds memory to _BLOCK x cluster size)

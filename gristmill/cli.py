@@ -58,7 +58,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     import polars as pl
 
     from gristmill.models import resolve
-    from train.qlora import TrainParams, train_qlora
+    from gristmill.train.qlora import TrainParams, train_qlora
 
     run_dir = Path(args.run_dir)
     data = run_dir / "dataset" / "data.parquet"

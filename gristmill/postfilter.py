@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curation import decontam, minhash
-from curation.scoring import similarity_scores
-from synth.methods.base import PostFilter, Screen
+from gristmill.curation import decontam, minhash
+from gristmill.curation.scoring import similarity_scores
+from gristmill.synth.methods.base import PostFilter, Screen
 
 Embed = Callable[[list[str]], np.ndarray]
 

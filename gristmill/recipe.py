@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gristmill.ingest import InputSpec
 from gristmill.steps import STEPS
-from train.qlora import TrainParams
+from gristmill.train.qlora import TrainParams
 
 
 class OutputSpec(BaseModel):

@@ -221,7 +221,7 @@ class Runner:
 
     def _train(self, frame: pl.DataFrame, data_fp: str, recomputed: list[str]) -> dict[str, Any]:
         from gristmill.models import resolve
-        from train.qlora import train_qlora
+        from gristmill.train.qlora import train_qlora
 
         params = self.recipe.train
         assert params is not None

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from pydantic import BaseModel
 
-from audit import audit as audit_mod
-from curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
-from synth import methods
-from synth.methods.base import GenerationParams, NewRowParams
+from gristmill.audit import audit as audit_mod
+from gristmill.curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
+from gristmill.synth import methods
+from gristmill.synth.methods.base import GenerationParams, NewRowParams
 
 if TYPE_CHECKING:
-    from curation.embed import Embedder
+    from gristmill.curation.embed import Embedder
 
 StepOutput = tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]
 
@@ -47,7 +47,7 @@ class StepDef:
 def _embedder(role: str, model: str, ctx: Context, *, batch_size: int | None, max_seq_length: int,
               precision: str) -> Embedder:
     """The registry's model ``model`` with the shared embedding cache; recorded in ``ctx.models[role]``."""
-    from curation.embed import Embedder
+    from gristmill.curation.embed import Embedder
     from gristmill.models import resolve
 
     model_path = resolve(model, key=f"{role}.model")
@@ -111,7 +111,7 @@ def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> 
     Cache counters go into the step's stats.
     """
     from gristmill.postfilter import build_screen
-    from synth.cache import CachedEngine
+    from gristmill.synth.cache import CachedEngine
 
     screen = None
     if isinstance(params, NewRowParams):
@@ -120,6 +120,10 @@ def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> 
                              precision="fast").encode
 
         screen = build_screen(params.post_filter, embedder)
+    if getattr(params, "method", None) == "gap_fill" and params.lexicon is None:  # type: ignore[attr-defined]
+        from gristmill.audit.lexicon import builtin_lexicon_path
+
+        params = params.model_copy(update={"lexicon": str(builtin_lexicon_path())})
     engine = _synth_engine(params, ctx)
     try:
         if not params.cache:
@@ -134,7 +138,7 @@ def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> 
 
 def _synth_engine(params: GenerationParams, ctx: Context) -> Any:
     if params.engine == "openai":
-        from synth.http_engine import OpenAIEngine
+        from gristmill.synth.http_engine import OpenAIEngine
 
         assert params.base_url is not None  # GenerationParams' validator
         ctx.models["synthesize"] = f"{params.model} @ {params.base_url}"
@@ -143,7 +147,7 @@ def _synth_engine(params: GenerationParams, ctx: Context) -> Any:
         return OpenAIEngine(params.base_url, params.model, params.api_key_env, params.concurrency,
                             params.request_timeout_s, params.max_retries, seed=seed)
     from gristmill.models import resolve
-    from synth.replicas import vllm_engine
+    from gristmill.synth.replicas import vllm_engine
 
     model_path = resolve(params.model, key="synthesize.model")
     ctx.models["synthesize"] = model_path

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from synth.engine import Generation, SamplingConfig
+from gristmill.synth.engine import Generation, SamplingConfig
 
 Conversation = list[dict[str, str]]
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from synth.engine import PROMPT_TOO_LONG, Generation, SamplingConfig
+from gristmill.synth.engine import PROMPT_TOO_LONG, Generation, SamplingConfig
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 Response = tuple[int, str, float | None]

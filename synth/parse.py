@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from synth.engine import PROMPT_TOO_LONG
+from gristmill.synth.engine import PROMPT_TOO_LONG
 
 TASK_SCHEMA: dict[str, Any] = {
     "type": "object",

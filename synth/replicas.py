@@ -17,7 +17,7 @@ import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from synth.engine import Generation, SamplingConfig, VLLMEngine
+from gristmill.synth.engine import Generation, SamplingConfig, VLLMEngine
 
 
 def _worker(conn: Any, kwargs: dict[str, Any]) -> None:

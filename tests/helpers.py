@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from synth.engine import Generation, SamplingConfig
+from gristmill.synth.engine import Generation, SamplingConfig
 
 Reply = str | tuple[str, str]
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from audit.audit import AuditParams, GateParams, audit_rows
-from audit.lexicon import detect, load_lexicon, term_pattern
+from gristmill.audit.audit import AuditParams, GateParams, audit_rows
+from gristmill.audit.lexicon import lexicon_or_builtin
+from gristmill.common.lexicon import detect, term_pattern
 from tests.conftest import make_frame
 
 LEX = {"gender": {"female": ["her", "mother*"], "male": ["he"]}, "age": {"child": ["kid*"], "older": ["elderly"]}}
@@ -19,7 +20,7 @@ def test_term_pattern_and_detection_known_answer() -> None:
 
 
 def test_builtin_lexicon_covers_the_quickstart_axes() -> None:
-    lex = load_lexicon()
+    lex = lexicon_or_builtin(None)
     assert {"gender", "race_ethnicity", "religion", "age"} <= set(lex)
     hits = detect(pl.Series(["A Muslim grandmother and her teenage grandson"]), lex, ["gender", "religion", "age"])
     assert hits.row(0) == (["female", "male"], ["muslim"], ["teen"])

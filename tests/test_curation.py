@@ -7,14 +7,14 @@ import polars as pl
 import pytest
 from datasketch import MinHash
 
-from curation.clusters import clusters, preference_rank
-from curation.dedup_exact import ExactDedupParams, dedup_exact
-from curation.filters import FilterParams, filter_rows
-from curation.minhash import MinhashParams, dedup_minhash, fmix32, signatures
-from curation.normalize import NormalizeParams, normalize, normalize_text
-from curation.quality import KeepRule
-from curation.scoring import keep_mask, similarity_scores
-from curation.shingles import hashed_shingles, shingle_sets
+from gristmill.curation.clusters import clusters, preference_rank
+from gristmill.curation.dedup_exact import ExactDedupParams, dedup_exact
+from gristmill.curation.filters import FilterParams, filter_rows
+from gristmill.curation.minhash import MinhashParams, dedup_minhash, fmix32, signatures
+from gristmill.curation.normalize import NormalizeParams, normalize, normalize_text
+from gristmill.curation.quality import KeepRule
+from gristmill.curation.scoring import keep_mask, similarity_scores
+from gristmill.curation.shingles import hashed_shingles, shingle_sets
 from tests.conftest import make_frame
 
 
@@ -162,7 +162,7 @@ def test_similarity_scores_and_keep_rules_known_answer() -> None:
 def test_band_choice_keeps_recall_at_the_threshold() -> None:
     from datasketch import MinHashLSH
 
-    from curation.lsh import candidate_probability, optimal_bands
+    from gristmill.curation.lsh import candidate_probability, optimal_bands
 
     assert optimal_bands(0.8, 128) == (21, 6)
     assert candidate_probability(0.8, 21, 6) >= 0.995
@@ -171,7 +171,7 @@ def test_band_choice_keeps_recall_at_the_threshold() -> None:
 
 
 def test_band_candidates_known_answer() -> None:
-    from curation.lsh import band_keys, candidate_pairs
+    from gristmill.curation.lsh import band_keys, candidate_pairs
 
     sig = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [5, 6, 3, 4]], dtype=np.uint32)
     pairs = candidate_pairs(band_keys(sig, 2, 2))
@@ -181,7 +181,7 @@ def test_band_candidates_known_answer() -> None:
 def test_vectorized_lsh_finds_exactly_datasketch_candidates() -> None:
     from datasketch import LeanMinHash, MinHashLSH
 
-    from curation.lsh import band_keys, candidate_pairs, optimal_bands
+    from gristmill.curation.lsh import band_keys, candidate_pairs, optimal_bands
 
     rng = random.Random(3)
     words = BASE.split()
@@ -206,7 +206,7 @@ def test_vectorized_lsh_finds_exactly_datasketch_candidates() -> None:
 
 
 def test_big_buckets_stay_connected_without_all_pairs() -> None:
-    from curation.lsh import MAX_BUCKET_PAIRS, candidate_pairs
+    from gristmill.curation.lsh import MAX_BUCKET_PAIRS, candidate_pairs
 
     n = MAX_BUCKET_PAIRS + 10
     pairs = candidate_pairs(np.zeros((n, 1), dtype=np.uint64))
@@ -215,9 +215,9 @@ def test_big_buckets_stay_connected_without_all_pairs() -> None:
 
 
 def test_fused_kernel_equals_numpy_reference() -> None:
-    from curation import minhash_kernel
-    from curation.minhash import permutations
-    from curation.shingles import token_hashes
+    from gristmill.curation import minhash_kernel
+    from gristmill.curation.minhash import permutations
+    from gristmill.curation.shingles import token_hashes
 
     texts = pl.Series(["a b c d e f g h", "the quick brown fox", "", "one", "x y x y x y"])
     for unit, n in (("word", 2), ("word", 5), ("char", 3)):
@@ -229,7 +229,7 @@ def test_fused_kernel_equals_numpy_reference() -> None:
 
 
 def test_classifier_scorer_known_answer() -> None:
-    from curation.quality import QualityParams, classifier_scores, score_quality
+    from gristmill.curation.quality import QualityParams, classifier_scores, score_quality
 
     train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     scores, info = classifier_scores(train, np.array([1, 1, 0, 0]), np.array([[1.0, 0.0], [0.0, 1.0]]))

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import yaml
 
-from curation.decontam import (
+from gristmill.curation.decontam import (
     DecontamParams,
     EvalGrams,
     contamination_hits,

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from synth.engine import PROMPT_TOO_LONG, SamplingConfig
-from synth.http_engine import OpenAIEngine, OpenAIEngineError
-from synth.parse import TASK_SCHEMA, Rejected, parse_task
+from gristmill.synth.engine import PROMPT_TOO_LONG, SamplingConfig
+from gristmill.synth.http_engine import OpenAIEngine, OpenAIEngineError
+from gristmill.synth.parse import TASK_SCHEMA, Rejected, parse_task
 
 SAMPLING = SamplingConfig(0.7, 0.9, 32, TASK_SCHEMA)
 
@@ -185,7 +185,7 @@ def test_api_key_from_env_and_seed(server: FakeServer, monkeypatch: pytest.Monke
 def test_params_require_base_url_for_openai() -> None:
     from pydantic import ValidationError
 
-    from synth.methods.self_instruct import SelfInstructParams
+    from gristmill.synth.methods.self_instruct import SelfInstructParams
 
     with pytest.raises(ValidationError, match="base_url: required with engine: openai"):
         SelfInstructParams(seeds="s.jsonl", engine="openai")
@@ -194,7 +194,7 @@ def test_params_require_base_url_for_openai() -> None:
 
 def test_step_builds_openai_engine_with_seed_only_when_set(tmp_path: Path) -> None:
     from gristmill.steps import Context, _synth_engine
-    from synth.methods.self_instruct import SelfInstructParams
+    from gristmill.synth.methods.self_instruct import SelfInstructParams
 
     ctx = Context(cache_dir=tmp_path)
     base = {"seeds": "s.jsonl", "engine": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m",
@@ -256,7 +256,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 @pytest.mark.slow
 def test_real_vllm_server_structured_output_and_self_instruct(vllm_server: tuple[str, str], tmp_path: Path) -> None:
-    from synth.methods.self_instruct import SelfInstructParams, run
+    from gristmill.synth.methods.self_instruct import SelfInstructParams, run
     from tests.conftest import RECIPES, make_frame
 
     url, model = vllm_server

@@ -49,8 +49,8 @@ def test_unknown_model_name_says_what_exists() -> None:
 
 
 def test_real_minilm_scores_on_topic_rows_higher_and_caches(tmp_path: Path) -> None:
-    from curation.embed import Embedder
-    from curation.quality import KeepRule, QualityParams, score_quality
+    from gristmill.curation.embed import Embedder
+    from gristmill.curation.quality import KeepRule, QualityParams, score_quality
     from tests.conftest import make_frame
 
     embedder = Embedder(models.resolve("minilm-l6"), cache_path=tmp_path / "emb.sqlite")
@@ -73,7 +73,7 @@ def test_real_minilm_scores_on_topic_rows_higher_and_caches(tmp_path: Path) -> N
 def test_chat_template_masks_everything_but_the_answer() -> None:
     from transformers import AutoTokenizer
 
-    from train.formatting import IGNORE, encode_row
+    from gristmill.train.formatting import IGNORE, encode_row
 
     tok = AutoTokenizer.from_pretrained(models.resolve("smollm2-135m-instruct"))
     row = {"messages": [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]}
@@ -90,8 +90,8 @@ def test_qlora_still_learns_after_an_eval_pass() -> None:
     """Regression: bitsandbytes repacks 4-bit weights for CPU inference on an eval pass, breaking training."""
     import torch
 
-    from train.formatting import collate, encode_row
-    from train.qlora import TrainParams, _batch_loss, _load_model, evaluate_loss
+    from gristmill.train.formatting import collate, encode_row
+    from gristmill.train.qlora import TrainParams, _batch_loss, _load_model, evaluate_loss
 
     torch.manual_seed(0)
     model, tok = _load_model(models.resolve("smollm2-135m-instruct"), TrainParams(method="qlora"))

@@ -4,9 +4,9 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from curation import textstats as ts
-from curation.language import detect
-from curation.rulesets import RULES, TUNABLE, HeuristicsParams, heuristics
+from gristmill.curation import textstats as ts
+from gristmill.curation.language import detect
+from gristmill.curation.rulesets import RULES, TUNABLE, HeuristicsParams, heuristics
 from tests.conftest import make_frame
 
 GOOD = (
@@ -316,7 +316,7 @@ def test_registered_as_a_step() -> None:
 
 
 def test_gopher_repetition_batches_agree() -> None:
-    from curation.rulesets import _gopher_repetition
+    from gristmill.curation.rulesets import _gopher_repetition
 
     frame = make_frame([GOOD, "hello world", "", GOOD * 2, "a b " * 30])
     params = HeuristicsParams(rule_sets=["gopher_repetition"])

@@ -7,9 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation import semdedup
-from curation._frame import add_meta
-from curation.semdedup import (
+from gristmill.curation import semdedup
+from gristmill.curation._frame import add_meta
+from gristmill.curation.semdedup import (
     SemanticDedupParams,
     cluster_labels,
     dedup_semantic,
@@ -137,7 +137,7 @@ def test_params_validate() -> None:
 
 @pytest.mark.slow
 def test_real_minilm_groups_paraphrases(tmp_path: Path) -> None:
-    from curation.embed import Embedder
+    from gristmill.curation.embed import Embedder
     from gristmill import models
     from gristmill.steps import STEPS, Context
 

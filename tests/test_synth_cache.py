@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from synth.cache import CachedEngine
-from synth.engine import Generation, SamplingConfig
+from gristmill.synth.cache import CachedEngine
+from gristmill.synth.engine import Generation, SamplingConfig
 
 SAMPLING = SamplingConfig(0.8, 0.95, 64, {"type": "object"})
 
@@ -173,7 +173,7 @@ class TaskEngine(RecordingEngine):
 
 def test_synthesize_step_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gristmill import steps
-    from synth.methods.self_instruct import SelfInstructParams
+    from gristmill.synth.methods.self_instruct import SelfInstructParams
     from tests.conftest import RECIPES, make_frame
 
     engines: list[TaskEngine] = []

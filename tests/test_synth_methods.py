@@ -9,7 +9,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from synth.engine import SamplingConfig
+from gristmill.audit.lexicon import builtin_lexicon_path
+from gristmill.synth.engine import SamplingConfig
 from tests.conftest import make_frame
 from tests.helpers import Reply, ScriptedEngine
 
@@ -40,6 +41,7 @@ def check_provenance(prov: dict[str, Any], method: str) -> None:
 
 # --- evolve -----------------------------------------------------------------------------------------------------
 
+LEXICON = str(builtin_lexicon_path())
 SOURCES = [
     ("Explain photosynthesis.", "Plants turn light, water and carbon dioxide into sugar and oxygen."),
     ("Name a prime number.", "Seven is a prime number."),
@@ -67,7 +69,7 @@ def evolve_reply(user: str, sampling: SamplingConfig) -> Reply:
 
 
 def test_evolve_filters_provenance_and_two_batched_calls() -> None:
-    from synth.methods.evolve import EvolveParams, run
+    from gristmill.synth.methods.evolve import EvolveParams, run
 
     engine = ScriptedEngine(evolve_reply)
     frame = chat_frame(SOURCES)
@@ -90,7 +92,7 @@ def test_evolve_filters_provenance_and_two_batched_calls() -> None:
 
 
 def test_evolve_uses_only_the_chosen_operations_and_cycles_sources() -> None:
-    from synth.methods.evolve import OPERATIONS, EvolveParams, run
+    from gristmill.synth.methods.evolve import OPERATIONS, EvolveParams, run
 
     engine = ScriptedEngine(lambda u, s: json.dumps({"instruction": "Write a haiku about rare deep-sea fish."})
                             if s.json_schema else "Silent lanterns glow / in the crushing midnight deep / "
@@ -106,7 +108,7 @@ def test_evolve_uses_only_the_chosen_operations_and_cycles_sources() -> None:
 
 
 def test_evolve_without_instruction_rows_says_so() -> None:
-    from synth.methods.evolve import EvolveParams, run
+    from gristmill.synth.methods.evolve import EvolveParams, run
 
     with pytest.raises(ValueError, match="no instruction rows"):
         run(make_frame(["plain text"]), EvolveParams(), engine=ScriptedEngine(lambda u, s: ""), model_name="m")
@@ -115,7 +117,7 @@ def test_evolve_without_instruction_rows_says_so() -> None:
 # --- paraphrase -------------------------------------------------------------------------------------------------
 
 def test_paraphrase_round_robin_and_filters() -> None:
-    from synth.methods.paraphrase import ParaphraseParams, run
+    from gristmill.synth.methods.paraphrase import ParaphraseParams, run
 
     frame = chat_frame([("Explain why the sky is blue.", "Air scatters blue sunlight more than red light."),
                         ("Give a synonym for happy.", "Joyful is a synonym for happy.")])
@@ -151,7 +153,7 @@ def test_paraphrase_round_robin_and_filters() -> None:
 def test_paraphrase_ratio_bounds_are_validated() -> None:
     from pydantic import ValidationError
 
-    from synth.methods.paraphrase import ParaphraseParams
+    from gristmill.synth.methods.paraphrase import ParaphraseParams
 
     with pytest.raises(ValidationError, match="swap them"):
         ParaphraseParams(min_length_ratio=3, max_length_ratio=2)
@@ -173,7 +175,7 @@ def answer_frame() -> pl.DataFrame:
 
 
 def test_answer_rewrites_rows_in_place_and_retries() -> None:
-    from synth.methods.answer import AnswerParams, run
+    from gristmill.synth.methods.answer import AnswerParams, run
 
     tries: dict[str, int] = {}
 
@@ -210,7 +212,7 @@ def test_answer_rewrites_rows_in_place_and_retries() -> None:
 
 
 def test_answer_cap_leaves_the_rest_untouched() -> None:
-    from synth.methods.answer import AnswerParams, run
+    from gristmill.synth.methods.answer import AnswerParams, run
 
     engine = ScriptedEngine(lambda u, s: "An answer.")
     kept, dropped, stats = run(answer_frame(), AnswerParams(n=1), engine=engine, model_name="m")
@@ -232,7 +234,7 @@ def gap_reply(user: str, sampling: SamplingConfig) -> Reply:
 
 
 def test_gap_fill_from_an_audit_report(tmp_path: Path) -> None:
-    from synth.methods.gap_fill import GapFillParams, run
+    from gristmill.synth.methods.gap_fill import GapFillParams, run
 
     gap_reply.nb = 0  # type: ignore[attr-defined]
     report = tmp_path / "03-audit.json"
@@ -242,7 +244,7 @@ def test_gap_fill_from_an_audit_report(tmp_path: Path) -> None:
     ]}))
     engine = ScriptedEngine(gap_reply)
     frame = chat_frame([("Write a shopping list.", "Milk, eggs, bread.")])
-    params = GapFillParams(gaps=str(report), n=3, oversample=1, max_rounds=1)
+    params = GapFillParams(gaps=str(report), lexicon=LEXICON, n=3, oversample=1, max_rounds=1)
     kept, dropped, stats = run(frame, params, engine=engine, model_name="m")
     assert engine.calls == [(3, True)]  # quotas 2 + 1 (n caps 2 + 4) in one call
     assert sum("a nonbinary person" in p for p in engine.prompts) == 2 and "Write a shopping list." in engine.prompts[0]
@@ -260,14 +262,14 @@ def test_gap_fill_from_an_audit_report(tmp_path: Path) -> None:
 
 
 def test_gap_fill_inline_rounds_and_exclusive() -> None:
-    from synth.methods.gap_fill import GapFillParams, run
+    from gristmill.synth.methods.gap_fill import GapFillParams, run
 
     replies = iter([
         json.dumps({"instruction": "Help my grandmother and her brother plan a trip.", "input": "", "output": "A."}),
         json.dumps({"instruction": "Help my grandmother plan a garden.", "input": "", "output": "Plant tulips."}),
     ])
     engine = ScriptedEngine(lambda u, s: next(replies))
-    params = GapFillParams(gaps_inline=[{"axis": "gender", "group": "female", "rows": 1}], exclusive=True,
+    params = GapFillParams(gaps_inline=[{"axis": "gender", "group": "female", "rows": 1}], exclusive=True, lexicon=LEXICON,
                            oversample=1, group_phrases={"female": "a grandmother"})
     kept, dropped, stats = run(make_frame(["x"]), params, engine=engine, model_name="m")
     assert engine.calls == [(1, True), (1, True)]  # round 2 re-asks only for the missing row
@@ -279,7 +281,7 @@ def test_gap_fill_inline_rounds_and_exclusive() -> None:
 def test_gap_fill_params_and_helpers() -> None:
     from pydantic import ValidationError
 
-    from synth.methods.gap_fill import GapFillParams, phrase, quotas
+    from gristmill.synth.methods.gap_fill import GapFillParams, phrase, quotas
 
     with pytest.raises(ValidationError, match="gaps_inline"):
         GapFillParams()
@@ -287,20 +289,19 @@ def test_gap_fill_params_and_helpers() -> None:
     assert phrase("older_adult") == "an older adult" and phrase("sikh") == "a sikh person"
     assert phrase("sikh", {"sikh": "a Sikh person"}) == "a Sikh person"
     with pytest.raises(ValueError, match="not in the lexicon"):
-        from synth.methods.gap_fill import run
+        from gristmill.synth.methods.gap_fill import run
 
-        run(make_frame(["x"]), GapFillParams(gaps_inline=[{"axis": "gender", "group": "robot", "rows": 1}]),
+        run(make_frame(["x"]), GapFillParams(gaps_inline=[{"axis": "gender", "group": "robot", "rows": 1}],
+                                               lexicon=LEXICON),
             engine=ScriptedEngine(lambda u, s: ""), model_name="m")
 
 
 def test_mentions_agree_with_the_audit_and_phrases_name_their_group() -> None:
-    from audit.lexicon import detect, load_lexicon
-    from synth.mentions import groups_mentioned
-    from synth.mentions import load_lexicon as synth_lexicon
-    from synth.methods.gap_fill import PHRASES, phrase
+    from gristmill.audit.lexicon import lexicon_or_builtin
+    from gristmill.common.lexicon import detect, groups_mentioned
+    from gristmill.synth.methods.gap_fill import PHRASES, phrase
 
-    lexicon = load_lexicon()
-    assert synth_lexicon() == lexicon
+    lexicon = lexicon_or_builtin(None)
     texts = ["Her grandmothers said he left", "A nonbinary  teen at the Synagogue", "Native Hawaiians and "
              "African-American retirees", "middle-aged Latinas", "the kingdom of kids", "Caucasians; Buddhism",
              *PHRASES.values()]

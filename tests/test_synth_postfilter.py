@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from gristmill.postfilter import build_screen
-from synth.methods.base import PostFilter
+from gristmill.synth.methods.base import PostFilter
 from tests.conftest import make_frame
 from tests.helpers import ScriptedEngine
 
@@ -52,8 +52,8 @@ def test_missing_eval_set_is_named(tmp_path: Path) -> None:
 
 
 def test_self_instruct_replaces_post_filtered_rows(eval_file: Path) -> None:
-    from synth.methods.self_instruct import SelfInstructParams, self_instruct
-    from synth.seeds import SeedTask
+    from gristmill.synth.methods.self_instruct import SelfInstructParams, self_instruct
+    from gristmill.synth.seeds import SeedTask
 
     seeds = [SeedTask("s0", "List three primary colours.", "", "Red, yellow and blue.")]
     task = lambda ins, out: json.dumps({"instruction": ins, "input": "", "output": out})  # noqa: E731
@@ -79,7 +79,7 @@ def test_self_instruct_replaces_post_filtered_rows(eval_file: Path) -> None:
 
 
 def test_paraphrase_counts_only_rows_that_pass_the_screen() -> None:
-    from synth.methods.paraphrase import ParaphraseParams, paraphrase
+    from gristmill.synth.methods.paraphrase import ParaphraseParams, paraphrase
 
     rows = make_frame(["What is the boiling point of water at sea level?\n\n100 degrees Celsius."],
                       messages=[[{"role": "user", "content": "What is the boiling point of water at sea level?"},
@@ -132,7 +132,7 @@ def test_quality_gate_drops_rows_far_from_the_reference(tmp_path: Path) -> None:
     the arithmetic and the wiring, scored against the reference file read through the alpaca mapping."""
     import numpy as np
 
-    from synth.methods.base import QualityGate
+    from gristmill.synth.methods.base import QualityGate
 
     gold = tmp_path / "gold.jsonl"
     gold.write_text(json.dumps({"instruction": "bake bread", "output": "knead dough oven"}) + "\n")
@@ -154,9 +154,9 @@ def test_quality_gate_drops_rows_far_from_the_reference(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quality_gate_with_real_minilm(tmp_path: Path) -> None:
-    from curation.embed import Embedder
+    from gristmill.curation.embed import Embedder
     from gristmill.models import resolve
-    from synth.methods.base import QualityGate
+    from gristmill.synth.methods.base import QualityGate
 
     gold = tmp_path / "gold.jsonl"
     gold.write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in [

@@ -34,7 +34,7 @@ INSTRUCTIONS = [
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
     from gristmill.models import resolve
-    from synth.replicas import vllm_engine
+    from gristmill.synth.replicas import vllm_engine
 
     with vllm_engine(resolve(MODEL), seed=0) as eng:
         yield eng
@@ -68,7 +68,7 @@ def check(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame, stats:
 
 
 def test_self_instruct_and_its_novelty_filter(engine: Any) -> None:
-    from synth.methods.self_instruct import SelfInstructParams, run
+    from gristmill.synth.methods.self_instruct import SelfInstructParams, run
 
     params = SelfInstructParams(seeds=str(RECIPES / "data" / "seeds.jsonl"), n=3, max_tokens=200, max_rounds=2)
     frame = rows()
@@ -88,7 +88,7 @@ def test_self_instruct_and_its_novelty_filter(engine: Any) -> None:
 
 
 def test_evolve(engine: Any) -> None:
-    from synth.methods.evolve import EvolveParams, run
+    from gristmill.synth.methods.evolve import EvolveParams, run
 
     frame = rows()
     params = EvolveParams(n=2, max_tokens=96, answer_max_tokens=160, max_rounds=2)
@@ -102,7 +102,7 @@ def test_evolve(engine: Any) -> None:
 
 
 def test_paraphrase(engine: Any) -> None:
-    from synth.methods.paraphrase import ParaphraseParams, run
+    from gristmill.synth.methods.paraphrase import ParaphraseParams, run
 
     frame = rows()
     params = ParaphraseParams(n=2, max_tokens=160, max_rounds=2)
@@ -113,7 +113,7 @@ def test_paraphrase(engine: Any) -> None:
 
 
 def test_answer_fills_only_open_turns(engine: Any) -> None:
-    from synth.methods.answer import AnswerParams, run
+    from gristmill.synth.methods.answer import AnswerParams, run
 
     frame = pl.concat([rows(answered=False), rows().with_columns(pl.format("done-{}", "id").alias("id"))])
     kept, dropped, stats = run(frame, AnswerParams(max_tokens=128, max_rounds=2), engine=engine, model_name=MODEL)
@@ -125,15 +125,16 @@ def test_answer_fills_only_open_turns(engine: Any) -> None:
 
 
 def test_gap_fill_keeps_only_rows_that_mention_the_group(engine: Any) -> None:
-    from synth.mentions import groups_mentioned, load_lexicon
-    from synth.methods.gap_fill import GapFillParams, run
+    from gristmill.audit.lexicon import builtin_lexicon_path, lexicon_or_builtin
+    from gristmill.common.lexicon import groups_mentioned
+    from gristmill.synth.methods.gap_fill import GapFillParams, run
 
     frame = rows()
     params = GapFillParams(gaps_inline=[{"axis": "age", "group": "older_adult", "rows": 2}], n=2,
-                           max_tokens=200, max_rounds=2)
+                           max_tokens=200, max_rounds=2, lexicon=str(builtin_lexicon_path()))
     kept, dropped, stats = run(frame, params, engine=engine, model_name=MODEL, screen=build_screen(params.post_filter))
     new = check(frame, kept, dropped, stats, "gap_fill")
-    lexicon = load_lexicon(None)["age"]
+    lexicon = lexicon_or_builtin(None)["age"]
     assert all("older_adult" in groups_mentioned(t, lexicon) for t in new["text"].to_list())
     assert stats["gaps"][0]["generated"] == new.height
 
@@ -141,7 +142,7 @@ def test_gap_fill_keeps_only_rows_that_mention_the_group(engine: Any) -> None:
 def test_prompt_over_the_context_is_answered_not_raised(engine: Any) -> None:
     """vLLM rejects a whole ``chat`` batch when one prompt reaches max_model_len (2,048 here); the engine sends
     only the prompts that fit and answers the rest ``prompt_too_long``."""
-    from synth.engine import PROMPT_TOO_LONG, SamplingConfig
+    from gristmill.synth.engine import PROMPT_TOO_LONG, SamplingConfig
 
     short = [{"role": "user", "content": "Name a colour."}]
     too_long = [{"role": "user", "content": "Summarize: " + "lorem ipsum dolor sit amet " * 600}]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from synth.parse import Rejected, parse_task
-from synth.rouge import lcs_length, max_rouge_l, rouge_l, tokens
-from synth.seeds import load_seed_tasks
+from gristmill.synth.parse import Rejected, parse_task
+from gristmill.synth.rouge import lcs_length, max_rouge_l, rouge_l, tokens
+from gristmill.synth.seeds import load_seed_tasks
 from tests.helpers import ScriptedEngine
 
 
@@ -56,9 +56,9 @@ def test_seed_tasks_both_shapes_and_errors(tmp_path: Path) -> None:
 
 
 def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None:
-    from synth.methods.self_instruct import SelfInstructParams as SynthesizeParams
-    from synth.methods.self_instruct import self_instruct
-    from synth.seeds import SeedTask
+    from gristmill.synth.methods.self_instruct import SelfInstructParams as SynthesizeParams
+    from gristmill.synth.methods.self_instruct import self_instruct
+    from gristmill.synth.seeds import SeedTask
     from tests.conftest import make_frame
 
     seeds = [SeedTask("s0", "Translate the phrase into French.", "Good night", "Bonne nuit"),
@@ -89,7 +89,7 @@ def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None
 def test_replicas_need_a_gpu() -> None:
     import torch
 
-    from synth.replicas import ReplicatedEngine, vllm_engine
+    from gristmill.synth.replicas import ReplicatedEngine, vllm_engine
 
     if torch.cuda.is_available():
         pytest.skip("the CPU rule")

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from train.formatting import IGNORE, Example, collate, encode_row
+from gristmill.train.formatting import IGNORE, Example, collate, encode_row
 
 _HINT = "pip install 'gristmill[cpu]' (CPU) or 'gristmill[gpu]' (CUDA): torch, transformers, peft, bitsandbytes"
 

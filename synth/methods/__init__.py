@@ -10,8 +10,8 @@ from typing import Any
 
 import polars as pl
 
-from synth.methods import answer, evolve, gap_fill, paraphrase, self_instruct
-from synth.methods.base import Engine, GenerationParams, NewRowParams, Screen
+from gristmill.synth.methods import answer, evolve, gap_fill, paraphrase, self_instruct
+from gristmill.synth.methods.base import Engine, GenerationParams, NewRowParams, Screen
 
 
 @dataclass(frozen=True)

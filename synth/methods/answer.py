@@ -21,9 +21,9 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from synth.methods.base import Engine, GenerationParams, Ledger, sampling_config, template_hash
-from synth.methods.common import Chat
-from synth.parse import Rejected, parse_answer
+from gristmill.synth.methods.base import Engine, GenerationParams, Ledger, sampling_config, template_hash
+from gristmill.synth.methods.common import Chat
+from gristmill.synth.parse import Rejected, parse_answer
 
 VERSION = "1"
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.engine import Generation, SamplingConfig
+from gristmill.synth.engine import Generation, SamplingConfig
 
 
 class Engine(Protocol):

@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from synth.engine import Generation, SamplingConfig
-from synth.methods.base import Ledger
+from gristmill.synth.engine import Generation, SamplingConfig
+from gristmill.synth.methods.base import Ledger
 
 Chat = list[dict[str, str]]
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from synth.methods.base import (
+from gristmill.synth.methods.base import (
     Engine,
     Ledger,
     NewRowParams,
@@ -35,9 +35,9 @@ from synth.methods.base import (
     sampling_config,
     template_hash,
 )
-from synth.methods.common import SourceRow, batch_size, chat, follow_up, require_instruction_rows
-from synth.parse import Rejected, leaks_template, parse_answer, parse_record
-from synth.rouge import rouge_l, tokens
+from gristmill.synth.methods.common import SourceRow, batch_size, chat, follow_up, require_instruction_rows
+from gristmill.synth.parse import Rejected, leaks_template, parse_answer, parse_record
+from gristmill.synth.rouge import rouge_l, tokens
 
 VERSION = "2"  # 2: post-filter
 

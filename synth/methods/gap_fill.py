@@ -9,8 +9,8 @@ overrides), lists a few of the group's lexicon terms to use, and shows ``example
 the frame (their ids become ``source_ids``) so the new tasks stay in the data's domain.
 
 Detection: a candidate is kept only if its text mentions the group by the same lexicon the audit uses, so the
-next audit counts it. The lexicon is read as plain data (``synth.mentions``: the audit's built-in JSON file or
-``lexicon``) and matched with the audit's rules, since stage packages never import each other. Rejections:
+next audit counts it. The lexicon is read and matched by ``gristmill.common.lexicon``, the code the audit counts with (the
+orchestrator passes the audit's built-in file when ``lexicon`` is unset). Rejections:
 ``group_not_mentioned``, ``mentions_other_group`` (with ``exclusive``), ``not_novel`` (ROUGE-L >= ``max_rouge_l``
 with an instruction of the frame or an accepted row), ``over_quota`` and the parser's reasons. Accepted rows carry
 ``meta.synth.gap = {axis, group}`` so the audit can re-measure them.
@@ -26,8 +26,9 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.mentions import groups_mentioned, load_lexicon
-from synth.methods.base import (
+from gristmill.common.errors import InputError
+from gristmill.common.lexicon import groups_mentioned, load_lexicon
+from gristmill.synth.methods.base import (
     Engine,
     Ledger,
     NewRowParams,
@@ -36,9 +37,9 @@ from synth.methods.base import (
     sampling_config,
     template_hash,
 )
-from synth.methods.common import batch_size, chat, instruction_rows
-from synth.parse import TASK_SCHEMA, Rejected, parse_task
-from synth.rouge import max_rouge_l, tokens
+from gristmill.synth.methods.common import batch_size, chat, instruction_rows
+from gristmill.synth.parse import TASK_SCHEMA, Rejected, parse_task
+from gristmill.synth.rouge import max_rouge_l, tokens
 
 VERSION = "2"  # 2: post-filter
 
@@ -202,5 +203,8 @@ def gap_fill(
 def run(
     frame: pl.DataFrame, params: GapFillParams, *, engine: Engine, model_name: str, screen: Screen | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    if params.lexicon is None:  # the orchestrator fills in the audit's built-in lexicon
+        raise InputError("synthesize.lexicon: gap_fill needs the audit's lexicon file, e.g. "
+                         "gristmill.audit.lexicon.builtin_lexicon_path()")
     return gap_fill(frame, params, engine=engine, model_name=model_name, gaps=load_gaps(params),
-                    lexicon=load_lexicon(params.lexicon), screen=screen)
+                    lexicon=load_lexicon(params.lexicon, key="synthesize.lexicon"), screen=screen)

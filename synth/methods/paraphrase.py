@@ -16,7 +16,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
-from synth.methods.base import (
+from gristmill.synth.methods.base import (
     Engine,
     Ledger,
     NewRowParams,
@@ -25,9 +25,9 @@ from synth.methods.base import (
     sampling_config,
     template_hash,
 )
-from synth.methods.common import SourceRow, batch_size, chat, require_instruction_rows
-from synth.parse import Rejected, parse_record
-from synth.rouge import rouge_l, tokens
+from gristmill.synth.methods.common import SourceRow, batch_size, chat, require_instruction_rows
+from gristmill.synth.parse import Rejected, parse_record
+from gristmill.synth.rouge import rouge_l, tokens
 
 VERSION = "2"  # 2: post-filter
 

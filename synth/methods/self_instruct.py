@@ -15,7 +15,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from synth.methods.base import (
+from gristmill.synth.methods.base import (
     Engine,
     Ledger,
     NewRowParams,
@@ -24,9 +24,9 @@ from synth.methods.base import (
     sampling_config,
     template_hash,
 )
-from synth.parse import TASK_SCHEMA, Rejected, parse_task
-from synth.rouge import max_rouge_l, tokens
-from synth.seeds import SeedTask
+from gristmill.synth.parse import TASK_SCHEMA, Rejected, parse_task
+from gristmill.synth.rouge import max_rouge_l, tokens
+from gristmill.synth.seeds import SeedTask
 
 VERSION = "2"  # 2: post-filter
 
@@ -121,7 +121,7 @@ def self_instruct(
 def run(
     frame: pl.DataFrame, params: SelfInstructParams, *, engine: Engine, model_name: str, screen: Screen | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    from synth.seeds import load_seed_tasks
+    from gristmill.synth.seeds import load_seed_tasks
 
     return self_instruct(frame, params, engine=engine, seed_tasks=load_seed_tasks(params.seeds), model_name=model_name,
                          screen=screen)

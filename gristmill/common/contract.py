@@ -1,0 +1,119 @@
+"""The data contract and the step result every stage returns.
+
+A frame flowing through the pipeline has the reserved columns ``id``, ``text``, ``messages``, ``source`` and
+``meta`` (a struct of per-step outputs); other columns pass through untouched. A stage needs only the columns it
+reads (``require``) and adds the contract columns it writes (``with_meta`` creates ``meta`` when it is missing),
+so ``dedup_minhash`` works on a bare ``id`` + ``text`` frame from a notebook.
+
+A stage returns a ``StepResult``: kept rows, dropped rows (each with a ``reason``), its own numbers, and
+optionally rows it generated (``added``), a report and a gate. ``rows_in + added == kept + dropped`` always; the
+runner checks it with ``check``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from gristmill.common.errors import InputError
+
+RESERVED = ("id", "text", "messages", "source", "meta")
+MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+class AccountingError(RuntimeError):
+    """A step lost or invented rows, or dropped one without a reason: a bug in the step, never bad input."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A pass/fail verdict that stops the run before training when it fails (the audit's gate)."""
+
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    """What a stage function returns. Unpacks as ``kept, dropped, stats = result`` (stats with the counts)."""
+
+    kept: pl.DataFrame
+    dropped: pl.DataFrame
+    stats: dict[str, Any]
+    """The step's own numbers (JSON-serializable); the counts below are added by ``summary``."""
+    rows_in: int
+    """Rows the step received."""
+    added: int = 0
+    """Rows the step generated (synthesis candidates); they end up kept or dropped like input rows."""
+    report: dict[str, Any] | None = None
+    """A document written to ``<run>/reports/NN-<step>.json`` (the audit's report)."""
+    gate: Gate | None = None
+    """A verdict that stops the run when it fails."""
+
+    def __post_init__(self) -> None:
+        if "reason" not in self.dropped.columns:
+            if self.dropped.height:
+                raise AccountingError("dropped rows have no `reason` column")
+            self.dropped = self.dropped.with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        return dict(Counter(self.dropped["reason"].to_list())) if self.dropped.height else {}
+
+    def summary(self) -> dict[str, Any]:
+        """Counts first, then the step's own numbers."""
+        added = {"rows_added": self.added} if self.added else {}
+        return {"rows_in": self.rows_in, **added, "kept": self.kept.height, "dropped": self.dropped.height,
+                "dropped_by_reason": self.dropped_by_reason(), **self.stats}
+
+    def check(self, step: str) -> None:
+        """Raise ``AccountingError`` unless every row in (and every added row) is kept or dropped with a reason."""
+        if self.rows_in + self.added != self.kept.height + self.dropped.height:
+            raise AccountingError(f"step {step}: {self.rows_in} rows in + {self.added} added != "
+                                  f"{self.kept.height} kept + {self.dropped.height} dropped")
+        if self.dropped.height and self.dropped["reason"].null_count():
+            raise AccountingError(f"step {step}: a dropped row has no reason")
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.kept, self.dropped, self.summary()))
+
+
+def require(frame: pl.DataFrame, columns: tuple[str, ...] | list[str], step: str) -> None:
+    """Raise a user error naming the step and the missing columns unless ``frame`` has all of ``columns``."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{step}: the frame has no column {', '.join(map(repr, missing))} (columns: "
+                         f"{frame.columns}); ingest maps inputs to id/text/messages, or add them yourself")
+
+
+def with_meta(frame: pl.DataFrame, **fields: pl.Expr | pl.Series) -> pl.DataFrame:
+    """Add or replace fields of the ``meta`` struct column, creating ``meta`` when the frame has none.
+
+    >>> with_meta(pl.DataFrame({"id": ["a"]}), score=pl.lit(0.5)).to_dicts()
+    [{'id': 'a', 'meta': {'score': 0.5}}]
+    """
+    exprs = [(v if isinstance(v, pl.Expr) else pl.lit(v)).alias(k) for k, v in fields.items()]
+    if "meta" not in frame.columns or frame.schema["meta"] == pl.Null:
+        return frame.with_columns(pl.struct(exprs).alias("meta"))
+    return frame.with_columns(pl.col("meta").struct.with_fields(exprs))
+
+
+def split(frame: pl.DataFrame, drop_reason: pl.Series | pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split ``frame`` by a per-row reason (null = keep); the dropped part gets a ``reason`` column.
+
+    >>> kept, dropped = split(pl.DataFrame({"x": [1, 2]}), pl.Series(["bad", None]))
+    >>> kept["x"].to_list(), dropped["reason"].to_list()
+    ([2], ['bad'])
+    """
+    with_reason = frame.with_columns(drop_reason.alias("reason"))
+    kept = with_reason.filter(pl.col("reason").is_null()).drop("reason")
+    dropped = with_reason.filter(pl.col("reason").is_not_null())
+    return kept, dropped
+
+
+def no_drops(frame: pl.DataFrame) -> pl.DataFrame:
+    """An empty dropped frame with ``frame``'s schema and a ``reason`` column."""
+    return frame.clear().with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
