@@ -19,6 +19,8 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from gristmill.audit.lexicon import lexicon_or_builtin
+from gristmill.common.contract import Gate, StepResult, no_drops, require, with_meta
+from gristmill.common.errors import InputError
 from gristmill.common.lexicon import detect
 
 VERSION = "1"
@@ -59,12 +61,13 @@ def _selection_rates(labels: pl.Series, groups: pl.Series) -> tuple[dict[str, fl
     return rates, float(mf.difference(method="between_groups"))
 
 
-def audit_rows(frame: pl.DataFrame, params: AuditParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+def audit_rows(frame: pl.DataFrame, params: AuditParams) -> StepResult:
     """Annotate rows with ``meta.demographics`` and report; keeps every row (the gate acts on the run)."""
     lexicon = lexicon_or_builtin(params.lexicon)
+    require(frame, ["text", *([params.label_column] if params.label_column else [])], "audit")
     unknown = [a for a in params.axes if a not in lexicon]
     if unknown:
-        raise ValueError(f"audit.axes: unknown axis {unknown}; the lexicon has {sorted(lexicon)}")
+        raise InputError(f"audit.axes: unknown axis {unknown}; the lexicon has {sorted(lexicon)}")
     hits = detect(frame["text"], lexicon, params.axes)
     report: dict[str, Any] = {"rows": frame.height, "axes": {}, "gaps": [], "gate": {"failures": []}}
     failures: list[str] = report["gate"]["failures"]
@@ -99,8 +102,6 @@ def audit_rows(frame: pl.DataFrame, params: AuditParams) -> tuple[pl.DataFrame, 
         report["axes"][axis] = entry
     report["gate"]["passed"] = not failures
     demo = pl.struct([hits[a].alias(a) for a in params.axes])
-    out = frame.with_columns(pl.col("meta").struct.with_fields(hits.select(demo.alias("demographics")).to_series()))
-    dropped = out.clear().with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
-    stats = {"rows_in": frame.height, "kept": out.height, "dropped": 0, "dropped_by_reason": {},
-             "gate_passed": not failures, "report": report}
-    return out, dropped, stats
+    out = with_meta(frame, demographics=hits.select(demo).to_series())
+    return StepResult(out, no_drops(out), {"gate_passed": not failures}, rows_in=frame.height, report=report,
+                      gate=Gate(passed=not failures, failures=failures))

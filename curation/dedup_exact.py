@@ -6,12 +6,10 @@ each key is kept and later ones are dropped with reason ``exact_duplicate`` and 
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from gristmill.curation._frame import add_meta, base_stats, split
+from gristmill.common.contract import StepResult, require, split, with_meta
 
 VERSION = "1"
 
@@ -34,7 +32,8 @@ def content_key(params: ExactDedupParams) -> pl.Expr:
     return key.hash(seed=0)
 
 
-def dedup_exact(frame: pl.DataFrame, params: ExactDedupParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+def dedup_exact(frame: pl.DataFrame, params: ExactDedupParams) -> StepResult:
+    require(frame, ["id", "text"], "dedup_exact")
     keyed = frame.with_columns(content_key(params).alias("_key"))
     first_id = pl.col("id").first().over("_key")
     keyed = keyed.with_columns(
@@ -43,6 +42,6 @@ def dedup_exact(frame: pl.DataFrame, params: ExactDedupParams) -> tuple[pl.DataF
     reason = keyed.select(
         pl.when(pl.col("_dup_of").is_not_null()).then(pl.lit("exact_duplicate")).otherwise(None)
     ).to_series()
-    keyed = add_meta(keyed, duplicate_of=pl.col("_dup_of")).drop("_key", "_dup_of")
+    keyed = with_meta(keyed, duplicate_of=pl.col("_dup_of")).drop("_key", "_dup_of")
     kept, dropped = split(keyed, reason)
-    return kept, dropped, base_stats(frame.height, kept, dropped)
+    return StepResult(kept, dropped, {}, rows_in=frame.height)

@@ -6,12 +6,10 @@ count every rule a row breaks, so a user can see which thresholds bite.
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gristmill.curation._frame import base_stats, split
+from gristmill.common.contract import StepResult, no_drops, require, split
 
 VERSION = "1"
 
@@ -65,11 +63,11 @@ def _rules(params: FilterParams) -> list[tuple[str, pl.Expr]]:
     return rules
 
 
-def filter_rows(frame: pl.DataFrame, params: FilterParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+def filter_rows(frame: pl.DataFrame, params: FilterParams) -> StepResult:
+    require(frame, ["text"], "filter")
     rules = _rules(params)
     if not rules:
-        empty = frame.clear().with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
-        return frame, empty, base_stats(frame.height, frame, empty, broken_by_rule={})
+        return StepResult(frame, no_drops(frame), {"broken_by_rule": {}}, rows_in=frame.height)
     flags = frame.select([expr.alias(name) for name, expr in rules])
     reason_expr = pl.lit(None, dtype=pl.String)
     for name, _ in reversed(rules):
@@ -77,4 +75,4 @@ def filter_rows(frame: pl.DataFrame, params: FilterParams) -> tuple[pl.DataFrame
     reason = flags.select(reason_expr).to_series()
     broken = {name: int(flags[name].sum()) for name, _ in rules}
     kept, dropped = split(frame, reason)
-    return kept, dropped, base_stats(frame.height, kept, dropped, broken_by_rule=broken)
+    return StepResult(kept, dropped, {"broken_by_rule": broken}, rows_in=frame.height)

@@ -17,7 +17,9 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gristmill.curation._frame import add_meta, base_stats, split
+from gristmill.common.contract import StepResult, require, split, with_meta
+from gristmill.common.embedding import EmbeddingParams
+from gristmill.common.errors import InputError
 from gristmill.curation.scoring import keep_mask, similarity_scores
 
 VERSION = "1"
@@ -38,8 +40,8 @@ class KeepRule(BaseModel):
         return self
 
 
-class QualityParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+class QualityParams(EmbeddingParams):
+    """Score rows by embedding similarity to a gold set (or a classifier of labelled rows); keep the best."""
 
     scorer: Literal["reference", "classifier"] = "reference"
     """reference: mean top-k cosine similarity to gold rows; classifier: probability of "good" from a logistic
@@ -51,19 +53,10 @@ class QualityParams(BaseModel):
     """scorer=classifier: the column marking good rows (true/1) and bad rows (false/0)."""
     reference_mapping: Literal["alpaca", "sharegpt", "messages", "text"] = "alpaca"
     """How to read the reference file: alpaca | sharegpt | messages | text."""
-    model: str = "minilm-l6"
-    """Sentence-transformers model: a registered short name or a local model directory."""
     keep: KeepRule = KeepRule(top_fraction=0.8)
     """Which rows to keep by score."""
     k: int = Field(3, ge=1)
     """Number of nearest reference rows averaged into the score."""
-    batch_size: int | None = Field(None, ge=1)
-    """Texts per forward pass (default: 16 on CPU, 256 on GPU)."""
-    max_seq_length: int = Field(256, ge=16)
-    """Tokens per text the model sees (longer texts are truncated)."""
-    precision: Literal["fast", "fp32"] = "fast"
-    """fast: bf16 where the hardware runs it natively (AMX/AVX512-BF16 CPUs, GPUs; Spearman 0.9998 of scores vs
-    fp32 in bench/embed.py); fp32: sentence-transformers' default."""
 
 
 def score_quality(
@@ -73,25 +66,26 @@ def score_quality(
     embed: Callable[[list[str]], np.ndarray],
     reference: np.ndarray,
     labels: np.ndarray | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+) -> StepResult:
     """Score rows; ``embed`` maps texts to normalized vectors (see ``Embedder``), ``reference`` holds the vectors
     of the reference rows and ``labels`` their good (1) / bad (0) labels for ``scorer: classifier``."""
+    require(frame, ["text"], "quality")
     if reference.shape[0] == 0:
-        raise ValueError(f"quality.reference {params.reference!r} has no rows")
+        raise InputError(f"quality.reference {params.reference!r} has no rows")
     vectors = embed(frame["text"].fill_null("").to_list())
     extra: dict[str, Any] = {}
     if params.scorer == "classifier":
         if labels is None:
-            raise ValueError("quality: scorer classifier needs labels for the reference rows")
+            raise InputError("quality: scorer classifier needs labels for the reference rows")
         scores, extra = classifier_scores(reference, labels, vectors)
     else:
         scores = similarity_scores(vectors, reference, params.k)
     mask = keep_mask(scores, params.keep)
-    scored = add_meta(frame, quality_score=pl.Series(scores.astype(np.float64)))
+    scored = with_meta(frame, quality_score=pl.Series(scores.astype(np.float64)))
     reason = pl.Series([None if m else "low_quality" for m in mask], dtype=pl.String)
     kept, dropped = split(scored, reason)
     q = np.quantile(scores, [0.1, 0.5, 0.9]).round(4).tolist() if scores.size else []
-    return kept, dropped, base_stats(frame.height, kept, dropped, score_p10_p50_p90=q, **extra)
+    return StepResult(kept, dropped, {"score_p10_p50_p90": q, **extra}, rows_in=frame.height)
 
 
 def classifier_scores(train: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -106,7 +100,7 @@ def classifier_scores(train: np.ndarray, labels: np.ndarray, rows: np.ndarray) -
     y = np.asarray(labels).astype(int)
     counts = np.bincount(y, minlength=2)
     if counts.min() == 0:
-        raise ValueError(f"quality: the labelled rows need both good and bad examples (good {counts[1]}, bad {counts[0]})")
+        raise InputError(f"quality: the labelled rows need both good and bad examples (good {counts[1]}, bad {counts[0]})")
     model = LogisticRegression(max_iter=1000, class_weight="balanced")
     model.fit(train, y)
     info: dict[str, Any] = {"classifier_rows": {"good": int(counts[1]), "bad": int(counts[0])},

@@ -21,9 +21,9 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from gristmill.common.contract import StepResult, require, split, with_meta
 from gristmill.curation import language
 from gristmill.curation import textstats as ts
-from gristmill.curation._frame import add_meta, base_stats, split
 
 VERSION = "1"
 
@@ -315,18 +315,20 @@ def _breaks(rule: Rule, params: HeuristicsParams) -> pl.Expr:
     return cmp.fill_null(False)
 
 
-def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
     """Apply ``params.rule_sets``; drop each row breaking a rule, reason ``<rule_set>.<rule>`` (first broken).
 
     With the language rule set, every row (kept or dropped) gets ``meta.language`` and ``meta.language_score``.
     """
+    require(frame, ["text"], "heuristics")
+    rows_in = frame.height
     parts: list[pl.DataFrame] = []
     extra: dict[str, Any] = {}
     for name in params.rule_sets:
         metrics, more = METRICS[name](frame, params)
         detected = more.pop("detected", None)
         if detected is not None:
-            frame = add_meta(frame, language=detected["language"], language_score=detected["language_score"])
+            frame = with_meta(frame, language=detected["language"], language_score=detected["language_score"])
         parts.append(metrics.select(_breaks(rule, params).alias(rule.name) for rule in RULES[name]))
         extra |= more
     rules = [rule.name for name in params.rule_sets for rule in RULES[name]]
@@ -337,4 +339,4 @@ def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> tuple[pl.DataFr
     used = {k: params.threshold(k) for k in TUNABLE if k.split(".")[0] in params.rule_sets}
     if "language" in params.rule_sets:
         used |= {"language.languages": params.languages, "language.min_language_score": params.min_language_score}
-    return kept, dropped, base_stats(frame.height, kept, dropped, broken_by_rule=broken, thresholds=used, **extra)
+    return StepResult(kept, dropped, {"broken_by_rule": broken, "thresholds": used, **extra}, rows_in=rows_in)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from gristmill.curation._frame import add_meta, base_stats, split
+from gristmill.common.contract import StepResult, require, split, with_meta
+from gristmill.common.embedding import EmbeddingParams
 from gristmill.curation.clusters import clusters, preference_rank
 
 VERSION = "1"
@@ -34,11 +35,9 @@ _BLOCK = 2048  # rows per block of the within-cluster similarity product (bounds
 _EPS = 1e-6  # float32 rounding: identical texts must meet threshold 1.0
 
 
-class SemanticDedupParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+class SemanticDedupParams(EmbeddingParams):
+    """Drop rows whose embedding is within ``threshold`` cosine of a kept row (SemDeDup)."""
 
-    model: str = "minilm-l6"
-    """Sentence-transformers model: a registered short name or a local model directory."""
     threshold: float = Field(0.95, gt=0, le=1)
     """Cosine similarity at or above which two rows are semantic duplicates."""
     n_clusters: int | None = Field(None, ge=1)
@@ -47,13 +46,6 @@ class SemanticDedupParams(BaseModel):
     """Row kept per group: highest meta.quality_score (else first), the first row, or a seeded random one."""
     seed: int = 0
     """Seed for k-means and keep=random."""
-    batch_size: int | None = Field(None, ge=1)
-    """Texts per forward pass (default: 16 on CPU, 256 on GPU)."""
-    max_seq_length: int = Field(256, ge=16)
-    """Tokens per text the model sees (longer texts are truncated)."""
-    precision: Literal["fast", "fp32"] = "fast"
-    """fast: bf16 where the hardware runs it natively (AMX/AVX512-BF16 CPUs, GPUs; Spearman 0.9998 of scores vs
-    fp32 in bench/embed.py); fp32: sentence-transformers' default."""
 
 
 def cluster_labels(vecs: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
@@ -101,8 +93,9 @@ def similar_pairs(vecs: np.ndarray, labels: np.ndarray, threshold: float) -> tup
 
 def dedup_semantic(
     frame: pl.DataFrame, params: SemanticDedupParams, *, embed: Callable[[list[str]], np.ndarray]
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+) -> StepResult:
     """Drop semantic near-duplicates; ``embed`` maps texts to normalized vectors (see ``curation.embed``)."""
+    require(frame, ["id", "text"], "dedup_semantic")
     n = frame.height
     texts = frame["text"].fill_null("").to_list()
     vecs = np.asarray(embed(texts), dtype=np.float32) if n else np.zeros((0, 1), dtype=np.float32)
@@ -119,17 +112,14 @@ def dedup_semantic(
     is_dup = pl.Series(roots != np.arange(n), dtype=pl.Boolean)
     nulls = pl.repeat(None, n, dtype=pl.String, eager=True)
     dup_of = ids.gather(roots).cast(pl.String).zip_with(is_dup, nulls)
-    out = add_meta(frame, semantic_cluster=pl.Series(labels, dtype=pl.Int64), duplicate_of=dup_of)
+    out = with_meta(frame, semantic_cluster=pl.Series(labels, dtype=pl.Int64), duplicate_of=dup_of)
     reason = pl.repeat("semantic_duplicate", n, eager=True).zip_with(is_dup, nulls)
     kept, dropped = split(out, reason)
     sizes = np.bincount(roots, minlength=n) if n else np.zeros(0, dtype=np.int64)
-    stats = base_stats(
-        n,
-        kept,
-        dropped,
-        clusters=int(np.unique(labels).size),
-        largest_cluster=int(np.bincount(labels).max()) if n else 0,
-        similar_pairs=int(left.size),
-        duplicate_groups=int((sizes > 1).sum()),
-    )
-    return kept, dropped, stats
+    stats = {
+        "clusters": int(np.unique(labels).size),
+        "largest_cluster": int(np.bincount(labels).max()) if n else 0,
+        "similar_pairs": int(left.size),
+        "duplicate_groups": int((sizes > 1).sum()),
+    }
+    return StepResult(kept, dropped, stats, rows_in=n)

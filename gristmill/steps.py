@@ -15,15 +15,15 @@ import polars as pl
 from pydantic import BaseModel
 
 from gristmill.audit import audit as audit_mod
+from gristmill.common.contract import StepResult
+from gristmill.common.embedding import EmbeddingParams
+from gristmill.common.errors import InputError
 from gristmill.curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
 from gristmill.synth import methods
 from gristmill.synth.methods.base import GenerationParams, NewRowParams
 
 if TYPE_CHECKING:
     from gristmill.curation.embed import Embedder
-
-StepOutput = tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]
-
 
 @dataclass
 class Context:
@@ -37,55 +37,66 @@ class Context:
 
 @dataclass(frozen=True)
 class StepDef:
+    """A recipe step: its params model, its version and how to run it.
+
+    ``stage`` is a pure stage function ``(frame, params) -> StepResult``; ``adapter`` is used instead when the
+    step needs what only the orchestrator has (reference files read by ingest, models from the registry, the
+    embedding cache) and calls the stage function with them.
+    """
+
     params: type[BaseModel]
-    version: str
-    run: Callable[[pl.DataFrame, Any, Context], StepOutput]
+    version: str | Callable[[Any], str]
+    """A version string, or ``params -> version`` for steps whose code depends on a key (synthesize's method)."""
+    stage: Callable[[pl.DataFrame, Any], StepResult] | None = None
+    adapter: Callable[[pl.DataFrame, Any, Context], StepResult] | None = None
     select: Callable[[dict[str, Any]], type[BaseModel]] | None = None
     """For steps whose params depend on a key (synthesize's ``method``): raw mapping -> params model."""
 
+    def run(self, frame: pl.DataFrame, params: Any, ctx: Context) -> StepResult:
+        if self.adapter is not None:
+            return self.adapter(frame, params, ctx)
+        assert self.stage is not None, "a StepDef needs a stage or an adapter"
+        return self.stage(frame, params)
 
-def _embedder(role: str, model: str, ctx: Context, *, batch_size: int | None, max_seq_length: int,
-              precision: str) -> Embedder:
-    """The registry's model ``model`` with the shared embedding cache; recorded in ``ctx.models[role]``."""
+    def version_of(self, params: Any) -> str:
+        return self.version if isinstance(self.version, str) else self.version(params)
+
+
+def _embedder(role: str, params: EmbeddingParams, ctx: Context) -> Embedder:
+    """The embedder ``params`` describe, with the shared embedding cache; recorded in ``ctx.models[role]``."""
     from gristmill.curation.embed import Embedder
     from gristmill.models import resolve
 
-    model_path = resolve(model, key=f"{role}.model")
+    model_path = resolve(params.model, key=f"{role}.model")
     ctx.models[role] = model_path
-    return Embedder(
-        model_path,
-        cache_path=ctx.cache_dir / "embeddings.sqlite",
-        batch_size=batch_size,
-        max_seq_length=max_seq_length,
-        precision=precision,  # type: ignore[arg-type]
-    )
+    return Embedder(model_path, cache_path=ctx.cache_dir / "embeddings.sqlite", batch_size=params.batch_size,
+                    max_seq_length=params.max_seq_length, precision=params.precision)
 
 
-def _quality(frame: pl.DataFrame, params: quality.QualityParams, ctx: Context) -> StepOutput:
+def _quality(frame: pl.DataFrame, params: quality.QualityParams, ctx: Context) -> StepResult:
     from gristmill.ingest import InputSpec, ingest
 
     ref, _ = ingest(InputSpec(path=params.reference, mapping=params.reference_mapping), Path(params.reference))
-    embedder = _embedder("quality", params.model, ctx, batch_size=params.batch_size,
-                         max_seq_length=params.max_seq_length, precision=params.precision)
+    embedder = _embedder("quality", params, ctx)
     labels = None
     if params.scorer == "classifier":
         if params.label_column not in ref.columns:
-            raise ValueError(f"quality.label_column: {params.reference} has no column {params.label_column!r}; "
+            raise InputError(f"quality.label_column: {params.reference} has no column {params.label_column!r}; "
                              f"columns: {ref.columns}")
         labels = ref[params.label_column].cast(pl.Boolean).fill_null(False).cast(pl.Int8).to_numpy()
-    kept, dropped, stats = quality.score_quality(
+    result = quality.score_quality(
         frame, params, embed=lambda texts: embedder.encode(texts, ctx.progress),
         reference=embedder.encode(ref["text"].to_list()), labels=labels,
     )
-    stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
-    return kept, dropped, stats
+    result.stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
+    return result
 
 
-def _dedup_minhash(frame: pl.DataFrame, params: minhash.MinhashParams, ctx: Context) -> StepOutput:
+def _dedup_minhash(frame: pl.DataFrame, params: minhash.MinhashParams, ctx: Context) -> StepResult:
     earlier = []
     for path in map(Path, params.against):
         if path.is_dir():
-            raise ValueError(f"dedup_minhash.against: {path} is a directory; name its curated file, e.g. "
+            raise InputError(f"dedup_minhash.against: {path} is a directory; name its curated file, e.g. "
                              f"{path / 'dataset' / 'data.parquet'}")
         old = pl.read_parquet(path, columns=["id", "text"])
         # Prefix ids with where they came from: an earlier run's "file:line" ids may repeat this run's.
@@ -93,17 +104,14 @@ def _dedup_minhash(frame: pl.DataFrame, params: minhash.MinhashParams, ctx: Cont
     return minhash.dedup_minhash(frame, params, earlier=pl.concat(earlier) if earlier else None)
 
 
-def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, ctx: Context) -> StepOutput:
-    embedder = _embedder("dedup_semantic", params.model, ctx, batch_size=params.batch_size,
-                         max_seq_length=params.max_seq_length, precision=params.precision)
-    kept, dropped, stats = semdedup.dedup_semantic(
-        frame, params, embed=lambda texts: embedder.encode(texts, ctx.progress)
-    )
-    stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
-    return kept, dropped, stats
+def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, ctx: Context) -> StepResult:
+    embedder = _embedder("dedup_semantic", params, ctx)
+    result = semdedup.dedup_semantic(frame, params, embed=lambda texts: embedder.encode(texts, ctx.progress))
+    result.stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
+    return result
 
 
-def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> StepOutput:
+def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> StepResult:
     """Run the method on the chosen engine, through the request cache unless ``cache: false``, with the method's
     post-filter (gristmill/postfilter.py) screening each round's new rows.
 
@@ -115,9 +123,8 @@ def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> 
 
     screen = None
     if isinstance(params, NewRowParams):
-        def embedder(model: str) -> Callable[[list[str]], Any]:
-            return _embedder("synthesize.post_filter.quality", model, ctx, batch_size=None, max_seq_length=256,
-                             precision="fast").encode
+        def embedder(gate: EmbeddingParams) -> Callable[[list[str]], Any]:
+            return _embedder("synthesize.post_filter.quality", gate, ctx).encode
 
         screen = build_screen(params.post_filter, embedder)
     if getattr(params, "method", None) == "gap_fill" and params.lexicon is None:  # type: ignore[attr-defined]
@@ -129,9 +136,9 @@ def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> 
         if not params.cache:
             return methods.run_method(frame, params, engine=engine, model_name=params.model, screen=screen)
         with CachedEngine(engine, ctx.cache_dir / "synth_requests.sqlite", chunk_size=params.cache_chunk) as cached:
-            kept, dropped, stats = methods.run_method(frame, params, engine=cached, model_name=params.model,
-                                                      screen=screen)
-            return kept, dropped, stats | cached.stats()
+            result = methods.run_method(frame, params, engine=cached, model_name=params.model, screen=screen)
+            result.stats |= cached.stats()
+            return result
     finally:
         engine.close()
 
@@ -155,20 +162,14 @@ def _synth_engine(params: GenerationParams, ctx: Context) -> Any:
 
 
 STEPS: dict[str, StepDef] = {
-    "normalize": StepDef(normalize.NormalizeParams, normalize.VERSION, lambda f, p, c: normalize.normalize(f, p)),
-    "filter": StepDef(filters.FilterParams, filters.VERSION, lambda f, p, c: filters.filter_rows(f, p)),
-    "heuristics": StepDef(
-        rulesets.HeuristicsParams, rulesets.VERSION, lambda f, p, c: rulesets.heuristics(f, p)
-    ),
-    "dedup_exact": StepDef(
-        dedup_exact.ExactDedupParams, dedup_exact.VERSION, lambda f, p, c: dedup_exact.dedup_exact(f, p)
-    ),
-    "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, _dedup_minhash),
-    "dedup_semantic": StepDef(semdedup.SemanticDedupParams, semdedup.VERSION, _dedup_semantic),
-    "quality": StepDef(quality.QualityParams, quality.VERSION, _quality),
-    "decontaminate": StepDef(
-        decontam.DecontamParams, decontam.VERSION, lambda f, p, c: decontam.decontaminate(f, p)
-    ),
-    "synthesize": StepDef(GenerationParams, methods.versions(), _synthesize, select=methods.params_for),
-    "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, lambda f, p, c: audit_mod.audit_rows(f, p)),
+    "normalize": StepDef(normalize.NormalizeParams, normalize.VERSION, stage=normalize.normalize),
+    "filter": StepDef(filters.FilterParams, filters.VERSION, stage=filters.filter_rows),
+    "heuristics": StepDef(rulesets.HeuristicsParams, rulesets.VERSION, stage=rulesets.heuristics),
+    "dedup_exact": StepDef(dedup_exact.ExactDedupParams, dedup_exact.VERSION, stage=dedup_exact.dedup_exact),
+    "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, adapter=_dedup_minhash),
+    "dedup_semantic": StepDef(semdedup.SemanticDedupParams, semdedup.VERSION, adapter=_dedup_semantic),
+    "quality": StepDef(quality.QualityParams, quality.VERSION, adapter=_quality),
+    "decontaminate": StepDef(decontam.DecontamParams, decontam.VERSION, stage=decontam.decontaminate),
+    "synthesize": StepDef(GenerationParams, methods.versions(), adapter=_synthesize, select=methods.params_for),
+    "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, stage=audit_mod.audit_rows),
 }

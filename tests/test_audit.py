@@ -35,27 +35,29 @@ def test_representation_and_fairlearn_selection_rates(tmp_path) -> None:
     lex = tmp_path / "lex.json"
     lex.write_text('{"gender": {"female": ["she"], "male": ["he"], "nonbinary": ["they"]}}')
     params = AuditParams(axes=["gender"], lexicon=str(lex), label_column="accepted")
-    kept, dropped, stats = audit_rows(_frame(), params)
-    assert kept.height == 8 and dropped.height == 0
-    g = stats["report"]["axes"]["gender"]
+    result = audit_rows(_frame(), params)
+    kept, dropped, report = result.kept, result.dropped, result.report
+    assert kept.height == 8 and dropped.height == 0 and report is not None
+    g = report["axes"]["gender"]
     assert g["group_rows"] == {"female": 4, "male": 2, "nonbinary": 1}
     assert g["representation_ratio"] == 4.0
     assert g["selection_rate"] == {"female": 0.5, "male": 1.0, "nonbinary": 1.0}
     assert g["selection_rate_difference"] == pytest.approx(0.5)
-    assert [(x["group"], x["target_rows"]) for x in stats["report"]["gaps"]] == [("nonbinary", 2)]
+    assert [(x["group"], x["target_rows"]) for x in report["gaps"]] == [("nonbinary", 2)]
     assert kept["meta"].struct.field("demographics").struct.field("gender").to_list()[4] == ["male"]
-    assert stats["gate_passed"] is True
+    assert result.gate is not None and result.gate.passed and result.gate.failures == []
 
 
 def test_gate_fails_with_named_reasons(tmp_path) -> None:
     lex = tmp_path / "lex.json"
     lex.write_text('{"gender": {"female": ["she"], "male": ["he"], "nonbinary": ["zir"]}}')
     gate = GateParams(max_representation_ratio=3.0, min_group_rows=2, max_selection_rate_difference=0.4)
-    _, _, stats = audit_rows(_frame(), AuditParams(axes=["gender"], lexicon=str(lex), label_column="accepted",
-                                                   gate=gate))
-    failures = stats["report"]["gate"]["failures"]
-    assert stats["gate_passed"] is False
-    assert stats["report"]["axes"]["gender"]["representation_ratio"] == "inf"
+    result = audit_rows(_frame(), AuditParams(axes=["gender"], lexicon=str(lex), label_column="accepted",
+                                              gate=gate))
+    assert result.gate is not None and result.report is not None
+    failures = result.gate.failures
+    assert not result.gate.passed and failures == result.report["gate"]["failures"]
+    assert result.report["axes"]["gender"]["representation_ratio"] == "inf"
     assert any("representation ratio inf > 3.0" in f for f in failures)
     assert any("gender.nonbinary: 0 rows < min_group_rows 2" in f for f in failures)
     assert any("selection-rate difference 0.500 > 0.4" in f for f in failures)

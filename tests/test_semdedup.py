@@ -137,8 +137,8 @@ def test_params_validate() -> None:
 
 @pytest.mark.slow
 def test_real_minilm_groups_paraphrases(tmp_path: Path) -> None:
-    from gristmill.curation.embed import Embedder
     from gristmill import models
+    from gristmill.curation.embed import Embedder
     from gristmill.steps import STEPS, Context
 
     texts = [
