@@ -7,12 +7,13 @@ later steps and re-runs. Vectors are L2-normalized float32, so a dot product is 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from gristmill.common.store import open_store, select_in
 
 _HINT = "pip install 'gristmill[models]'  (sentence-transformers, torch)"
 
@@ -25,19 +26,12 @@ class EmbeddingCache:
     """A sqlite table of (model_key, text_key) -> float32 vector bytes."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path))
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS emb (model TEXT, key TEXT, vec BLOB, PRIMARY KEY (model, key))")
+        self.db = open_store(path, "CREATE TABLE IF NOT EXISTS emb (model TEXT, key TEXT, vec BLOB, "
+                                   "PRIMARY KEY (model, key))")
 
     def get(self, model: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT key, vec FROM emb WHERE model=? AND key IN ({marks})", [model, *chunk])
-            found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
-        return found
+        rows = select_in(self.db, "SELECT key, vec FROM emb WHERE model=? AND key IN ({marks})", keys, [model])
+        return {k: np.frombuffer(v, dtype=np.float32) for k, v in rows}
 
     def put(self, model: str, items: dict[str, np.ndarray]) -> None:
         self.db.executemany(

