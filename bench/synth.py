@@ -35,7 +35,7 @@ TOPICS = ["a lighthouse keeper", "tide pools", "a bakery at dawn", "the history 
           "learning a language", "a night train", "honeybees", "a city library", "winter camping", "jazz"]
 
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "selfinstruct_seed_tasks.jsonl"
+SEEDS = Path(__file__).resolve().parent / "data" / "selfinstruct_seed_tasks.jsonl"  # see bench/data/README.md
 
 
 def prompts(n: int, workload: str = "short", seeds: str | None = None) -> list[list[dict[str, str]]]:
