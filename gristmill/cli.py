@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import render
 from rich.table import Table
 
 from gristmill.common.errors import GateFailed, UserError
@@ -101,12 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _PlainFormatter(logging.Formatter):
+    """One plain line per record (rich markup removed), for logs that go to a file or a batch system."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        return line if getattr(record, "markup", True) is False else render(line).plain
+
+
 def setup_logging(console: Console, verbose: int, quiet: bool) -> None:
-    """Diagnostics through ``logging`` on a rich handler: gristmill at INFO by default, DEBUG with ``-v``;
-    other libraries at WARNING unless ``-vv``; ``-q`` keeps warnings and errors only."""
+    """Diagnostics through ``logging``: gristmill at INFO by default, DEBUG with ``-v``; other libraries at
+    WARNING unless ``-vv``; ``-q`` keeps warnings and errors only. A terminal gets rich's handler; anything else
+    (a batch job's log file) gets plain, unwrapped lines."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = RichHandler(console=console, show_time=False, show_path=False, show_level=verbose > 0,
-                          markup=True, rich_tracebacks=True)
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_time=False, show_path=False, show_level=verbose > 0,
+                              markup=True, rich_tracebacks=True)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter("%(levelname)s %(message)s" if verbose else "%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)

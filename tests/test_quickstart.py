@@ -94,3 +94,27 @@ def test_second_run_resumes_without_recomputing(quickstart: tuple[Path, Path, su
     assert "Loading safetensors" not in again.stderr  # vLLM never started
     assert pl.read_parquet(run / "dataset" / "data.parquet").equals(before)
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+
+
+def test_train_command_takes_the_runners_training_path(
+    quickstart: tuple[Path, Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """``gristmill train RUN`` is the runner's training: same fingerprint (an up-to-date adapter is not retrained),
+    atomic output, and overrides train anew into ``--out`` without touching the run's manifest."""
+    _, run, first = quickstart
+    assert first.returncode == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    same = _gristmill("train", str(run))
+    assert same.returncode == 0, same.stderr[-4000:]
+    assert "adapter is up to date" in same.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["train"]["resumed"] is True and manifest["status"] == "ok"
+    out = tmp_path / "adapter-2-steps"
+    other = _gristmill("train", str(run), "--max-steps", "2", "--out", str(out))
+    assert other.returncode == 0, other.stderr[-4000:]
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["fingerprint"] != manifest["train"]["fingerprint"]
+    assert (out / "adapter_model.safetensors").exists() and not list(tmp_path.glob(".tmp-adapter-*"))
+    assert json.loads((run / "manifest.json").read_text())["train"] == manifest["train"]
+    missing = _gristmill("train", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "manifest.json not found" in missing.stderr

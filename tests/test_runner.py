@@ -96,7 +96,33 @@ def test_missing_input_file_exit_code_2(tmp_path: Path, sample_dir: Path, capsys
     path = _recipe(tmp_path, sample_dir)
     (sample_dir / "sample.jsonl").unlink()
     assert main(["run", str(path)]) == 2
-    assert "input file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sample.jsonl: input file not found" in err and "Traceback" not in err
+    assert main(["--debug", "run", str(path)]) == 2  # --debug: the user error's traceback too
+    err = capsys.readouterr().err
+    assert "input file not found" in err and "Traceback" in err
+
+
+def test_a_bug_is_not_reported_as_bad_input(tmp_path: Path, sample_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ValueError from our own code (or polars, numpy...) is a bug: it propagates with its traceback (exit 1),
+    it is not turned into "invalid input"."""
+    from gristmill import steps
+
+    def broken(frame: pl.DataFrame, params: object) -> None:
+        raise ValueError("internal inconsistency")
+
+    monkeypatch.setitem(steps.STEPS, "filter", steps.StepDef(steps.STEPS["filter"].params, "1", stage=broken))
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        main(["run", str(_recipe(tmp_path, sample_dir))])
+
+
+def test_quiet_keeps_errors_only(tmp_path: Path, sample_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _recipe(tmp_path, sample_dir, STEPS[:2])
+    assert main(["-q", "run", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["run", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "✓ 01 normalize" in err and "[green]" not in err and "(resumed)" in err
 
 
 def test_dedup_against_an_earlier_run(tmp_path: Path, sample_dir: Path) -> None:
