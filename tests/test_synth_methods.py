@@ -11,6 +11,7 @@ import pytest
 
 from gristmill.audit.lexicon import builtin_lexicon_path
 from gristmill.synth.engine import SamplingConfig
+from gristmill.synth.methods import run_method
 from tests.conftest import make_frame
 from tests.helpers import Reply, ScriptedEngine
 
@@ -23,7 +24,7 @@ def chat_frame(pairs: list[tuple[str, str | None]], ids: list[str] | None = None
 
 
 def adds_up(stats: dict[str, Any], kept: pl.DataFrame, dropped: pl.DataFrame) -> None:
-    assert stats["rows_in"] + stats["rows_added"] == kept.height + dropped.height
+    assert stats["rows_in"] + stats.get("rows_added", 0) == kept.height + dropped.height
     assert stats["kept"] == kept.height and stats["dropped"] == dropped.height
     assert sum(stats["dropped_by_reason"].values()) == dropped.height
     assert dropped.height == 0 or dropped["reason"].null_count() == 0
@@ -69,12 +70,12 @@ def evolve_reply(user: str, sampling: SamplingConfig) -> Reply:
 
 
 def test_evolve_filters_provenance_and_two_batched_calls() -> None:
-    from gristmill.synth.methods.evolve import EvolveParams, run
+    from gristmill.synth.methods.evolve import EvolveParams
 
     engine = ScriptedEngine(evolve_reply)
     frame = chat_frame(SOURCES)
     params = EvolveParams(n=5, oversample=1, max_rounds=1)
-    kept, dropped, stats = run(frame, params, engine=engine, model_name="m")
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name="m")
     assert engine.calls == [(5, True), (2, False)]  # all rewrites in one call, all surviving answers in one call
     assert stats["rows_added"] == 5 and stats["follow_up_requests"] == 2
     adds_up(stats, kept, dropped)
@@ -92,13 +93,13 @@ def test_evolve_filters_provenance_and_two_batched_calls() -> None:
 
 
 def test_evolve_uses_only_the_chosen_operations_and_cycles_sources() -> None:
-    from gristmill.synth.methods.evolve import OPERATIONS, EvolveParams, run
+    from gristmill.synth.methods.evolve import OPERATIONS, EvolveParams
 
     engine = ScriptedEngine(lambda u, s: json.dumps({"instruction": "Write a haiku about rare deep-sea fish."})
                             if s.json_schema else "Silent lanterns glow / in the crushing midnight deep / "
                                                  "anglers wait for prey.")
     frame = chat_frame(SOURCES[:2])
-    kept, dropped, stats = run(frame, EvolveParams(n=3, oversample=1, operations=["breadth"]), engine=engine,
+    kept, dropped, stats = run_method(frame, EvolveParams(n=3, oversample=1, operations=["breadth"]), engine=engine,
                                model_name="m")
     assert engine.calls == [(3, True), (3, False)]
     assert sum(OPERATIONS["breadth"] in p for p in engine.prompts) == 3
@@ -108,16 +109,16 @@ def test_evolve_uses_only_the_chosen_operations_and_cycles_sources() -> None:
 
 
 def test_evolve_without_instruction_rows_says_so() -> None:
-    from gristmill.synth.methods.evolve import EvolveParams, run
+    from gristmill.synth.methods.evolve import EvolveParams
 
     with pytest.raises(ValueError, match="no instruction rows"):
-        run(make_frame(["plain text"]), EvolveParams(), engine=ScriptedEngine(lambda u, s: ""), model_name="m")
+        run_method(make_frame(["plain text"]), EvolveParams(), engine=ScriptedEngine(lambda u, s: ""), model_name="m")
 
 
 # --- paraphrase -------------------------------------------------------------------------------------------------
 
 def test_paraphrase_round_robin_and_filters() -> None:
-    from gristmill.synth.methods.paraphrase import ParaphraseParams, run
+    from gristmill.synth.methods.paraphrase import ParaphraseParams
 
     frame = chat_frame([("Explain why the sky is blue.", "Air scatters blue sunlight more than red light."),
                         ("Give a synonym for happy.", "Joyful is a synonym for happy.")])
@@ -135,7 +136,7 @@ def test_paraphrase_round_robin_and_filters() -> None:
         }[key, seen[key]]
 
     engine = ScriptedEngine(reply)
-    kept, dropped, stats = run(frame, ParaphraseParams(n=4, oversample=1, max_rounds=1), engine=engine,
+    kept, dropped, stats = run_method(frame, ParaphraseParams(n=4, oversample=1, max_rounds=1), engine=engine,
                                model_name="m")
     assert engine.calls == [(4, True)] and seen == {"sky": 2, "happy": 2}  # round-robin over the sources
     assert stats["dropped_by_reason"] == {"not_novel": 1, "length_mismatch": 1}
@@ -175,7 +176,7 @@ def answer_frame() -> pl.DataFrame:
 
 
 def test_answer_rewrites_rows_in_place_and_retries() -> None:
-    from gristmill.synth.methods.answer import AnswerParams, run
+    from gristmill.synth.methods.answer import AnswerParams
 
     tries: dict[str, int] = {}
 
@@ -190,10 +191,10 @@ def test_answer_rewrites_rows_in_place_and_retries() -> None:
 
     engine = ScriptedEngine(reply)
     frame = answer_frame()
-    kept, dropped, stats = run(frame, AnswerParams(max_rounds=2, system="Be brief."), engine=engine,
+    kept, dropped, stats = run_method(frame, AnswerParams(max_rounds=2, system="Be brief."), engine=engine,
                                model_name="m")
     assert engine.calls == [(4, False), (2, False)]  # round 2 re-asks only the two failures
-    assert stats["rows_added"] == 0 and stats["generated"] == 6
+    assert "rows_added" not in stats and stats["generated"] == 6  # rows rewritten, none added
     adds_up(stats, kept, dropped)
     assert kept["id"].to_list() == ["r0", "r1", "r2", "r3", "r5"]  # same ids, original order
     assert dropped["id"].to_list() == ["r4"] and stats["dropped_by_reason"] == {"refusal": 1}
@@ -212,10 +213,10 @@ def test_answer_rewrites_rows_in_place_and_retries() -> None:
 
 
 def test_answer_cap_leaves_the_rest_untouched() -> None:
-    from gristmill.synth.methods.answer import AnswerParams, run
+    from gristmill.synth.methods.answer import AnswerParams
 
     engine = ScriptedEngine(lambda u, s: "An answer.")
-    kept, dropped, stats = run(answer_frame(), AnswerParams(n=1), engine=engine, model_name="m")
+    kept, dropped, stats = run_method(answer_frame(), AnswerParams(n=1), engine=engine, model_name="m")
     assert engine.calls == [(1, False)] and stats["needed_answer"] == 4 and stats["left_unanswered"] == 3
     assert kept.height == 6 and dropped.height == 0
     adds_up(stats, kept, dropped)
@@ -234,7 +235,7 @@ def gap_reply(user: str, sampling: SamplingConfig) -> Reply:
 
 
 def test_gap_fill_from_an_audit_report(tmp_path: Path) -> None:
-    from gristmill.synth.methods.gap_fill import GapFillParams, run
+    from gristmill.synth.methods.gap_fill import GapFillParams
 
     gap_reply.nb = 0  # type: ignore[attr-defined]
     report = tmp_path / "03-audit.json"
@@ -245,7 +246,7 @@ def test_gap_fill_from_an_audit_report(tmp_path: Path) -> None:
     engine = ScriptedEngine(gap_reply)
     frame = chat_frame([("Write a shopping list.", "Milk, eggs, bread.")])
     params = GapFillParams(gaps=str(report), lexicon=LEXICON, n=3, oversample=1, max_rounds=1)
-    kept, dropped, stats = run(frame, params, engine=engine, model_name="m")
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name="m")
     assert engine.calls == [(3, True)]  # quotas 2 + 1 (n caps 2 + 4) in one call
     assert sum("a nonbinary person" in p for p in engine.prompts) == 2 and "Write a shopping list." in engine.prompts[0]
     assert stats["dropped_by_reason"] == {"group_not_mentioned": 1}
@@ -262,7 +263,7 @@ def test_gap_fill_from_an_audit_report(tmp_path: Path) -> None:
 
 
 def test_gap_fill_inline_rounds_and_exclusive() -> None:
-    from gristmill.synth.methods.gap_fill import GapFillParams, run
+    from gristmill.synth.methods.gap_fill import GapFillParams
 
     replies = iter([
         json.dumps({"instruction": "Help my grandmother and her brother plan a trip.", "input": "", "output": "A."}),
@@ -271,7 +272,7 @@ def test_gap_fill_inline_rounds_and_exclusive() -> None:
     engine = ScriptedEngine(lambda u, s: next(replies))
     params = GapFillParams(gaps_inline=[{"axis": "gender", "group": "female", "rows": 1}], exclusive=True, lexicon=LEXICON,
                            oversample=1, group_phrases={"female": "a grandmother"})
-    kept, dropped, stats = run(make_frame(["x"]), params, engine=engine, model_name="m")
+    kept, dropped, stats = run_method(make_frame(["x"]), params, engine=engine, model_name="m")
     assert engine.calls == [(1, True), (1, True)]  # round 2 re-asks only for the missing row
     assert "a grandmother" in engine.prompts[0]
     assert stats["dropped_by_reason"] == {"mentions_other_group": 1} and kept.height == 2
@@ -289,9 +290,7 @@ def test_gap_fill_params_and_helpers() -> None:
     assert phrase("older_adult") == "an older adult" and phrase("sikh") == "a sikh person"
     assert phrase("sikh", {"sikh": "a Sikh person"}) == "a Sikh person"
     with pytest.raises(ValueError, match="not in the lexicon"):
-        from gristmill.synth.methods.gap_fill import run
-
-        run(make_frame(["x"]), GapFillParams(gaps_inline=[{"axis": "gender", "group": "robot", "rows": 1}],
+        run_method(make_frame(["x"]), GapFillParams(gaps_inline=[{"axis": "gender", "group": "robot", "rows": 1}],
                                                lexicon=LEXICON),
             engine=ScriptedEngine(lambda u, s: ""), model_name="m")
 

@@ -52,7 +52,8 @@ def test_missing_eval_set_is_named(tmp_path: Path) -> None:
 
 
 def test_self_instruct_replaces_post_filtered_rows(eval_file: Path) -> None:
-    from gristmill.synth.methods.self_instruct import SelfInstructParams, self_instruct
+    from gristmill.synth.methods.loop import run_loop
+    from gristmill.synth.methods.self_instruct import SelfInstruct, SelfInstructParams
     from gristmill.synth.seeds import SeedTask
 
     seeds = [SeedTask("s0", "List three primary colours.", "", "Red, yellow and blue.")]
@@ -66,8 +67,8 @@ def test_self_instruct_replaces_post_filtered_rows(eval_file: Path) -> None:
     engine = ScriptedEngine(lambda user, sampling: replies.pop(0))
     params = SelfInstructParams(seeds="unused", n=2, oversample=1.0, max_rounds=3)
     screen = build_screen(PostFilter(eval_sets=[str(eval_file)]))
-    kept, dropped, stats = self_instruct(make_frame([REAL]), params, engine=engine, seed_tasks=seeds,
-                                         model_name="m", screen=screen)
+    kept, dropped, stats = run_loop(SelfInstruct(make_frame([REAL]), params, seeds), engine=engine, model_name="m",
+                                    screen=screen)
     assert engine.calls == [(2, True), (2, True)]  # round 2 asks again for the two rows round 1 lost
     assert stats["dropped_by_reason"] == {"post_filter.near_duplicate_of_earlier": 1, "post_filter.contaminated": 1}
     assert stats["post_filtered"] == 2 and stats["accepted"] == 2
@@ -79,7 +80,8 @@ def test_self_instruct_replaces_post_filtered_rows(eval_file: Path) -> None:
 
 
 def test_paraphrase_counts_only_rows_that_pass_the_screen() -> None:
-    from gristmill.synth.methods.paraphrase import ParaphraseParams, paraphrase
+    from gristmill.synth.methods import run_method
+    from gristmill.synth.methods.paraphrase import ParaphraseParams
 
     rows = make_frame(["What is the boiling point of water at sea level?\n\n100 degrees Celsius."],
                       messages=[[{"role": "user", "content": "What is the boiling point of water at sea level?"},
@@ -91,7 +93,7 @@ def test_paraphrase_counts_only_rows_that_pass_the_screen() -> None:
                            "output": "It boils at one hundred degrees Celsius."})]
     engine = ScriptedEngine(lambda user, sampling: replies.pop(0))
     params = ParaphraseParams(n=2, oversample=1.0, max_rounds=3, max_rouge_l=0.95)
-    kept, dropped, stats = paraphrase(rows, params, engine=engine, model_name="m", screen=build_screen(PostFilter()))
+    kept, dropped, stats = run_method(rows, params, engine=engine, model_name="m", screen=build_screen(PostFilter()))
     assert stats["dropped_by_reason"] == {"post_filter.near_duplicate": 1}  # the 2nd copy in round 1
     assert stats["accepted"] == 2 and engine.calls == [(2, True), (1, True)]
     assert kept.height == 3 and stats["rows_in"] + stats["rows_added"] == kept.height + dropped.height

@@ -56,8 +56,9 @@ def test_seed_tasks_both_shapes_and_errors(tmp_path: Path) -> None:
 
 
 def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None:
+    from gristmill.synth.methods.loop import run_loop
+    from gristmill.synth.methods.self_instruct import SelfInstruct
     from gristmill.synth.methods.self_instruct import SelfInstructParams as SynthesizeParams
-    from gristmill.synth.methods.self_instruct import self_instruct
     from gristmill.synth.seeds import SeedTask
     from tests.conftest import make_frame
 
@@ -74,7 +75,7 @@ def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None
     engine = ScriptedEngine(lambda user, sampling: outputs.pop(0))
     frame = make_frame(["a real row"])
     params = SynthesizeParams(seeds="unused", n=2, oversample=2.5, max_rounds=1)
-    kept, dropped, stats = self_instruct(frame, params, engine=engine, seed_tasks=seeds, model_name="m")
+    kept, dropped, stats = run_loop(SelfInstruct(frame, params, seeds), engine=engine, model_name="m")
     assert engine.calls == [(5, True)]  # one batch, with the task JSON schema
     assert stats["rows_in"] + stats["rows_added"] == kept.height + dropped.height == 6
     assert stats["dropped_by_reason"] == {"not_novel": 1, "unparseable": 1, "truncated": 1}

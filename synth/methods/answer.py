@@ -6,7 +6,7 @@ conversation up to the open turn, after an optional ``system`` prompt) as one ba
 the plain-text parser (``truncated``, ``empty``, ``too_short``, ``refusal``, ``too_long``) and a failed row is
 asked again next round, up to ``max_rounds``.
 
-Accounting is per row, not per attempt: answering adds no rows (``rows_added`` = 0). ``kept`` holds every input
+Accounting is per row, not per attempt: answering adds no rows (the ``StepResult``'s ``added`` = 0). ``kept`` holds every input
 row in its original order, the answered ones rewritten (messages, text, ``meta.synth`` provenance with
 ``source_ids`` = the row's own id); ``dropped`` holds the rows still unanswered after the last round, with the
 reason of their last attempt, so ``rows_in == kept + dropped``. Rows beyond the ``n`` cap stay unchanged in
@@ -21,11 +21,13 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
+from gristmill.common.contract import StepResult, no_drops
+from gristmill.common.text import messages_text
 from gristmill.synth.methods.base import Engine, GenerationParams, Ledger, sampling_config, template_hash
 from gristmill.synth.methods.common import Chat
 from gristmill.synth.parse import Rejected, parse_answer
 
-VERSION = "1"
+VERSION = "2"  # 2: StepResult, text by gristmill.common.text (whitespace-only turns skipped)
 
 
 class AnswerParams(GenerationParams):
@@ -54,11 +56,9 @@ class AnswerLedger(Ledger):
 
     def rewrite(self, row: int, messages: list[dict[str, str]], provenance: dict[str, Any]) -> None:
         self.failed.pop(row, None)
-        text = "\n\n".join(m["content"] for m in messages if m["role"] != "system" and m["content"])
-        self.answered[row] = {"messages": messages, "text": text, "synth": provenance}
+        self.answered[row] = {"messages": messages, "text": messages_text(messages), "synth": provenance}
 
-    def result(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-        _, _, stats = super().result(frame.clear())  # timing and token stats; rows are assembled here
+    def result(self, frame: pl.DataFrame) -> StepResult:
         indexed = frame.with_row_index("__row")
         rows = indexed.filter(pl.col("__row").is_in(list(self.answered))).to_dicts()
         for row in rows:
@@ -74,20 +74,10 @@ class AnswerLedger(Ledger):
         for row in lost:
             raw, reason, prov = self.failed[row["__row"]]
             row.update(reason=reason, meta=(row.get("meta") or {}) | {"synth": prov | {"last_output": raw}})
-        dropped = (pl.DataFrame(lost, infer_schema_length=None).drop("__row") if lost
-                   else frame.clear().with_columns(pl.lit(None, dtype=pl.String).alias("reason")))
-        by_reason: dict[str, int] = {}
-        for _, reason, _ in self.failed.values():
-            by_reason[reason] = by_reason.get(reason, 0) + 1
-        n_ans, out_tok = len(self.answered), self.counts["output_tokens"]
-        stats |= {
-            "rows_in": frame.height, "rows_added": 0, "kept": kept.height, "dropped": dropped.height,
-            "dropped_by_reason": by_reason, "accepted": n_ans, "answered": n_ans,
-            "attempts_rejected_by_reason": dict(self.attempt_reasons),
-            "output_tokens_per_kept_row": round(out_tok / n_ans, 1) if n_ans else None,
-            "seconds_per_kept_row": round(stats["seconds"] / n_ans, 3) if n_ans else None,
-        }
-        return kept, dropped, stats
+        dropped = pl.DataFrame(lost, infer_schema_length=None).drop("__row") if lost else no_drops(frame)
+        stats = self.yield_stats(len(self.answered)) | {
+            "answered": len(self.answered), "attempts_rejected_by_reason": dict(self.attempt_reasons)}
+        return StepResult(kept, dropped, stats, rows_in=frame.height)
 
 
 def open_turn(messages: list[dict[str, str]] | None) -> int | None:
@@ -106,12 +96,12 @@ def open_turn(messages: list[dict[str, str]] | None) -> int | None:
     return len(messages) if messages[-1]["role"] == "user" else None
 
 
-def answer(
-    frame: pl.DataFrame, params: AnswerParams, *, engine: Engine, model_name: str
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+def run(frame: pl.DataFrame, params: AnswerParams, *, engine: Engine, model_name: str) -> StepResult:
+    """Answer the open turns of ``frame``'s rows (its own small driver: rows are rewritten, not added, so the
+    new-row loop's quotas and post-filter do not apply; the ledger, the answer parser and rounds are shared)."""
     sampling = sampling_config(params, params.max_tokens)
     ledger = AnswerLedger("answer", model_name, engine, sampling, params.seed, template_hash(params.system or ""))
-    todo: list[tuple[int, str, list[dict[str, str]], int]] = []  # (row index, id, messages, open turn)
+    todo: list[tuple[int, str, Chat, int]] = []  # (row index, id, messages, open turn)
     if "messages" in frame.columns:
         for row, (row_id, msgs) in enumerate(zip(frame["id"].to_list(), frame["messages"].to_list(), strict=True)):
             turn = open_turn(msgs)
@@ -141,11 +131,6 @@ def answer(
             reply = {"role": "assistant", "content": text}
             ledger.rewrite(row, [*msgs[:turn], reply, *msgs[turn + 1:]], prov)
         pending = retry
-    kept, dropped, stats = ledger.result(frame)
-    return kept, dropped, stats | {"needed_answer": len(todo), "left_unanswered": left}
-
-
-def run(
-    frame: pl.DataFrame, params: AnswerParams, *, engine: Engine, model_name: str
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    return answer(frame, params, engine=engine, model_name=model_name)
+    result = ledger.result(frame)
+    result.stats |= {"needed_answer": len(todo), "left_unanswered": left}
+    return result

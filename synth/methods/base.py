@@ -2,7 +2,8 @@
 
 A method builds prompts, sends them to an ``Engine`` and judges each answer; the ``Ledger`` records every
 candidate as accepted (a new row, or a rewrite of an existing row) or rejected with a reason, and ``Ledger.result``
-turns that into the stage's ``(kept, dropped, stats)`` with ``rows_in + rows_added == kept + dropped``.
+turns that into the stage's ``StepResult`` (``added`` = candidates generated), so
+``rows_in + added == kept + dropped``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Literal, Protocol
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gristmill.common.contract import StepResult, no_drops
 from gristmill.synth.engine import Generation, SamplingConfig
 
 
@@ -136,6 +138,15 @@ class NewRowParams(GenerationParams):
     ``eval_sets``)."""
 
 
+class AnsweredParams(NewRowParams):
+    """Params of methods whose rows end with an answer generated in a second stage (``evolve``, ``multi_turn``)."""
+
+    min_output_words: int = Field(3, ge=1)
+    """Reject an answer with fewer words (``too_short``)."""
+    answer_max_tokens: int = Field(512, ge=16)
+    """Output tokens per answer (the second stage's requests; the first stage uses ``max_tokens``)."""
+
+
 def sampling_config(params: GenerationParams, max_tokens: int, json_schema: dict[str, Any] | None = None
                     ) -> SamplingConfig:
     """The engine sampling settings of a method's params."""
@@ -146,18 +157,6 @@ def template_hash(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
-def messages_row(instruction: str, extra: str, output: str) -> dict[str, Any]:
-    """``text`` + ``messages`` of an instruction row (same shape as the alpaca mapping at ingest)."""
-    user = instruction + (f"\n\n{extra}" if extra else "")
-    return {
-        "text": "\n\n".join(p for p in (instruction, extra, output) if p),
-        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": output}],
-    }
-
-
-def _id_text(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows]},
-                        schema={"id": pl.String, "text": pl.String})
 
 
 @dataclass
@@ -180,6 +179,7 @@ class Ledger:
     screen: Screen | None = None
     """Post-filter run by ``settle`` on the rows accepted since the last call (None: accept as is)."""
     _settled: int = 0
+    _screen_text: dict[str, str] = field(default_factory=dict)
 
     def provenance(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -192,38 +192,59 @@ class Ledger:
             **extra,
         }
 
-    def generate(self, prompts: list[list[dict[str, str]]]) -> list[Generation]:
-        outputs = self.engine.chat(prompts, self.sampling)
-        self.counts["requested"] += len(prompts)
+    def _call(self, prompts: list[list[dict[str, str]]], sampling: SamplingConfig) -> list[Generation]:
+        outputs = self.engine.chat(prompts, sampling) if prompts else []
         for gen in outputs:
-            self.counts["generated"] += 1
             self.counts["prompt_tokens"] += gen.prompt_tokens
             self.counts["output_tokens"] += gen.output_tokens
         return outputs
+
+    def generate(self, prompts: list[list[dict[str, str]]]) -> list[Generation]:
+        """One batch of candidates (each answer is a candidate: ``generated``, hence ``added``)."""
+        outputs = self._call(prompts, self.sampling)
+        self.counts["requested"] += len(prompts)
+        self.counts["generated"] += len(outputs)
+        return outputs
+
+    def follow_up(self, prompts: list[list[dict[str, str]]], sampling: SamplingConfig) -> list[Generation]:
+        """A second-stage batch (answers to accepted instructions): its requests and tokens are counted, but its
+        outputs complete existing candidates instead of being new ones (``generated`` is unchanged)."""
+        if prompts:
+            self.counts["follow_up_requests"] = self.counts.get("follow_up_requests", 0) + len(prompts)
+        return self._call(prompts, sampling)
 
     def candidate_id(self, *parts: object) -> str:
         blob = "|".join(str(p) for p in (self.template, self.model_name, self.seed, *parts))
         return "synth-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def accept(self, cand_id: str, row: dict[str, Any], provenance: dict[str, Any]) -> None:
-        """A new row (``row`` has text + messages, optionally more columns)."""
+    def accept(self, cand_id: str, row: dict[str, Any], provenance: dict[str, Any],
+               screen_text: str | None = None) -> None:
+        """A new row (``row`` has text + messages, optionally more columns). ``screen_text``: what the
+        post-filter compares instead of the row's text (a continued conversation: only its new turns)."""
         self.accepted.append({"id": cand_id, **row, "source": f"synth:{self.method}", "meta": {"synth": provenance}})
+        if screen_text is not None:
+            self._screen_text[cand_id] = screen_text
 
     def reject(self, cand_id: str, raw_text: str, reason: str, provenance: dict[str, Any]) -> None:
         self.rejected.append({"id": cand_id, "text": raw_text, "source": f"synth:{self.method}",
                               "meta": {"synth": provenance}, "reason": reason})
 
+    def _id_text(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
+        return pl.DataFrame({"id": [r["id"] for r in rows],
+                             "text": [self._screen_text.get(r["id"], r["text"]) for r in rows]},
+                            schema={"id": pl.String, "text": pl.String})
+
     def settle(self, frame: pl.DataFrame) -> set[str]:
         """Run the post-filter on the rows accepted since the last call, against ``frame`` (the step's input)
-        and the rows kept before; move those it fails to the rejects. Returns the ids it removed (the method
+        and the rows kept before; move those it fails to the rejects. Returns the ids it removed (the loop
         then asks for replacements). Call once per round, after its rows are accepted."""
         new = self.accepted[self._settled :]
         if self.screen is None or not new:
             self._settled = len(self.accepted)
             return set()
         pool = pl.concat([frame.select(pl.col("id").cast(pl.String), pl.col("text").cast(pl.String)),
-                          _id_text(self.accepted[: self._settled])])
-        reasons = self.screen(_id_text(new), pool)
+                          self._id_text(self.accepted[: self._settled])])
+        reasons = self.screen(self._id_text(new), pool)
         keep = []
         for row in new:
             reason = reasons.get(row["id"])
@@ -237,28 +258,24 @@ class Ledger:
         self.counts["post_filtered"] += len(new) - len(keep)
         return {r["id"] for r in new} - {r["id"] for r in keep}
 
-    def result(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    def yield_stats(self, accepted: int) -> dict[str, Any]:
+        """Counts, tokens and speed of the step (``accepted``: rows it produced or rewrote)."""
         seconds = time.perf_counter() - self.started
+        out_tok = self.counts["output_tokens"]
+        return {
+            **self.counts,
+            "accepted": accepted,
+            "seconds": round(seconds, 3),
+            "output_tokens_per_s": round(out_tok / seconds, 2) if seconds else None,
+            "output_tokens_per_kept_row": round(out_tok / accepted, 1) if accepted else None,
+            "seconds_per_kept_row": round(seconds / accepted, 3) if accepted else None,
+        }
+
+    def result(self, frame: pl.DataFrame) -> StepResult:
+        """``frame`` plus the accepted rows, the rejects, and the yield stats (``added`` = candidates)."""
+        stats = self.yield_stats(len(self.accepted))
         # Full-length schema inference: provenance keys differ between candidates (polars would drop late fields).
         new = pl.DataFrame(self.accepted, infer_schema_length=None) if self.accepted else None
         kept = pl.concat([frame, new], how="diagonal_relaxed") if new is not None else frame
-        dropped = pl.DataFrame(self.rejected, infer_schema_length=None) if self.rejected else kept.clear().with_columns(
-            pl.lit(None, dtype=pl.String).alias("reason"))
-        by_reason: dict[str, int] = {}
-        for r in self.rejected:
-            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-        n_acc, out_tok = len(self.accepted), self.counts["output_tokens"]
-        stats = {
-            "rows_in": frame.height,
-            "rows_added": self.counts["generated"],
-            "kept": kept.height,
-            "dropped": len(self.rejected),
-            "dropped_by_reason": by_reason,
-            **self.counts,
-            "accepted": n_acc,
-            "seconds": round(seconds, 3),
-            "output_tokens_per_s": round(out_tok / seconds, 2) if seconds else None,
-            "output_tokens_per_kept_row": round(out_tok / n_acc, 1) if n_acc else None,
-            "seconds_per_kept_row": round(seconds / n_acc, 3) if n_acc else None,
-        }
-        return kept, dropped, stats
+        dropped = pl.DataFrame(self.rejected, infer_schema_length=None) if self.rejected else no_drops(kept)
+        return StepResult(kept, dropped, stats, rows_in=frame.height, added=self.counts["generated"])

@@ -6,8 +6,9 @@ candidate one evolution operation: in-depth (``add_constraints``, ``deepen``, ``
 domain). Generation is two batched calls per round, as in the paper:
 
 1. all rewrite prompts, as one batch with a JSON schema ``{"instruction"}``;
-2. the instructions that survive the instruction checks, as one batch of plain chat prompts (the answer is
-   generated exactly like an assistant turn, and rejected rewrites cost no answer tokens).
+2. the instructions that survive the instruction checks, as one batch of plain chat prompts (the shared loop's
+   answer stage, loop.py: the answer is generated exactly like an assistant turn, and rejected rewrites cost no
+   answer tokens).
 
 Elimination (the paper's filter, with ROUGE-L standing in for its ChatGPT equality check): ``not_evolved`` when
 the rewrite's ROUGE-L with its source is >= ``max_rouge_l``; ``leaked_template`` when it copies the rewriting
@@ -19,27 +20,21 @@ is one rewrite (``rows_added`` counts rewrites); its answer is a follow-up, not 
 
 from __future__ import annotations
 
-import json
 import random
+from collections.abc import Hashable
 from typing import Any, Literal
 
 import polars as pl
 from pydantic import Field
 
-from gristmill.synth.methods.base import (
-    Engine,
-    Ledger,
-    NewRowParams,
-    Screen,
-    messages_row,
-    sampling_config,
-    template_hash,
-)
-from gristmill.synth.methods.common import SourceRow, batch_size, chat, follow_up, require_instruction_rows
-from gristmill.synth.parse import Rejected, leaks_template, parse_answer, parse_record
+from gristmill.synth.engine import Generation
+from gristmill.synth.methods.base import AnsweredParams
+from gristmill.synth.methods.common import Rotation, SourceRow, chat, require_instruction_rows
+from gristmill.synth.methods.loop import Draft, LoopMethod, Proposal, RoundState
+from gristmill.synth.parse import Rejected, leaks_template, parse_record
 from gristmill.synth.rouge import rouge_l, tokens
 
-VERSION = "2"  # 2: post-filter
+VERSION = "3"  # 2: post-filter; 3: the shared loop (sources taken front to back of each shuffled pass)
 
 Operation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "breadth"]
 
@@ -74,7 +69,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-class EvolveParams(NewRowParams):
+class EvolveParams(AnsweredParams):
     method: Literal["evolve"] = "evolve"
     """Evolve existing instructions into harder or rarer ones and answer them (Evol-Instruct)."""
     operations: list[Operation] = Field(
@@ -84,74 +79,39 @@ class EvolveParams(NewRowParams):
     to weight it)."""
     max_rouge_l: float = Field(0.9, gt=0, le=1)
     """Reject a rewrite whose ROUGE-L with its source instruction is >= this (``not_evolved``)."""
-    min_output_words: int = Field(3, ge=1)
-    """Reject an answer with fewer words (``too_short``)."""
-    answer_max_tokens: int = Field(512, ge=16)
-    """Output tokens per answer (evolved tasks need longer answers than rewrites)."""
 
 
-def _prompt(op: str, source: SourceRow) -> list[dict[str, str]]:
-    return chat(TEMPLATE.format(operation=OPERATIONS[op], instruction=source.instruction), SYSTEM)
+class Evolve(LoopMethod[EvolveParams]):
+    """Each prompt rewrites one source instruction by one operation; a kept rewrite is answered in stage 2."""
 
+    name, system, template, schema = "evolve", SYSTEM, TEMPLATE, SCHEMA
 
-def evolve(
-    frame: pl.DataFrame, params: EvolveParams, *, engine: Engine, model_name: str, screen: Screen | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    sources = require_instruction_rows(frame, "evolve")
-    rng = random.Random(params.seed)
-    sampling = sampling_config(params, params.max_tokens, SCHEMA)
-    answer_sampling = sampling_config(params, params.answer_max_tokens)
-    answer_json = json.dumps(answer_sampling.as_dict(), sort_keys=True)
-    ledger = Ledger("evolve", model_name, engine, sampling, params.seed,
-                    template_hash(SYSTEM, TEMPLATE, *(OPERATIONS[o] for o in sorted(set(params.operations)))), screen=screen)
-    order: list[SourceRow] = []
-    accepted = 0
-    for round_no in range(params.max_rounds):
-        missing = params.n - accepted
-        if missing <= 0:
-            break
-        picks = []
-        for _ in range(batch_size(missing, params.oversample)):
-            if not order:
-                order = rng.sample(sources, len(sources))
-            picks.append((order.pop(), rng.choice(params.operations)))
-        outputs = ledger.generate([_prompt(op, src) for src, op in picks])
-        survivors: list[tuple[str, dict[str, Any], str]] = []  # (candidate id, provenance, instruction)
-        for idx, ((src, op), gen) in enumerate(zip(picks, outputs, strict=True)):
-            cand_id = ledger.candidate_id(round_no, idx, src.id, op, gen.text)
-            prov = ledger.provenance(source_ids=[src.id], operation=op, round=round_no)
-            try:
-                instruction = parse_record(gen.text, gen.finish_reason, ("instruction",),
-                                           refusal_field="instruction")["instruction"]
-                ledger.counts["parsed"] += 1
-                if leaks_template(instruction, SYSTEM + "\n" + TEMPLATE.format(operation=OPERATIONS[op],
-                                                                              instruction="")):
-                    raise Rejected("leaked_template")
-                score = rouge_l(tokens(instruction), tokens(src.instruction))
-                if score >= params.max_rouge_l:
-                    raise Rejected("not_evolved", f"ROUGE-L {score:.2f} with the source")
-                if len(survivors) >= missing:
-                    raise Rejected("over_quota", "n rows already accepted")
-            except Rejected as rej:
-                ledger.reject(cand_id, gen.text, rej.reason, prov)
-                continue
-            survivors.append((cand_id, prov | {"rouge_l_source": round(score, 4), "answer_sampling": answer_json},
-                              instruction))
-        answers = follow_up(ledger, [chat(s[2]) for s in survivors], answer_sampling)
-        for (cand_id, prov, instruction), gen in zip(survivors, answers, strict=True):
-            try:
-                output = parse_answer(gen.text, gen.finish_reason, min_words=params.min_output_words,
-                                      sorry_below_words=80)
-            except Rejected as rej:
-                ledger.reject(cand_id, f"{instruction}\n\n{gen.text}", rej.reason, prov)
-                continue
-            accepted += 1
-            ledger.accept(cand_id, messages_row(instruction, "", output), prov)
-        accepted -= len(ledger.settle(frame))
-    return ledger.result(frame)
+    def __init__(self, frame: pl.DataFrame, params: EvolveParams) -> None:
+        super().__init__(frame, params)
+        self.sources = require_instruction_rows(frame, "evolve")
+        self.rotation: Rotation[SourceRow] | None = None
 
+    def template_parts(self) -> tuple[str, ...]:
+        return (SYSTEM, TEMPLATE, *(OPERATIONS[o] for o in sorted(set(self.params.operations))))
 
-def run(
-    frame: pl.DataFrame, params: EvolveParams, *, engine: Engine, model_name: str, screen: Screen | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    return evolve(frame, params, engine=engine, model_name=model_name, screen=screen)
+    def propose(self, state: RoundState, bucket: Hashable, count: int, rng: random.Random) -> list[Proposal]:
+        self.rotation = self.rotation or Rotation(self.sources, rng, reshuffle=True)
+        out = []
+        for _ in range(count):
+            src, op = self.rotation.take(), rng.choice(self.params.operations)
+            out.append(Proposal(chat(TEMPLATE.format(operation=OPERATIONS[op], instruction=src.instruction), SYSTEM),
+                                key=(src.id, op), provenance={"source_ids": [src.id], "operation": op},
+                                context=(src, op)))
+        return out
+
+    def parse(self, proposal: Proposal, gen: Generation) -> str:
+        return parse_record(gen.text, gen.finish_reason, ("instruction",), refusal_field="instruction")["instruction"]
+
+    def judge(self, proposal: Proposal, instruction: str) -> Draft:
+        src, op = proposal.context
+        if leaks_template(instruction, SYSTEM + "\n" + TEMPLATE.format(operation=OPERATIONS[op], instruction="")):
+            raise Rejected("leaked_template")
+        score = rouge_l(tokens(instruction), tokens(src.instruction))
+        if score >= self.params.max_rouge_l:
+            raise Rejected("not_evolved", f"ROUGE-L {score:.2f} with the source")
+        return Draft(chat(instruction), {"rouge_l_source": round(score, 4)})

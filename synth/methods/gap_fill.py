@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,20 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gristmill.common.errors import InputError
 from gristmill.common.lexicon import groups_mentioned, load_lexicon
-from gristmill.synth.methods.base import (
-    Engine,
-    Ledger,
-    NewRowParams,
-    Screen,
-    messages_row,
-    sampling_config,
-    template_hash,
-)
-from gristmill.synth.methods.common import batch_size, chat, instruction_rows
+from gristmill.common.text import instruction_messages
+from gristmill.synth.engine import Generation
+from gristmill.synth.methods.base import NewRowParams
+from gristmill.synth.methods.common import NoveltyPool, chat, instruction_rows
+from gristmill.synth.methods.loop import Draft, LoopMethod, Proposal, RoundState
 from gristmill.synth.parse import TASK_SCHEMA, Rejected, parse_task
-from gristmill.synth.rouge import max_rouge_l, tokens
 
-VERSION = "2"  # 2: post-filter
+VERSION = "3"  # 2: post-filter; 3: the shared loop
 
 PHRASES: dict[str, str] = {
     "female": "a woman or girl", "male": "a man or boy", "nonbinary": "a nonbinary person",
@@ -136,75 +131,63 @@ def quotas(needs: list[int], n: int) -> list[int]:
     return out
 
 
-def gap_fill(
-    frame: pl.DataFrame, params: GapFillParams, *, engine: Engine, model_name: str,
-    gaps: list[Gap], lexicon: dict[str, dict[str, list[str]]], screen: Screen | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    for gap in gaps:
-        if gap.group not in lexicon.get(gap.axis, {}):
-            raise ValueError(f"synthesize.gaps: {gap.axis}.{gap.group} is not in the lexicon (axes: "
-                             f"{', '.join(f'{a}: {sorted(g)}' for a, g in lexicon.items())}); pass `lexicon:`")
-    rng = random.Random(params.seed)
-    sampling = sampling_config(params, params.max_tokens, TASK_SCHEMA)
-    ledger = Ledger("gap_fill", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE),
-                    screen=screen)
-    sources = instruction_rows(frame)
-    pool = [tokens(s.instruction) for s in sources]
-    quota = quotas([g.needed for g in gaps], params.n)
-    done = [0] * len(gaps)
-    gap_of: dict[str, int] = {}  # candidate id -> its gap (a post-filtered row frees its gap's slot)
-    for round_no in range(params.max_rounds):
-        picks = [i for i, g in enumerate(gaps) for _ in range(batch_size(quota[i] - done[i], params.oversample))
-                 if quota[i] > done[i]]
-        if not picks:
-            break
-        prompts, shown = [], []
-        for i in picks:
-            gap = gaps[i]
-            examples = rng.sample(sources, min(params.examples_per_prompt, len(sources)))
+class GapFill(LoopMethod[GapFillParams]):
+    """One quota bucket per gap; a task is kept when it mentions its gap's group and is novel."""
+
+    name, system, template, schema = "gap_fill", SYSTEM, TEMPLATE, TASK_SCHEMA
+
+    def __init__(self, frame: pl.DataFrame, params: GapFillParams, gaps: list[Gap] | None = None,
+                 lexicon: dict[str, dict[str, list[str]]] | None = None) -> None:
+        """``gaps`` and ``lexicon``: given in memory, else read from ``params.gaps``/``gaps_inline`` and
+        ``params.lexicon``."""
+        super().__init__(frame, params)
+        if lexicon is None:
+            if params.lexicon is None:  # the orchestrator fills in the audit's built-in lexicon
+                raise InputError("synthesize.lexicon: gap_fill needs the audit's lexicon file, e.g. "
+                                 "gristmill.audit.lexicon.builtin_lexicon_path()")
+            lexicon = load_lexicon(params.lexicon, key="synthesize.lexicon")
+        self.gaps, self.lexicon = load_gaps(params) if gaps is None else gaps, lexicon
+        for gap in self.gaps:
+            if gap.group not in lexicon.get(gap.axis, {}):
+                raise ValueError(f"synthesize.gaps: {gap.axis}.{gap.group} is not in the lexicon (axes: "
+                                 f"{', '.join(f'{a}: {sorted(g)}' for a, g in lexicon.items())}); pass `lexicon:`")
+        self.sources = instruction_rows(frame)
+        self.pool = NoveltyPool([s.instruction for s in self.sources], params.max_rouge_l)
+        self.quota = quotas([g.needed for g in self.gaps], params.n)
+
+    def quotas(self) -> dict[Hashable, int]:
+        return dict(enumerate(self.quota))
+
+    def propose(self, state: RoundState, bucket: Hashable, count: int, rng: random.Random) -> list[Proposal]:
+        gap = self.gaps[bucket]  # type: ignore[index]
+        terms = ", ".join(t.rstrip("*") for t in self.lexicon[gap.axis][gap.group][:8])
+        out = []
+        for _ in range(count):
+            examples = rng.sample(self.sources, min(self.params.examples_per_prompt, len(self.sources)))
             intro = "".join(f"Example task from the data set:\n{s.instruction}\n\n" for s in examples)
-            terms = ", ".join(t.rstrip("*") for t in lexicon[gap.axis][gap.group][:8])
-            text = TEMPLATE.format(examples=intro, phrase=phrase(gap.group, params.group_phrases), terms=terms)
-            prompts.append(chat(text, SYSTEM))
-            shown.append([s.id for s in examples])
-        for idx, (i, ids, gen) in enumerate(zip(picks, shown, ledger.generate(prompts), strict=True)):
-            gap = gaps[i]
-            cand_id = ledger.candidate_id(round_no, idx, gap.axis, gap.group, gen.text)
-            prov = ledger.provenance(source_ids=ids, round=round_no, gap={"axis": gap.axis, "group": gap.group})
-            try:
-                task = parse_task(gen.text, gen.finish_reason)
-                ledger.counts["parsed"] += 1
-                row = messages_row(task["instruction"], task["input"], task["output"])
-                found = groups_mentioned(row["text"], lexicon[gap.axis])
-                if gap.group not in found:
-                    raise Rejected("group_not_mentioned", f"no {gap.axis}.{gap.group} term")
-                if params.exclusive and len(found) > 1:
-                    raise Rejected("mentions_other_group", ", ".join(g for g in found if g != gap.group))
-                score = max_rouge_l(task["instruction"], pool)
-                if score >= params.max_rouge_l:
-                    raise Rejected("not_novel", f"ROUGE-L {score:.2f}")
-                if done[i] >= quota[i]:
-                    raise Rejected("over_quota", f"{gap.axis}.{gap.group} is filled")
-            except Rejected as rej:
-                ledger.reject(cand_id, gen.text, rej.reason, prov)
-                continue
-            done[i] += 1
-            gap_of[cand_id] = i
-            pool.append(tokens(task["instruction"]))
-            ledger.accept(cand_id, row, prov | {"rouge_l_max": score})
-        for cand_id in ledger.settle(frame):
-            done[gap_of[cand_id]] -= 1
-    kept, dropped, stats = ledger.result(frame)
-    filled = [{"axis": g.axis, "group": g.group, "needed": g.needed, "quota": q, "generated": d}
-              for g, q, d in zip(gaps, quota, done, strict=True)]
-    return kept, dropped, stats | {"gaps": filled}
+            text = TEMPLATE.format(examples=intro, phrase=phrase(gap.group, self.params.group_phrases), terms=terms)
+            out.append(Proposal(chat(text, SYSTEM), key=(gap.axis, gap.group), bucket=bucket, context=gap,
+                                provenance={"source_ids": [s.id for s in examples],
+                                            "gap": {"axis": gap.axis, "group": gap.group}}))
+        return out
 
+    def parse(self, proposal: Proposal, gen: Generation) -> dict[str, str]:
+        return parse_task(gen.text, gen.finish_reason)
 
-def run(
-    frame: pl.DataFrame, params: GapFillParams, *, engine: Engine, model_name: str, screen: Screen | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    if params.lexicon is None:  # the orchestrator fills in the audit's built-in lexicon
-        raise InputError("synthesize.lexicon: gap_fill needs the audit's lexicon file, e.g. "
-                         "gristmill.audit.lexicon.builtin_lexicon_path()")
-    return gap_fill(frame, params, engine=engine, model_name=model_name, gaps=load_gaps(params),
-                    lexicon=load_lexicon(params.lexicon, key="synthesize.lexicon"), screen=screen)
+    def judge(self, proposal: Proposal, task: dict[str, str]) -> Draft:
+        gap: Gap = proposal.context
+        text, messages = instruction_messages(task["instruction"], task["input"], task["output"])
+        found = groups_mentioned(text, self.lexicon[gap.axis])
+        if gap.group not in found:
+            raise Rejected("group_not_mentioned", f"no {gap.axis}.{gap.group} term")
+        if self.params.exclusive and len(found) > 1:
+            raise Rejected("mentions_other_group", ", ".join(g for g in found if g != gap.group))
+        score = self.pool.check(task["instruction"])
+        return Draft(messages, {"rouge_l_max": score}, data=task)
+
+    def on_accept(self, draft: Draft) -> None:
+        self.pool.add(draft.data["instruction"])
+
+    def stats(self, done: dict[Hashable, int]) -> dict[str, Any]:
+        return {"gaps": [{"axis": g.axis, "group": g.group, "needed": g.needed, "quota": q, "generated": done[i]}
+                         for i, (g, q) in enumerate(zip(self.gaps, self.quota, strict=True))]}

@@ -11,25 +11,21 @@ compared with its source on the whole exchange (instruction + answer, word token
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable
 from typing import Any, Literal
 
 import polars as pl
 from pydantic import Field, model_validator
 
-from gristmill.synth.methods.base import (
-    Engine,
-    Ledger,
-    NewRowParams,
-    Screen,
-    messages_row,
-    sampling_config,
-    template_hash,
-)
-from gristmill.synth.methods.common import SourceRow, batch_size, chat, require_instruction_rows
+from gristmill.common.text import instruction_messages
+from gristmill.synth.engine import Generation
+from gristmill.synth.methods.base import NewRowParams
+from gristmill.synth.methods.common import Rotation, SourceRow, chat, require_instruction_rows
+from gristmill.synth.methods.loop import Draft, LoopMethod, Proposal, RoundState
 from gristmill.synth.parse import Rejected, parse_record
 from gristmill.synth.rouge import rouge_l, tokens
 
-VERSION = "2"  # 2: post-filter
+VERSION = "3"  # 2: post-filter; 3: the shared loop (quota checked after the filters)
 
 SYSTEM = "You reword training examples for a helpful assistant. Answer only with JSON."
 TEMPLATE = (
@@ -67,51 +63,33 @@ def _words(instruction: str, output: str) -> list[str]:
     return tokens(f"{instruction}\n{output}")
 
 
-def paraphrase(
-    frame: pl.DataFrame, params: ParaphraseParams, *, engine: Engine, model_name: str, screen: Screen | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    sources = require_instruction_rows(frame, "paraphrase")
-    order = random.Random(params.seed).sample(sources, len(sources))
-    sampling = sampling_config(params, params.max_tokens, SCHEMA)
-    ledger = Ledger("paraphrase", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE),
-                    screen=screen)
-    source_words = {s.id: _words(s.instruction, s.output) for s in sources}
-    turn, accepted = 0, 0
-    for round_no in range(params.max_rounds):
-        missing = params.n - accepted
-        if missing <= 0:
-            break
-        picks: list[SourceRow] = []
-        for _ in range(batch_size(missing, params.oversample)):
-            picks.append(order[turn % len(order)])
-            turn += 1
-        prompts = [chat(TEMPLATE.format(instruction=s.instruction, output=s.output), SYSTEM) for s in picks]
-        for idx, (src, gen) in enumerate(zip(picks, ledger.generate(prompts), strict=True)):
-            cand_id = ledger.candidate_id(round_no, idx, src.id, gen.text)
-            prov = ledger.provenance(source_ids=[src.id], round=round_no)
-            try:
-                pair = parse_record(gen.text, gen.finish_reason, ("instruction", "output"))
-                ledger.counts["parsed"] += 1
-                new, old = _words(pair["instruction"], pair["output"]), source_words[src.id]
-                score = rouge_l(new, old)
-                if score >= params.max_rouge_l:
-                    raise Rejected("not_novel", f"ROUGE-L {score:.2f} with the source")
-                ratio = len(new) / max(1, len(old))
-                if not params.min_length_ratio <= ratio <= params.max_length_ratio:
-                    raise Rejected("length_mismatch", f"{ratio:.2f}x the source's length")
-                if accepted >= params.n:
-                    raise Rejected("over_quota", "n rows already accepted")
-            except Rejected as rej:
-                ledger.reject(cand_id, gen.text, rej.reason, prov)
-                continue
-            accepted += 1
-            row = messages_row(pair["instruction"], "", pair["output"])
-            ledger.accept(cand_id, row, prov | {"rouge_l_source": round(score, 4), "length_ratio": round(ratio, 3)})
-        accepted -= len(ledger.settle(frame))
-    return ledger.result(frame)
+class Paraphrase(LoopMethod[ParaphraseParams]):
+    """Each prompt rewords one source exchange; a rewrite is kept when novel enough and of similar length."""
 
+    name, system, template, schema = "paraphrase", SYSTEM, TEMPLATE, SCHEMA
 
-def run(
-    frame: pl.DataFrame, params: ParaphraseParams, *, engine: Engine, model_name: str, screen: Screen | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    return paraphrase(frame, params, engine=engine, model_name=model_name, screen=screen)
+    def __init__(self, frame: pl.DataFrame, params: ParaphraseParams) -> None:
+        super().__init__(frame, params)
+        self.sources = require_instruction_rows(frame, "paraphrase")
+        self.source_words = {s.id: _words(s.instruction, s.output) for s in self.sources}
+        self.rotation: Rotation[SourceRow] | None = None
+
+    def propose(self, state: RoundState, bucket: Hashable, count: int, rng: random.Random) -> list[Proposal]:
+        self.rotation = self.rotation or Rotation(self.sources, rng, reshuffle=False)
+        picks = [self.rotation.take() for _ in range(count)]
+        return [Proposal(chat(TEMPLATE.format(instruction=s.instruction, output=s.output), SYSTEM), key=(s.id,),
+                         provenance={"source_ids": [s.id]}, context=s) for s in picks]
+
+    def parse(self, proposal: Proposal, gen: Generation) -> dict[str, str]:
+        return parse_record(gen.text, gen.finish_reason, ("instruction", "output"))
+
+    def judge(self, proposal: Proposal, pair: dict[str, str]) -> Draft:
+        new, old = _words(pair["instruction"], pair["output"]), self.source_words[proposal.context.id]
+        score = rouge_l(new, old)
+        if score >= self.params.max_rouge_l:
+            raise Rejected("not_novel", f"ROUGE-L {score:.2f} with the source")
+        ratio = len(new) / max(1, len(old))
+        if not self.params.min_length_ratio <= ratio <= self.params.max_length_ratio:
+            raise Rejected("length_mismatch", f"{ratio:.2f}x the source's length")
+        _, messages = instruction_messages(pair["instruction"], "", pair["output"])
+        return Draft(messages, {"rouge_l_source": round(score, 4), "length_ratio": round(ratio, 3)})

@@ -1,34 +1,30 @@
 """Self-Instruct: new instruction/input/output tasks from seed tasks, with the paper's novelty filter.
 
-Each round builds one prompt per missing row from ``examples_per_prompt`` tasks sampled from the seeds and the
-tasks accepted so far, sends all prompts as one batch with a JSON schema, parses and validates each answer, and
-accepts a task only if its instruction's ROUGE-L against every instruction in the pool (seeds, real rows, accepted
-tasks) is below ``max_rouge_l``. Rounds repeat until ``n`` rows are accepted or ``max_rounds`` is reached. Every
-candidate ends up either appended (with provenance in ``meta.synth``) or dropped with a reason.
+Each round (the shared loop, loop.py) builds ``ceil(missing * oversample)`` prompts, each showing
+``examples_per_prompt`` tasks sampled from the seeds and the tasks kept so far, sends them as one batch with a
+JSON schema, parses and validates each answer, and accepts a task only if its instruction's ROUGE-L against every
+instruction in the pool (seeds, real rows, accepted tasks) is below ``max_rouge_l``. Every candidate ends up
+either appended (with provenance in ``meta.synth``: ``seed_ids``, ``rouge_l_max``) or dropped with a reason.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Literal
+from collections.abc import Hashable
+from typing import Literal
 
 import polars as pl
 from pydantic import Field
 
-from gristmill.synth.methods.base import (
-    Engine,
-    Ledger,
-    NewRowParams,
-    Screen,
-    messages_row,
-    sampling_config,
-    template_hash,
-)
-from gristmill.synth.parse import TASK_SCHEMA, Rejected, parse_task
-from gristmill.synth.rouge import max_rouge_l, tokens
-from gristmill.synth.seeds import SeedTask
+from gristmill.common.text import instruction_messages
+from gristmill.synth.engine import Generation
+from gristmill.synth.methods.base import NewRowParams
+from gristmill.synth.methods.common import NoveltyPool
+from gristmill.synth.methods.loop import Draft, LoopMethod, Proposal, RoundState
+from gristmill.synth.parse import TASK_SCHEMA, parse_task
+from gristmill.synth.seeds import SeedTask, load_seed_tasks
 
-VERSION = "2"  # 2: post-filter
+VERSION = "3"  # 2: post-filter; 3: the shared loop (batch ceil(missing * oversample), quota after novelty)
 
 SYSTEM = "You write diverse, self-contained tasks for training a helpful assistant. Answer only with JSON."
 TEMPLATE = (
@@ -65,63 +61,38 @@ def prompt_for(examples: list[SeedTask | dict[str, str]]) -> list[dict[str, str]
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TEMPLATE.format(examples=shown)}]
 
 
-def self_instruct(
-    frame: pl.DataFrame,
-    params: SelfInstructParams,
-    *,
-    engine: Engine,
-    seed_tasks: list[SeedTask],
-    model_name: str,
-    screen: Screen | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    rng = random.Random(params.seed)
-    sampling = sampling_config(params, params.max_tokens, TASK_SCHEMA)
-    ledger = Ledger("self_instruct", model_name, engine, sampling, params.seed, template_hash(SYSTEM, TEMPLATE),
-                    screen=screen)
-    pool_tokens = [tokens(t.instruction) for t in seed_tasks]
-    if "messages" in frame.columns:
-        for msgs in frame["messages"].to_list():
-            if msgs:
-                pool_tokens.append(tokens(msgs[0]["content"]))
-    accepted: list[dict[str, str]] = []
-    for round_no in range(params.max_rounds):
-        missing = params.n - len(accepted)
-        if missing <= 0:
-            break
-        batch = max(1, round(missing * params.oversample))
-        examples_pool: list[SeedTask | dict[str, str]] = [*seed_tasks, *accepted]
-        prompts, shown = [], []
-        for _ in range(batch):
-            picks = rng.sample(range(len(examples_pool)), min(params.examples_per_prompt, len(examples_pool)))
-            prompts.append(prompt_for([examples_pool[p] for p in picks]))
-            shown.append([e.id if isinstance(e, SeedTask) else e["id"] for e in (examples_pool[p] for p in picks)])
-        for idx, (gen, seed_ids) in enumerate(zip(ledger.generate(prompts), shown, strict=True)):
-            cand_id = ledger.candidate_id(round_no, idx, gen.text)
-            prov = ledger.provenance(seed_ids=seed_ids, round=round_no)
-            try:
-                task = parse_task(gen.text, gen.finish_reason)
-                ledger.counts["parsed"] += 1
-                if len(accepted) >= params.n:
-                    raise Rejected("over_quota", "n rows already accepted")
-                score = max_rouge_l(task["instruction"], pool_tokens)
-                if score >= params.max_rouge_l:
-                    raise Rejected("not_novel", f"ROUGE-L {score:.2f}")
-            except Rejected as rej:
-                ledger.reject(cand_id, gen.text, rej.reason, prov)
-                continue
-            pool_tokens.append(tokens(task["instruction"]))
-            accepted.append(task | {"id": cand_id})
-            row = messages_row(task["instruction"], task["input"], task["output"])
-            ledger.accept(cand_id, row, prov | {"rouge_l_max": score})
-        removed = ledger.settle(frame)
-        accepted = [task for task in accepted if task["id"] not in removed]
-    return ledger.result(frame)
+class SelfInstruct(LoopMethod[SelfInstructParams]):
+    """Prompts show tasks sampled from the seeds and the tasks kept so far; an answer is a task, kept when novel."""
 
+    name, system, template, schema = "self_instruct", SYSTEM, TEMPLATE, TASK_SCHEMA
 
-def run(
-    frame: pl.DataFrame, params: SelfInstructParams, *, engine: Engine, model_name: str, screen: Screen | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    from gristmill.synth.seeds import load_seed_tasks
+    def __init__(self, frame: pl.DataFrame, params: SelfInstructParams,
+                 seed_tasks: list[SeedTask] | None = None) -> None:
+        """``seed_tasks``: given in memory, else read from ``params.seeds``."""
+        super().__init__(frame, params)
+        self.seed_tasks = load_seed_tasks(params.seeds) if seed_tasks is None else seed_tasks
+        msgs = frame["messages"].to_list() if "messages" in frame.columns else []
+        real = [m[0]["content"] for m in msgs if m]
+        self.pool = NoveltyPool([*(t.instruction for t in self.seed_tasks), *real], params.max_rouge_l)
 
-    return self_instruct(frame, params, engine=engine, seed_tasks=load_seed_tasks(params.seeds), model_name=model_name,
-                         screen=screen)
+    def propose(self, state: RoundState, bucket: Hashable, count: int, rng: random.Random) -> list[Proposal]:
+        examples: list[tuple[str, SeedTask | dict[str, str]]] = [
+            *((t.id, t) for t in self.seed_tasks), *((k.id, k.draft.data) for k in state.kept)]
+        out = []
+        for _ in range(count):
+            picks = [examples[p] for p in rng.sample(range(len(examples)),
+                                                     min(self.params.examples_per_prompt, len(examples)))]
+            out.append(Proposal(prompt_for([task for _, task in picks]),
+                                provenance={"seed_ids": [task_id for task_id, _ in picks]}))
+        return out
+
+    def parse(self, proposal: Proposal, gen: Generation) -> dict[str, str]:
+        return parse_task(gen.text, gen.finish_reason)
+
+    def judge(self, proposal: Proposal, task: dict[str, str]) -> Draft:
+        score = self.pool.check(task["instruction"])
+        _, messages = instruction_messages(task["instruction"], task["input"], task["output"])
+        return Draft(messages, {"rouge_l_max": score}, data=task)
+
+    def on_accept(self, draft: Draft) -> None:
+        self.pool.add(draft.data["instruction"])
