@@ -1,28 +1,32 @@
 """Reading input files into the data-contract frame.
 
 Formats: jsonl, json (a list of objects, or ``{"data": [...]}``), csv, parquet, and a ``datasets``
-``save_to_disk`` directory. A record that cannot be read or mapped is an error naming ``file:line`` (or
-``file:row N``); with ``on_error: skip`` it becomes a reject with reason ``malformed_input`` instead.
-Ids: the record's own ``id`` when it has one, else ``<file name>:<line>`` — stable across runs.
+``save_to_disk`` directory, read by ``gristmill.common.readers``. A record that cannot be read or mapped is an
+error naming ``file:line`` (or ``file:row N``); with ``on_error: skip`` it becomes a reject with reason
+``malformed_input`` instead. Ids: the record's own ``id`` when it has one, else ``<file name>:<line>`` — stable
+across runs.
+
+Columnar: the file is read as columns and mapped with polars expressions (``Mapping.columns``); the record mapper
+runs only for the rows those cannot decide (see ``gristmill.mappings``) and for the rejects' text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from gristmill.mappings import CONSUMED, MAPPERS
+from gristmill.common import readers
+from gristmill.common.contract import MESSAGES_DTYPE, RESERVED
+from gristmill.common.errors import InputError, MissingFileError
+from gristmill.mappings import MAPPINGS, RECHECK, Mapping
 
 Format = Literal["jsonl", "json", "csv", "parquet", "hf_disk"]
-RESERVED = {"id", "text", "messages", "source", "meta"}
-MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
-_EXT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_N, _ERR, _TEXT, _MSGS = "\x00number", "\x00error", "\x00text", "\x00messages"
 
 
 class InputSpec(BaseModel):
@@ -38,66 +42,15 @@ class InputSpec(BaseModel):
     """raise: stop at the first malformed record; skip: reject it with reason malformed_input."""
 
 
-class IngestError(ValueError):
-    """A malformed input record (message names file and line)."""
+class IngestError(InputError):
+    """A malformed input record or file (the message names the file and line)."""
 
 
 def infer_format(path: Path) -> str:
-    if path.is_dir():
-        return "hf_disk"
-    fmt = _EXT.get(path.suffix.lower())
-    if fmt is None:
-        raise IngestError(f"{path}: cannot infer the format from {path.suffix!r}; set `format:` to one of "
-                          "jsonl, json, csv, parquet, hf_disk")
-    return fmt
-
-
-def _records(path: Path, fmt: str) -> Iterator[tuple[int, str, dict[str, Any] | str]]:
-    """Yield ``(line_or_row, location, record-or-error-message)``."""
-    if fmt == "jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield lineno, f"{path}:{lineno}", f"invalid JSON ({err.msg} at column {err.colno})"
-                    continue
-                yield lineno, f"{path}:{lineno}", rec if isinstance(rec, dict) else "a line must be a JSON object"
-        return
-    if fmt == "json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise IngestError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); the file must be one JSON list") from err
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise IngestError(f"{path}: a .json input must be a list of objects (or {{\"data\": [...]}})")
-        for i, rec in enumerate(data):
-            yield i, f"{path}:item {i}", rec if isinstance(rec, dict) else "an item must be a JSON object"
-        return
-    if fmt == "csv":
-        frame = pl.read_csv(path, infer_schema=False)
-        for i, rec in enumerate(frame.iter_rows(named=True)):
-            # Header is line 1; a row's line number assumes no embedded newlines.
-            yield i + 2, f"{path}:{i + 2}", rec
-        return
-    if fmt == "parquet":
-        frame = pl.read_parquet(path)
-    elif fmt == "hf_disk":
-        from datasets import load_from_disk
-
-        ds = load_from_disk(str(path))
-        if hasattr(ds, "keys"):
-            raise IngestError(f"{path}: is a DatasetDict with splits {list(ds.keys())}; point `path` at one split")
-        frame = pl.from_arrow(ds.data.table)
-        assert isinstance(frame, pl.DataFrame)
-    else:  # pragma: no cover - guarded by the schema
-        raise IngestError(f"unknown format {fmt}")
-    for i, rec in enumerate(frame.iter_rows(named=True)):
-        yield i, f"{path}:row {i}", rec
+    try:
+        return readers.infer_format(path)
+    except InputError as err:
+        raise IngestError(str(err)) from err
 
 
 def fingerprint_path(path: Path) -> str:
@@ -112,47 +65,113 @@ def fingerprint_path(path: Path) -> str:
     return h.hexdigest()
 
 
+def _read(spec: InputSpec, path: Path, mapping: Mapping) -> readers.Table:
+    if not path.exists():
+        raise MissingFileError(f"{path}: input file not found (inputs[].path is relative to the recipe file)")
+    try:
+        return readers.read_table(path, spec.format or readers.infer_format(path),
+                                  readers.ReadOptions(accept=mapping.check))
+    except IngestError:
+        raise
+    except InputError as err:
+        raise IngestError(str(err)) from err
+
+
+def _errors(table: readers.Table, frame: pl.DataFrame, mapping: Mapping) -> list[readers.Bad]:
+    """Every record that does not map, with the record mapper's word on the rows marked ``RECHECK``."""
+    bad = list(table.bad)
+    failed = frame.with_row_index("\x00i").filter(pl.col(_ERR).is_not_null()).select("\x00i", _N, _ERR)
+    for i, number, error in failed.iter_rows():
+        record = table.record(i)
+        if error == RECHECK:
+            error = mapping.check(record)
+        if error is not None:
+            bad.append(readers.Bad(number, error, record))
+    return sorted(bad, key=lambda b: b.number)
+
+
+def _id(frame: pl.DataFrame, path: Path) -> pl.Expr:
+    fallback = pl.format("{}:{}", pl.lit(path.name), pl.col(_N))
+    dtype = frame.schema.get("id", pl.Null)
+    if dtype == pl.Null:
+        return fallback
+    own = pl.col("id")
+    if dtype == pl.Boolean:  # str(True) is "True"; polars' cast says "true"
+        own = pl.when(own).then(pl.lit("True")).otherwise(pl.lit("False"))
+    elif dtype.is_numeric() or dtype.to_python() is str:
+        own = own.cast(pl.String)
+    else:
+        own = own.map_elements(str, return_dtype=pl.String)
+    return pl.coalesce(own, fallback)
+
+
+def _python_dtype(dtype: pl.DataType) -> pl.DataType:
+    """The dtype polars infers for ``dtype``'s values once they are Python objects (the frame used to be built from
+    Python rows, so pass-through columns keep that schema: Int32 -> Int64, Float32 -> Float64, ...)."""
+    if dtype.is_integer():
+        return pl.Int64()
+    if dtype.is_float():
+        return pl.Float64()
+    if isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return pl.String()
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return pl.List(_python_dtype(dtype.inner))
+    if isinstance(dtype, pl.Struct):
+        return pl.Struct({f.name: _python_dtype(f.dtype) for f in dtype.fields})
+    return dtype
+
+
+def _raw_column(table: readers.Table, kept: pl.Series, key: str) -> pl.Series:
+    """A record's own ``source``/``meta`` field, renamed ``raw_<key>``; an object becomes its JSON text."""
+    dtype = table.frame.schema[key]
+    if table.exact_types and not isinstance(dtype, pl.Struct):
+        return table.frame[key].gather(kept).cast(_python_dtype(dtype)).alias(f"raw_{key}")
+    # Objects (and, for JSON formats, values polars may have coerced) come from the records as read.
+    values = [table.record(i).get(key) for i in kept.to_list()]
+    return pl.Series(f"raw_{key}", [json.dumps(v) if isinstance(v, dict) else v for v in values])
+
+
+def _reject(path: Path, spec: InputSpec, table: readers.Table, bad: readers.Bad) -> dict[str, Any]:
+    msg = f"{table.where(bad.number)}: {bad.reason} (mapping: {spec.mapping})"
+    text = json.dumps(bad.record, default=str)[:2000] if bad.record is not None else ""
+    return {"id": f"{path.name}:{bad.number}", "text": text, "source": str(path), "reason": "malformed_input",
+            "detail": msg, "meta": {"source_line": bad.number}}
+
+
 def ingest(spec: InputSpec, path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read one input; returns ``(rows, rejects)``. ``path`` is ``spec.path`` resolved by the caller."""
-    if not path.exists():
-        raise IngestError(f"{path}: input file not found (inputs[].path is relative to the recipe file)")
-    fmt = spec.format or infer_format(path)
-    mapper = MAPPERS[spec.mapping]
-    consumed = CONSUMED[spec.mapping] | RESERVED
-    rows: list[dict[str, Any]] = []
-    rejects: list[dict[str, Any]] = []
-    for line, where, rec in _records(path, fmt):
-        try:
-            if isinstance(rec, str):
-                raise ValueError(rec)
-            text, messages = mapper(rec)
-        except ValueError as err:
-            msg = f"{where}: {err} (mapping: {spec.mapping})"
-            if spec.on_error == "raise":
-                raise IngestError(msg + "; fix the record or set `on_error: skip` on this input") from err
-            rejects.append({"id": f"{path.name}:{line}", "text": json.dumps(rec)[:2000] if not isinstance(rec, str)
-                            else "", "source": str(path), "reason": "malformed_input", "detail": msg,
-                            "meta": {"source_line": line}})
-            continue
-        row: dict[str, Any] = {
-            "id": str(rec["id"]) if rec.get("id") is not None else f"{path.name}:{line}",
-            "text": text,
-            "messages": messages,
-            "source": str(path),
-            "meta": {"source_line": line},
-        }
-        for key, value in rec.items():
-            if key not in consumed:
-                row[key] = value
-        for key in ("source", "meta"):
-            if key in rec:
-                row[f"raw_{key}"] = rec[key] if not isinstance(rec[key], dict) else json.dumps(rec[key])
-        rows.append(row)
-    frame = pl.DataFrame(rows, infer_schema_length=None,
-                         schema_overrides={"id": pl.String, "text": pl.String, "messages": MESSAGES_DTYPE}) \
-        if rows else empty_frame()
-    reject_frame = pl.DataFrame(rejects, infer_schema_length=None) if rejects else pl.DataFrame()
-    return frame, reject_frame
+    mapping = MAPPINGS[spec.mapping]
+    table = _read(spec, path, mapping)
+    base = table.frame.with_columns(table.number.alias(_N)) if table.frame.width else pl.DataFrame(table.number
+                                                                                                   .alias(_N))
+    cols = mapping.columns(table.frame, table.exact_types)
+    mapped = base.with_columns(cols.error.alias(_ERR), cols.text.alias(_TEXT), cols.messages.alias(_MSGS))
+    bad = _errors(table, mapped, mapping)
+    if bad and spec.on_error == "raise":
+        first = bad[0]
+        raise IngestError(f"{table.where(first.number)}: {first.reason} (mapping: {spec.mapping}); fix the record or "
+                          "set `on_error: skip` on this input")
+    rejects = pl.DataFrame([_reject(path, spec, table, b) for b in bad], infer_schema_length=None) if bad \
+        else pl.DataFrame()
+    ok = pl.col(_ERR).is_null() | (pl.col(_ERR) == RECHECK)
+    if bad:  # RECHECK rows the record mapper accepted stay; the rest of the errors go
+        failed = pl.Series([b.number for b in bad], dtype=pl.Int64)
+        ok = ok & ~pl.col(_N).is_in(failed.implode())
+    kept_index = mapped.with_row_index("\x00i").filter(ok)["\x00i"]
+    if kept_index.len() == 0:
+        return empty_frame(), rejects
+    consumed = mapping.consumed | set(RESERVED)
+    passing = [pl.col(c).cast(_python_dtype(t)) for c, t in table.frame.schema.items() if c not in consumed]
+    rows = mapped.filter(ok).select(
+        _id(table.frame, path).alias("id"),
+        pl.col(_TEXT).alias("text"),
+        pl.col(_MSGS).cast(MESSAGES_DTYPE).alias("messages"),
+        pl.lit(str(path)).alias("source"),
+        pl.struct(pl.col(_N).alias("source_line")).alias("meta"),
+        *passing,
+    )
+    raw = [_raw_column(table, kept_index, key) for key in ("source", "meta") if key in table.frame.columns]
+    return (rows.with_columns(raw) if raw else rows), rejects
 
 
 def empty_frame() -> pl.DataFrame:

@@ -11,7 +11,7 @@ from gristmill.curation.clusters import clusters, preference_rank
 from gristmill.curation.dedup_exact import ExactDedupParams, dedup_exact
 from gristmill.curation.filters import FilterParams, filter_rows
 from gristmill.curation.minhash import MinhashParams, dedup_minhash, fmix32, signatures
-from gristmill.curation.normalize import NormalizeParams, normalize, normalize_text
+from gristmill.curation.normalize import NormalizeParams, normalize, normalize_expr, normalize_text
 from gristmill.curation.quality import KeepRule
 from gristmill.curation.scoring import keep_mask, similarity_scores
 from gristmill.curation.shingles import hashed_shingles, shingle_sets
@@ -27,18 +27,45 @@ def _accounted(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame) -
 def test_normalize_known_answer() -> None:
     assert normalize_text("  Ｈｅｌｌｏ\u200b   world \n\n\n\n!", NormalizeParams()) == "Hello world \n\n!"
     assert normalize_text("Ａ", NormalizeParams(unicode_form="none")) == "Ａ"
+    got = pl.select(normalize_expr(pl.lit("  Ｈｅｌｌｏ\u200b   world \n\n\n\n!"), NormalizeParams())).item()
+    assert got == "Hello world \n\n!"
+
+
+# Compatibility forms, combining marks, controls, zero-width and BOM, every kind of space, Python-only
+# whitespace (\x1c-\x1f, which Rust does not strip), line separators, emoji ZWJ sequences, Hangul jamo.
+TRICKY = [
+    "ﬁnance ﬂow Ⅻ ² ㎏ ℃ Å K ﷺ", "e\u0301 \u1100\u1161\u11a8 Ω", "\ufeffBOM\u200bzero\u200cwidth\u200djoin",
+    "\x1c\x1d sep \x1e\x1f", "\x00nul\x07bell\x7fdel\x0bvt\x0cff", "\u00a0nbsp\u3000ideo\u2009thin\u202f",
+    "line\u2028sep\u2029para\x85nel", "a\r\n\r\n\r\nb\n\n\n\n\nc", "\t\t tabs \t", "👨\u200d👩\u200d👧 family",
+    "", "   ", "\u200b", "\n \n\n \n", "Ｆｕｌｌ　ｗｉｄｔｈ！", "ﾊﾝｶｸ ｶﾀｶﾅ", "x\u0308\u0323 q\u0307\u0323",
+]
+
+
+def test_normalize_expression_equals_the_reference_on_tricky_strings() -> None:
+    rng = random.Random(0)
+    pool = "".join(TRICKY) + "abc \n\n\n"
+    fuzz = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 40))) for _ in range(400)]
+    texts = pl.Series([*TRICKY, *fuzz, None])
+    for form in ("NFKC", "NFC", "none"):
+        for strip_control in (True, False):
+            for collapse in (True, False):
+                params = NormalizeParams(unicode_form=form, strip_control=strip_control, collapse_whitespace=collapse)
+                got = pl.select(normalize_expr(pl.lit(texts), params)).to_series().to_list()
+                want = [None if t is None else normalize_text(t, params) for t in texts]
+                assert got == want, (form, strip_control, collapse)
 
 
 def test_normalize_drops_empty_and_updates_messages() -> None:
     frame = make_frame(["  a\u200b  b ", "\u200b  "]).with_columns(
         pl.Series("messages", [[{"role": "user", "content": " a  b "}], [{"role": "user", "content": " "}]])
     )
-    kept, dropped, stats = normalize(frame, NormalizeParams())
+    result = normalize(frame, NormalizeParams())
+    kept, dropped, stats = result
     _accounted(frame, kept, dropped)
     assert kept["text"].to_list() == ["a b"]
     assert kept["messages"][0].to_list() == [{"role": "user", "content": "a b"}]
     assert dropped["reason"].to_list() == ["empty_after_normalize"]
-    assert stats["rows_changed"] == 2
+    assert result.stats == {"rows_changed": 2} and stats["dropped"] == 1
 
 
 def test_filter_names_the_rule_and_counts_every_break() -> None:
