@@ -19,6 +19,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gristmill.common.contract import StepResult, no_drops
+from gristmill.common.embedding import EmbeddingParams
 from gristmill.synth.engine import Generation, SamplingConfig
 
 
@@ -86,10 +87,9 @@ class GenerationParams(BaseModel):
         return self
 
 
-class QualityGate(BaseModel):
-    """Embedding quality check of generated rows (the ``quality`` step's reference scorer)."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+class QualityGate(EmbeddingParams):
+    """Embedding quality check of generated rows (the ``quality`` step's reference scorer); the embedding fields
+    (``model``, ``batch_size``, ...) are the ones every embedding step shares."""
 
     reference: str = Field(json_schema_extra={"path": True})
     """Rows that look like the data you want (jsonl/json/csv/parquet), e.g. the ``quality`` step's gold set."""
@@ -100,8 +100,6 @@ class QualityGate(BaseModel):
     (reason ``low_quality``)."""
     k: int = Field(3, ge=1)
     """Reference rows averaged per score."""
-    model: str = "minilm-l6"
-    """Embedding model: a registered short name or a local sentence-transformers directory."""
 
 
 class PostFilter(BaseModel):
