@@ -10,7 +10,8 @@ whole short item verbatim (in words) is caught. Items under ``min_item_words`` w
 would match half the corpus) and counted in the stats. Full containment always counts: an item with fewer
 distinct n-grams than ``min_overlap`` is hit when a row shares all of them.
 
-Eval files are csv, jsonl/ndjson or json (a list of objects). An eval item's text is the ``text_fields`` columns
+Eval files are csv, jsonl/ndjson, json (a list of objects) or parquet, read by ``gristmill.common.readers``; a
+malformed record is an error naming ``file:line``. An eval item's text is the ``text_fields`` columns
 joined by spaces (default: every string or list-of-string column). Its id is ``<file name>:<row>`` with ``row``
 the 0-based data row (header not counted); when two eval files share a name the parent folder is prefixed.
 
@@ -36,13 +37,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gristmill.curation._frame import add_meta, base_stats, split
+from gristmill.common.contract import StepResult, require, split, with_meta
+from gristmill.common.errors import InputError, MissingFileError
+from gristmill.common.readers import EXTENSIONS, ReadOptions, read_table
 from gristmill.curation.shingles import token_hashes, window_hashes
 
 VERSION = "1"
@@ -53,7 +56,7 @@ class DecontamParams(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     eval_sets: list[str] = Field(min_length=1, json_schema_extra={"path": True})
-    """Evaluation files (csv, jsonl/ndjson or json) whose items must not leak into the training set."""
+    """Evaluation files (csv, jsonl/ndjson, json or parquet) whose items must not leak into the training set."""
     ngram: int = Field(13, ge=1, le=50)
     """N-gram size in words; eval items shorter than this contribute one n-gram of all their words."""
     action: Literal["drop", "flag"] = "drop"
@@ -91,16 +94,18 @@ def detect_header(path: Path, text_fields: list[str] | None = None) -> bool:
 
 
 def _read_eval_file(path: Path, has_header: bool | None, text_fields: list[str] | None) -> pl.DataFrame:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
+    fmt = EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"decontaminate.eval_sets: {path}: unsupported file type {path.suffix!r} "
+                         f"(use {', '.join(EXTENSIONS)})")
+    header = True
+    if fmt == "csv":
         header = detect_header(path, text_fields) if has_header is None else has_header
-        frame = pl.read_csv(path, has_header=header, infer_schema_length=None)
-        return frame if header else frame.rename({c: f"column_{i}" for i, c in enumerate(frame.columns, 1)})
-    if suffix in (".jsonl", ".ndjson"):
-        return pl.read_ndjson(path, infer_schema_length=None)
-    if suffix == ".json":
-        return pl.read_json(path, infer_schema_length=None)
-    raise ValueError(f"decontaminate.eval_sets: {path}: unsupported file type {suffix!r} (use csv, jsonl or json)")
+    table = read_table(path, fmt, ReadOptions(has_header=header, infer_types=True))
+    if table.bad:
+        first = table.bad[0]
+        raise InputError(f"decontaminate.eval_sets: {table.where(first.number)}: {first.reason}")
+    return table.frame
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -119,7 +124,7 @@ def _item_text(frame: pl.DataFrame, path: Path, text_fields: list[str] | None) -
     if text_fields:
         missing = [c for c in text_fields if c not in frame.columns]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"decontaminate.text_fields: {path} has no column(s) {missing} (it has {frame.columns}); "
                 "header-less csv columns are named column_1, column_2, ...; set has_header to override detection"
             )
@@ -127,7 +132,7 @@ def _item_text(frame: pl.DataFrame, path: Path, text_fields: list[str] | None) -
     else:
         names = [c for c, t in frame.schema.items() if t == pl.String or t == pl.List(pl.String)]
         if not names:
-            raise ValueError(f"decontaminate.eval_sets: {path} has no string columns (columns: {frame.columns})")
+            raise InputError(f"decontaminate.eval_sets: {path} has no string columns (columns: {frame.columns})")
     parts = [
         pl.col(c).list.join(" ") if frame.schema[c] == pl.List(pl.String) else pl.col(c).cast(pl.String)
         for c in names
@@ -146,7 +151,7 @@ def load_eval_items(
     resolved = [Path(p) for p in paths]
     for path, label in zip(resolved, _labels(resolved), strict=True):
         if not path.is_file():
-            raise FileNotFoundError(f"decontaminate.eval_sets: {path} does not exist")
+            raise MissingFileError(f"decontaminate.eval_sets: {path} does not exist")
         raw = _read_eval_file(path, has_header, text_fields)
         key = pl.col("id").cast(pl.String) if "id" in raw.columns else pl.int_range(pl.len(), dtype=pl.UInt32)
         frames.append(
@@ -257,8 +262,12 @@ def contamination_hits(
     )
 
 
-def decontaminate(frame: pl.DataFrame, params: DecontamParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    """Drop or flag rows sharing n-grams with ``params.eval_sets``; ``meta.contamination`` lists the items hit."""
+def decontaminate(frame: pl.DataFrame, params: DecontamParams) -> StepResult:
+    """Drop or flag rows sharing n-grams with ``params.eval_sets``; ``meta.contamination`` lists the items hit.
+
+    The report: the settings, per eval file its items and items hit, and per item hit the rows it hit.
+    """
+    require(frame, ["text"], "decontaminate")
     items = load_eval_items(params.eval_sets, text_fields=params.text_fields, has_header=params.has_header)
     index = eval_ngrams(items["text"], params.ngram, params.min_item_words)
     hits = contamination_hits(frame["text"], index, params.min_overlap, params.batch_rows)
@@ -270,13 +279,10 @@ def decontaminate(frame: pl.DataFrame, params: DecontamParams) -> tuple[pl.DataF
         .join(per_row, on="row", how="left")
         .sort("row")["item_id"]
     )
-    out = add_meta(frame, contamination=contamination)
+    out = with_meta(frame, contamination=contamination)
     hit = contamination.is_not_null()
-    if params.action == "drop":
-        reasons = pl.DataFrame({"hit": hit}).select(pl.when("hit").then(pl.lit("contaminated")).alias("r"))["r"]
-    else:
-        reasons = pl.repeat(None, frame.height, dtype=pl.String, eager=True)
-    kept, dropped = split(out, reasons)
+    reason = pl.when(pl.lit(hit)).then(pl.lit("contaminated")) if params.action == "drop" else pl.lit(None, pl.String)
+    kept, dropped = split(out, reason)
 
     rows_per_item = named.group_by("item_id").agg(pl.len().alias("rows")).sort(
         ["rows", "item_id"], descending=[True, False]
@@ -295,16 +301,12 @@ def decontaminate(frame: pl.DataFrame, params: DecontamParams) -> tuple[pl.DataF
         "eval_sets": {f: {"items": n, "items_hit": h} for f, n, h in per_file.iter_rows()},
         "items_hit": dict(zip(rows_per_item["item_id"], rows_per_item["rows"], strict=True)),
     }
-    stats = base_stats(
-        frame.height,
-        kept,
-        dropped,
-        rows_hit=int(hit.sum()),
-        eval_items=items.height,
-        eval_items_checked=checked,
-        eval_items_skipped_short=items.height - checked,
-        eval_items_hit=rows_per_item.height,
-        eval_ngrams=grams.height,
-        report=report,
-    )
-    return kept, dropped, stats
+    stats = {
+        "rows_hit": int(hit.sum()),
+        "eval_items": items.height,
+        "eval_items_checked": checked,
+        "eval_items_skipped_short": items.height - checked,
+        "eval_items_hit": rows_per_item.height,
+        "eval_ngrams": grams.height,
+    }
+    return StepResult(kept, dropped, stats, rows_in=frame.height, report=report)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gristmill.common import readers
 from gristmill.common.contract import MESSAGES_DTYPE, RESERVED
 from gristmill.common.errors import InputError, MissingFileError
-from gristmill.mappings import MAPPINGS, RECHECK, Mapping
+from gristmill.mappings import MAPPINGS, RECHECK, Mapped, Mapping
 
 Format = Literal["jsonl", "json", "csv", "parquet", "hf_disk"]
 _N, _ERR, _TEXT, _MSGS = "\x00number", "\x00error", "\x00text", "\x00messages"
@@ -77,17 +77,33 @@ def _read(spec: InputSpec, path: Path, mapping: Mapping) -> readers.Table:
         raise IngestError(str(err)) from err
 
 
-def _errors(table: readers.Table, frame: pl.DataFrame, mapping: Mapping) -> list[readers.Bad]:
-    """Every record that does not map, with the record mapper's word on the rows marked ``RECHECK``."""
+def _decide(table: readers.Table, frame: pl.DataFrame, mapping: Mapping) -> tuple[list[readers.Bad], pl.DataFrame]:
+    """Every record that does not map, in file order, and ``frame`` with the record mapper's text and messages on
+    the ``RECHECK`` rows it accepts (the columns there may hold what polars made of mixed JSON types)."""
     bad = list(table.bad)
+    fixed: dict[int, Mapped] = {}
     failed = frame.with_row_index("\x00i").filter(pl.col(_ERR).is_not_null()).select("\x00i", _N, _ERR)
     for i, number, error in failed.iter_rows():
         record = table.record(i)
-        if error == RECHECK:
-            error = mapping.check(record)
-        if error is not None:
+        if error != RECHECK:
             bad.append(readers.Bad(number, error, record))
-    return sorted(bad, key=lambda b: b.number)
+            continue
+        try:
+            fixed[i] = mapping.row(record)
+        except ValueError as err:
+            bad.append(readers.Bad(number, str(err), record))
+    if fixed:
+        fixes = pl.DataFrame({"\x00i": list(fixed), "\x00fix": True, "\x00t": [t for t, _ in fixed.values()],
+                              "\x00m": pl.Series([m for _, m in fixed.values()], dtype=MESSAGES_DTYPE)},
+                             schema_overrides={"\x00i": pl.UInt32})
+        fix = pl.col("\x00fix").fill_null(False)
+        frame = (
+            frame.with_row_index("\x00i").join(fixes, on="\x00i", how="left", maintain_order="left")
+            .with_columns(pl.when(fix).then(pl.col("\x00t")).otherwise(pl.col(_TEXT)).alias(_TEXT),
+                          pl.when(fix).then(pl.col("\x00m")).otherwise(pl.col(_MSGS).cast(MESSAGES_DTYPE)).alias(_MSGS))
+            .drop("\x00i", "\x00fix", "\x00t", "\x00m")
+        )
+    return sorted(bad, key=lambda b: b.number), frame
 
 
 def _id(frame: pl.DataFrame, path: Path) -> pl.Expr:
@@ -97,7 +113,7 @@ def _id(frame: pl.DataFrame, path: Path) -> pl.Expr:
         return fallback
     own = pl.col("id")
     if dtype == pl.Boolean:  # str(True) is "True"; polars' cast says "true"
-        own = pl.when(own).then(pl.lit("True")).otherwise(pl.lit("False"))
+        own = pl.when(own).then(pl.lit("True")).when(~own).then(pl.lit("False"))
     elif dtype.is_numeric() or dtype.to_python() is str:
         own = own.cast(pl.String)
     else:
@@ -146,7 +162,7 @@ def ingest(spec: InputSpec, path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
                                                                                                    .alias(_N))
     cols = mapping.columns(table.frame, table.exact_types)
     mapped = base.with_columns(cols.error.alias(_ERR), cols.text.alias(_TEXT), cols.messages.alias(_MSGS))
-    bad = _errors(table, mapped, mapping)
+    bad, mapped = _decide(table, mapped, mapping)
     if bad and spec.on_error == "raise":
         first = bad[0]
         raise IngestError(f"{table.where(first.number)}: {first.reason} (mapping: {spec.mapping}); fix the record or "

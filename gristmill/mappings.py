@@ -2,7 +2,7 @@
 
 Each mapping has two forms with one meaning. ``Mapping.columns`` maps a whole frame with polars expressions:
 per row an error message (null when the row is fine), the text and the messages. ``Mapping.row`` maps one record
-(a dict) and raises ``ValueError``; it is the reference, and ingest asks it only about the rows the columnar form
+(a dict) and raises ``ValueError``; it is the reference, and ingest hands it only the rows the columnar form
 marks ``RECHECK``: values polars may have coerced from mixed JSON types (``5`` read as ``"5"``), nested values of
 unusual types, a role whose Python ``repr`` the message needs. Texts come from ``gristmill.common.text``.
 
@@ -24,7 +24,7 @@ from gristmill.common.text import Message, instruction_messages, messages_text
 
 Mapped = tuple[str, list[Message] | None]
 RECHECK = "\x00recheck"
-"""An error value meaning: let ``Mapping.row`` decide this row (its message, or no error)."""
+"""An error value meaning: let ``Mapping.row`` decide this row (its message, or its text and messages)."""
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
@@ -54,9 +54,18 @@ _MESSAGES_TURN = "messages[{}] must be {role: one of " + str(sorted(_ROLES)) + "
 
 
 def _fill(template: str, *values: object) -> str:
-    """``template`` with each ``{}`` replaced in turn, as ``pl.format`` reads it (other braces are literal)."""
+    """``template`` with each ``{}`` replaced in turn (other braces are literal, unlike ``str.format``)."""
     first, *rest = template.split("{}")
     return first + "".join(str(v) + part for v, part in zip(values, rest, strict=True))
+
+
+def _fill_expr(template: str, *values: pl.Expr) -> pl.Expr:
+    """``_fill`` as an expression (``pl.format`` reads ``{name}`` as a column)."""
+    first, *rest = template.split("{}")
+    parts: list[pl.Expr] = [pl.lit(first)]
+    for value, part in zip(values, rest, strict=True):
+        parts += [value.cast(pl.String), pl.lit(part)]
+    return pl.concat_str(parts)
 
 
 # --- per record (the reference) --------------------------------------------------------------------------------
@@ -186,7 +195,9 @@ def _conversation(frame: pl.DataFrame, key: str, shape: str, exact: bool, role: 
         return Columns(pl.lit(shape), pl.lit(""), nothing)
     col = pl.col(key)
     if not isinstance(frame.schema[key], pl.List):
-        return Columns(pl.lit(shape), pl.lit(""), nothing)
+        # A String column of a JSON format may hold lists polars turned into text (mixed types).
+        coerced = pl.lit(False) if exact or not _is_string(frame.schema[key]) else col.is_not_null()
+        return Columns(pl.when(coerced).then(pl.lit(RECHECK)).otherwise(pl.lit(shape)), pl.lit(""), nothing)
     empty = col.is_null() | (col.list.len() == 0)
     if not _turn_fields(frame, key, role, content):
         return Columns(pl.when(empty).then(pl.lit(shape)).otherwise(pl.lit(RECHECK)), pl.lit(""), nothing)
@@ -213,9 +224,9 @@ def _sharegpt_turn(turn: pl.Expr, raw_role: pl.Expr, content: pl.Expr) -> pl.Exp
     index = pl.int_range(pl.len())
     unknown = _sharegpt_role(raw_role).is_null()
     return (
-        pl.when(turn.is_null() | content.is_null()).then(pl.format(_SHAREGPT_TURN, index))
-        .when(unknown & raw_role.is_null()).then(pl.format(_SHAREGPT_FROM, index, pl.lit("None")))
-        .when(unknown & raw_role.str.contains(_PLAIN)).then(pl.format(_SHAREGPT_FROM, index, pl.format("'{}'", raw_role)))
+        pl.when(turn.is_null() | content.is_null()).then(_fill_expr(_SHAREGPT_TURN, index))
+        .when(unknown & raw_role.is_null()).then(_fill_expr(_SHAREGPT_FROM, index, pl.lit("None")))
+        .when(unknown & raw_role.str.contains(_PLAIN)).then(_fill_expr(_SHAREGPT_FROM, index, pl.lit("'") + raw_role + pl.lit("'")))
         .when(unknown).then(pl.lit(RECHECK))
         .otherwise(_NULL_STR)
     )
@@ -223,7 +234,7 @@ def _sharegpt_turn(turn: pl.Expr, raw_role: pl.Expr, content: pl.Expr) -> pl.Exp
 
 def _messages_turn(turn: pl.Expr, role: pl.Expr, content: pl.Expr) -> pl.Expr:
     bad = turn.is_null() | ~role.is_in(sorted(_ROLES)).fill_null(False) | content.is_null()
-    return pl.when(bad).then(pl.format(_MESSAGES_TURN, pl.int_range(pl.len())))
+    return pl.when(bad).then(_fill_expr(_MESSAGES_TURN, pl.int_range(pl.len())))
 
 
 def sharegpt_columns(frame: pl.DataFrame, exact: bool) -> Columns:

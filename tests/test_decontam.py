@@ -59,15 +59,17 @@ def test_thirteen_word_span_is_caught_and_twelve_is_not(evals: Path) -> None:
         LONG_Q.upper(),  # case and punctuation do not matter
     ])
     params = DecontamParams(eval_sets=[str(evals)], text_fields=["question"])
-    kept, dropped, stats = decontaminate(frame, params)
+    result = decontaminate(frame, params)
+    kept, dropped, stats = result
     _accounted(frame, kept, dropped)
     assert dropped["id"].to_list() == ["r0", "r3"]
     assert set(dropped["reason"]) == {"contaminated"}
     assert _contamination(dropped) == {"r0": ["evals.jsonl:1"], "r3": ["evals.jsonl:1"]}
     assert _contamination(kept) == {"r1": None, "r2": None}
     assert stats["rows_hit"] == 2 and stats["dropped_by_reason"] == {"contaminated": 2}
-    assert stats["report"]["items_hit"] == {"evals.jsonl:1": 2}
-    assert stats["report"]["eval_sets"] == {"evals.jsonl": {"items": 4, "items_hit": 1}}
+    assert result.report is not None and "report" not in stats
+    assert result.report["items_hit"] == {"evals.jsonl:1": 2}
+    assert result.report["eval_sets"] == {"evals.jsonl": {"items": 4, "items_hit": 1}}
 
 
 def test_short_eval_items_match_when_contained_whole(evals: Path) -> None:
@@ -122,12 +124,13 @@ def test_csv_with_and_without_header_and_default_text_fields(tmp_path: Path) -> 
     assert load_eval_items([str(header)], has_header=False)["item_id"].to_list() == ["qa.csv:0", "qa.csv:1"]
 
     frame = make_frame([f"Copied: {LONG_Q}", f"Copied: {SHORT_Q}", f"Copied: {SHORT_Q} fridge oven b"])
-    _, dropped, stats = decontaminate(frame, DecontamParams(eval_sets=[str(no_header), str(header)]))
+    result = decontaminate(frame, DecontamParams(eval_sets=[str(no_header), str(header)]))
+    dropped = result.dropped
     # With joined columns the short question alone is no longer a whole item; with the question column it is.
     assert _contamination(dropped) == {"r0": ["qa.csv:7"], "r2": ["arc.csv:0"]}
     _, dropped, _ = decontaminate(frame, DecontamParams(eval_sets=[str(no_header)], text_fields=["column_1"]))
     assert _contamination(dropped) == {"r1": ["arc.csv:0"], "r2": ["arc.csv:0"]}
-    assert stats["report"]["eval_sets"] == {"arc.csv": {"items": 2, "items_hit": 1},
+    assert result.report is not None and result.report["eval_sets"] == {"arc.csv": {"items": 2, "items_hit": 1},
                                             "qa.csv": {"items": 1, "items_hit": 1}}
 
 
@@ -169,8 +172,26 @@ def test_ngram_functions_known_answer() -> None:
 
 def test_empty_frame_and_no_hits(evals: Path) -> None:
     frame = make_frame(["nothing to see"]).head(0)
-    kept, dropped, stats = decontaminate(frame, DecontamParams(eval_sets=[str(evals)]))
-    assert kept.height == dropped.height == 0 and stats["rows_hit"] == 0 and stats["report"]["items_hit"] == {}
+    result = decontaminate(frame, DecontamParams(eval_sets=[str(evals)]))
+    assert result.kept.height == result.dropped.height == 0 and result.stats["rows_hit"] == 0
+    assert result.report is not None and result.report["items_hit"] == {}
+
+
+def test_eval_files_in_any_format_and_malformed_lines_name_the_line(tmp_path: Path) -> None:
+    rows = [{"question": LONG_Q}, {"question": SHORT_Q}]
+    pq = tmp_path / "evals.parquet"
+    pl.DataFrame(rows).write_parquet(pq)
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": rows}))
+    items = load_eval_items([str(pq), str(wrapped)])
+    assert items["item_id"].to_list() == ["evals.parquet:0", "evals.parquet:1", "wrapped.json:0", "wrapped.json:1"]
+    assert items["text"].to_list() == [LONG_Q, SHORT_Q, LONG_Q, SHORT_Q]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n\n{oops\n")
+    with pytest.raises(ValueError, match=r"decontaminate.eval_sets: .*bad.jsonl:3: invalid JSON"):
+        load_eval_items([str(bad)])
+    with pytest.raises(ValueError, match=r"unsupported file type '.txt'"):
+        load_eval_items([str(_jsonl(tmp_path / "evals.txt", rows))])
 
 
 def test_runner_resolves_eval_set_lists_and_writes_the_report(
