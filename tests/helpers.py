@@ -47,7 +47,8 @@ def assert_planted_defects_removed(run_dir: Path, data_dir: Path, quickstart_ste
 
 
 class ScriptedEngine:
-    """Answers each conversation with ``respond(user_text, sampling)``; records every call's size and schema."""
+    """Answers each conversation with ``respond(user_text, sampling)`` (``user_text``: the non-system turns joined
+    by newlines); records every call's size and schema, and every conversation sent."""
 
     model_path = "scripted"
     name = "scripted"
@@ -56,6 +57,7 @@ class ScriptedEngine:
         self.respond = respond
         self.calls: list[tuple[int, bool]] = []
         self.prompts: list[str] = []
+        self.conversations: list[list[dict[str, str]]] = []
 
     def version(self) -> str:
         return "0"
@@ -69,6 +71,7 @@ class ScriptedEngine:
         for conv in conversations:
             user = "\n".join(m["content"] for m in conv if m["role"] != "system")
             self.prompts.append(user)
+            self.conversations.append(conv)
             reply = self.respond(user, sampling)
             text, finish = reply if isinstance(reply, tuple) else (reply, "stop")
             out.append(Generation(text, finish, 40, 10))

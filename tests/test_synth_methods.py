@@ -312,3 +312,75 @@ def test_mentions_agree_with_the_audit_and_phrases_name_their_group() -> None:
         for group in groups:
             assert group in hits[axis][len(texts) - len(PHRASES) + list(PHRASES).index(group)].to_list()
             assert phrase(group) == PHRASES[group]
+
+
+# --- multi_turn -------------------------------------------------------------------------------------------------
+
+PRIME = [{"role": "user", "content": "What is a prime?"},
+         {"role": "assistant", "content": "A number with exactly two divisors."}]
+COLOUR = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Name a colour."},
+          {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another one?"},
+          {"role": "assistant", "content": "Green."}]
+
+
+def conversation_frame() -> pl.DataFrame:
+    msgs: list[list[dict[str, str]] | None] = [PRIME, COLOUR, [{"role": "user", "content": "Open question?"}], None]
+    return make_frame(["prime", "colour", "open", "plain"], messages=msgs)
+
+
+def test_multi_turn_prompts_answers_and_accounting() -> None:
+    from gristmill.synth.methods.multi_turn import SYSTEM, TEMPLATE, MultiTurnParams
+
+    asked: dict[str, int] = {}
+
+    def reply(user: str, sampling: SamplingConfig) -> Reply:
+        key = "prime" if "prime" in user else "colour"
+        if sampling.json_schema is None:  # stage 2: the answer to the follow-up
+            return "2, 3, 5 and 7 are the primes below 10." if key == "prime" else "Blue."  # Blue. -> too_short
+        asked[key] = asked.get(key, 0) + 1
+        return {("prime", 1): json.dumps({"question": "Which numbers below 10 are prime?"}),
+                ("prime", 2): json.dumps({"question": "Is 1 a prime?"}),  # ROUGE-L 0.75 -> not_novel
+                ("colour", 1): json.dumps({"question": "Which colour is the sky on a clear day?"}),
+                ("colour", 2): "Ask about red next"}[key, asked[key]]  # no JSON -> unparseable
+
+    engine = ScriptedEngine(reply)
+    frame = conversation_frame()
+    params = MultiTurnParams(n=4, oversample=1, max_rounds=1)
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name="m")
+    assert engine.calls == [(4, True), (2, False)] and asked == {"prime": 2, "colour": 2}  # each source twice
+    prime_prompt = TEMPLATE.format(transcript="User: What is a prime?\n\n"
+                                              "Assistant: A number with exactly two divisors.")
+    colour_prompt = TEMPLATE.format(transcript="User: Name a colour.\n\nAssistant: Blue.\n\nUser: Another one?\n\n"
+                                               "Assistant: Green.")  # the system turn is not shown
+    stage1, stage2 = engine.conversations[:4], engine.conversations[4:]
+    assert sorted(c[1]["content"] for c in stage1) == sorted([prime_prompt, colour_prompt] * 2)
+    assert all(c[0] == {"role": "system", "content": SYSTEM} for c in stage1)
+    assert sorted(stage2, key=len) == [
+        [*PRIME, {"role": "user", "content": "Which numbers below 10 are prime?"}],
+        [*COLOUR, {"role": "user", "content": "Which colour is the sky on a clear day?"}],  # system turn kept
+    ]
+    assert stats["rows_added"] == 4 and stats["parsed"] == 3 and stats["follow_up_requests"] == 2
+    assert stats["accepted"] == 1 and stats["requested"] == stats["generated"] == 4
+    assert stats["dropped_by_reason"] == {"not_novel": 1, "unparseable": 1, "too_short": 1}
+    adds_up(stats, kept, dropped)
+    assert kept["id"][:4].to_list() == frame["id"].to_list()  # sources stay
+    new = kept.filter(pl.col("source") == "synth:multi_turn")
+    assert new["messages"].to_list() == [[*PRIME, {"role": "user", "content": "Which numbers below 10 are prime?"},
+                                          {"role": "assistant", "content": "2, 3, 5 and 7 are the primes below 10."}]]
+    assert new["text"].item() == ("What is a prime?\n\nA number with exactly two divisors.\n\nWhich numbers below 10 "
+                                  "are prime?\n\n2, 3, 5 and 7 are the primes below 10.")
+    prov = synth_meta(new)[0]
+    check_provenance(prov, "multi_turn")
+    assert prov["source_ids"] == ["r0"] and prov["round"] == 0 and prov["rouge_l_max"] == 0.2
+    assert json.loads(prov["answer_sampling"])["max_tokens"] == params.answer_max_tokens
+    short = dropped.filter(pl.col("reason") == "too_short")
+    assert short["text"].item().endswith("Green.\n\nWhich colour is the sky on a clear day?\n\nBlue.")
+    assert synth_meta(short)[0]["source_ids"] == ["r1"]
+
+
+def test_multi_turn_needs_conversations() -> None:
+    from gristmill.synth.methods.multi_turn import MultiTurnParams
+
+    frame = make_frame(["q"], messages=[[{"role": "user", "content": "Open question?"}]])
+    with pytest.raises(ValueError, match="no conversations"):
+        run_method(frame, MultiTurnParams(), engine=ScriptedEngine(lambda u, s: ""), model_name="m")

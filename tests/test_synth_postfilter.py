@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from gristmill.postfilter import build_screen
+from gristmill.synth.engine import SamplingConfig
 from gristmill.synth.methods.base import PostFilter
 from tests.conftest import make_frame
 from tests.helpers import ScriptedEngine
@@ -171,3 +172,35 @@ def test_quality_gate_with_real_minilm(tmp_path: Path) -> None:
     candidates = id_text(["bread", "noise"], ["A simple recipe for baking a loaf of crusty bread in a home oven.",
                                              "qzv 88 ##### lorem xx yy"])
     assert screen(candidates, id_text([], [])) == {"noise": "low_quality"}
+
+
+def test_multi_turn_screens_only_the_new_turns() -> None:
+    """A continued conversation repeats its source by design (here the whole text of the extension would be a
+    near-duplicate of its source: Jaccard >= 0.8): the screen compares only the two new turns, so the extension is
+    kept, while a second identical extension is a near-duplicate and is replaced in round 2."""
+    from gristmill.synth.methods import run_method
+    from gristmill.synth.methods.multi_turn import MultiTurnParams
+
+    answer = REAL + (" Plants also store the sugar they make as starch in roots, seeds and tubers, release oxygen "
+                     "through small pores called stomata on the underside of the leaves, and slow down when water "
+                     "is scarce, light is weak or the air is too cold for the enzymes of the cycle to work well.")
+    source = [{"role": "user", "content": "How do plants make food?"}, {"role": "assistant", "content": answer}]
+    frame = make_frame([f"How do plants make food?\n\n{answer}"], messages=[source])
+    first, second = ("Which wavelengths of light does chlorophyll absorb best?",
+                     "How do cacti keep photosynthesis going while saving water?")
+    answers = {first: "Red and blue light, mostly; green is reflected.",
+               second: "They open their pores at night and store carbon dioxide for the day."}
+    questions = [first, first, second]
+
+    def reply(user: str, sampling: SamplingConfig) -> str:
+        if sampling.json_schema is not None:
+            return json.dumps({"question": questions.pop(0)})
+        return answers[user.splitlines()[-1]]
+
+    engine = ScriptedEngine(reply)
+    params = MultiTurnParams(n=2, oversample=1.0, max_rounds=2)
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name="m", screen=build_screen(PostFilter()))
+    assert engine.calls == [(2, True), (2, False), (1, True), (1, False)]
+    assert stats["dropped_by_reason"] == {"post_filter.near_duplicate": 1} and stats["accepted"] == 2
+    new = kept.filter(pl.col("source") == "synth:multi_turn")["messages"].to_list()
+    assert [m[2]["content"] for m in new] == [first, second] and all(m[:2] == source for m in new)

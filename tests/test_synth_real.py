@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from gristmill.postfilter import build_screen
+from gristmill.synth.methods import run_method
 from tests.conftest import RECIPES, make_frame
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def rows(answered: bool = True) -> pl.DataFrame:
 def check(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame, stats: dict[str, Any],
           method: str) -> pl.DataFrame:
     """Accounting, reasons, yield stats and provenance that hold for any model output; returns the new rows."""
-    assert stats["rows_in"] + stats["rows_added"] == kept.height + dropped.height
+    assert stats["rows_in"] + stats.get("rows_added", 0) == kept.height + dropped.height
     assert stats["requested"] == stats["generated"] > 0 and stats["output_tokens"] > 0
     assert set(stats["dropped_by_reason"]) <= KNOWN, stats["dropped_by_reason"]
     assert stats["output_tokens_per_s"] > 0
@@ -60,7 +61,8 @@ def check(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame, stats:
     if new.height == 0:
         return new
     for msgs in new["messages"].to_list():
-        assert [m["role"] for m in msgs] == ["user", "assistant"] and all(m["content"].strip() for m in msgs)
+        roles = ["user", "assistant"] * (len(msgs) // 2) if method == "multi_turn" else ["user", "assistant"]
+        assert [m["role"] for m in msgs] == roles and all(m["content"].strip() for m in msgs)
     for prov in new["meta"].struct.field("synth").to_list():
         assert prov["method"] == method and prov["model"] == MODEL and prov["engine"] == "vllm"
         assert prov["engine_version"] and len(prov["template_hash"]) == 16 and '"seed": 0' in prov["sampling"]
@@ -68,17 +70,18 @@ def check(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame, stats:
 
 
 def test_self_instruct_and_its_novelty_filter(engine: Any) -> None:
-    from gristmill.synth.methods.self_instruct import SelfInstructParams, run
+    from gristmill.synth.methods.self_instruct import SelfInstructParams
 
     params = SelfInstructParams(seeds=str(RECIPES / "data" / "seeds.jsonl"), n=3, max_tokens=200, max_rounds=2)
     frame = rows()
-    kept, dropped, stats = run(frame, params, engine=engine, model_name=MODEL, screen=build_screen(params.post_filter))
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
+                                      screen=build_screen(params.post_filter))
     new = check(frame, kept, dropped, stats, "self_instruct")
     assert new.height >= 1
     assert all(p["rouge_l_max"] < 0.7 and p["seed_ids"] for p in new["meta"].struct.field("synth").to_list())
 
     strict = params.model_copy(update={"max_rouge_l": 0.01, "max_rounds": 1})  # any shared word is too similar
-    kept, dropped, stats = run(frame, strict, engine=engine, model_name=MODEL)
+    kept, dropped, stats = run_method(frame, strict, engine=engine, model_name=MODEL)
     new = check(frame, kept, dropped, stats, "self_instruct")
     reasons = stats["dropped_by_reason"]
     assert reasons.get("not_novel", 0) >= 1
@@ -88,11 +91,12 @@ def test_self_instruct_and_its_novelty_filter(engine: Any) -> None:
 
 
 def test_evolve(engine: Any) -> None:
-    from gristmill.synth.methods.evolve import EvolveParams, run
+    from gristmill.synth.methods.evolve import EvolveParams
 
     frame = rows()
     params = EvolveParams(n=2, max_tokens=96, answer_max_tokens=160, max_rounds=2)
-    kept, dropped, stats = run(frame, params, engine=engine, model_name=MODEL, screen=build_screen(params.post_filter))
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
+                                      screen=build_screen(params.post_filter))
     new = check(frame, kept, dropped, stats, "evolve")
     assert new.height >= 1
     sources = {r for r in frame["id"].to_list()}
@@ -102,23 +106,25 @@ def test_evolve(engine: Any) -> None:
 
 
 def test_paraphrase(engine: Any) -> None:
-    from gristmill.synth.methods.paraphrase import ParaphraseParams, run
+    from gristmill.synth.methods.paraphrase import ParaphraseParams
 
     frame = rows()
     params = ParaphraseParams(n=2, max_tokens=160, max_rounds=2)
-    kept, dropped, stats = run(frame, params, engine=engine, model_name=MODEL, screen=build_screen(params.post_filter))
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
+                                      screen=build_screen(params.post_filter))
     new = check(frame, kept, dropped, stats, "paraphrase")
     for prov in new["meta"].struct.field("synth").to_list():
         assert params.min_length_ratio <= prov["length_ratio"] <= params.max_length_ratio
 
 
 def test_answer_fills_only_open_turns(engine: Any) -> None:
-    from gristmill.synth.methods.answer import AnswerParams, run
+    from gristmill.synth.methods.answer import AnswerParams
 
     frame = pl.concat([rows(answered=False), rows().with_columns(pl.format("done-{}", "id").alias("id"))])
-    kept, dropped, stats = run(frame, AnswerParams(max_tokens=128, max_rounds=2), engine=engine, model_name=MODEL)
+    kept, dropped, stats = run_method(frame, AnswerParams(max_tokens=128, max_rounds=2), engine=engine,
+                                      model_name=MODEL)
     check(frame, kept, dropped, stats, "answer")
-    assert stats["rows_added"] == 0 and stats["requested"] >= 4 and stats["answered"] >= 1
+    assert "rows_added" not in stats and stats["requested"] >= 4 and stats["answered"] >= 1
     assert kept.height + dropped.height == frame.height
     done = kept.filter(pl.col("id").str.starts_with("done-"))
     assert done.height == 4 and done["messages"].to_list() == rows()["messages"].to_list()  # untouched
@@ -127,16 +133,32 @@ def test_answer_fills_only_open_turns(engine: Any) -> None:
 def test_gap_fill_keeps_only_rows_that_mention_the_group(engine: Any) -> None:
     from gristmill.audit.lexicon import builtin_lexicon_path, lexicon_or_builtin
     from gristmill.common.lexicon import groups_mentioned
-    from gristmill.synth.methods.gap_fill import GapFillParams, run
+    from gristmill.synth.methods.gap_fill import GapFillParams
 
     frame = rows()
     params = GapFillParams(gaps_inline=[{"axis": "age", "group": "older_adult", "rows": 2}], n=2,
                            max_tokens=200, max_rounds=2, lexicon=str(builtin_lexicon_path()))
-    kept, dropped, stats = run(frame, params, engine=engine, model_name=MODEL, screen=build_screen(params.post_filter))
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
+                                      screen=build_screen(params.post_filter))
     new = check(frame, kept, dropped, stats, "gap_fill")
     lexicon = lexicon_or_builtin(None)["age"]
     assert all("older_adult" in groups_mentioned(t, lexicon) for t in new["text"].to_list())
     assert stats["gaps"][0]["generated"] == new.height
+
+
+def test_multi_turn_extends_conversations(engine: Any) -> None:
+    from gristmill.synth.methods.multi_turn import MultiTurnParams
+
+    frame = rows()
+    params = MultiTurnParams(n=2, max_tokens=96, answer_max_tokens=160, max_rounds=2)
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
+                                      screen=build_screen(params.post_filter))
+    new = check(frame, kept, dropped, stats, "multi_turn")
+    assert new.height >= 1 and stats["follow_up_requests"] >= new.height
+    sources = dict(zip(frame["id"].to_list(), frame["messages"].to_list(), strict=True))
+    for msgs, prov in zip(new["messages"].to_list(), new["meta"].struct.field("synth").to_list(), strict=True):
+        assert len(msgs) == 4 and msgs[:2] == sources[prov["source_ids"][0]]  # the source, then the two new turns
+        assert prov["rouge_l_max"] < params.max_rouge_l
 
 
 def test_prompt_over_the_context_is_answered_not_raised(engine: Any) -> None:

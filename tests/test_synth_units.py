@@ -1,13 +1,22 @@
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Hashable
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from gristmill.common.text import instruction_messages
+from gristmill.synth.engine import Generation
+from gristmill.synth.methods.base import NewRowParams
+from gristmill.synth.methods.common import chat
+from gristmill.synth.methods.loop import Draft, LoopMethod, Proposal, RoundState, run_loop
 from gristmill.synth.parse import Rejected, parse_task
 from gristmill.synth.rouge import lcs_length, max_rouge_l, rouge_l, tokens
 from gristmill.synth.seeds import load_seed_tasks
+from tests.conftest import make_frame
 from tests.helpers import ScriptedEngine
 
 
@@ -56,11 +65,9 @@ def test_seed_tasks_both_shapes_and_errors(tmp_path: Path) -> None:
 
 
 def test_self_instruct_accounting_provenance_and_novelty(tmp_path: Path) -> None:
-    from gristmill.synth.methods.loop import run_loop
     from gristmill.synth.methods.self_instruct import SelfInstruct
     from gristmill.synth.methods.self_instruct import SelfInstructParams as SynthesizeParams
     from gristmill.synth.seeds import SeedTask
-    from tests.conftest import make_frame
 
     seeds = [SeedTask("s0", "Translate the phrase into French.", "Good night", "Bonne nuit"),
              SeedTask("s1", "List three primary colours.", "", "Red, yellow and blue.")]
@@ -98,3 +105,78 @@ def test_replicas_need_a_gpu() -> None:
         vllm_engine("unused", replicas=2)
     engine = vllm_engine("unused", seed=3)  # nothing starts until the first chat
     assert isinstance(engine, ReplicatedEngine) and (engine.replicas, engine.seed) == (1, 3)
+
+
+class Echo(LoopMethod[NewRowParams]):
+    """A whole method in a few lines (the loop's contract): prompt i asks for task i, the answer text is the
+    instruction, "dup" is not novel."""
+
+    name, system, template = "echo", "", "task {i}"
+
+    def propose(self, state: RoundState, bucket: Hashable, count: int, rng: random.Random) -> list[Proposal]:
+        return [Proposal(chat(f"task {state.round_no}.{i}")) for i in range(count)]
+
+    def parse(self, proposal: Proposal, gen: Generation) -> str:
+        return gen.text
+
+    def judge(self, proposal: Proposal, text: str) -> Draft:
+        if text == "dup":
+            raise Rejected("not_novel")
+        return Draft(instruction_messages(text, "", "ok")[1])
+
+
+@pytest.mark.parametrize("replies,calls,reasons,accepted", [
+    (["A", "dup", "B"], [(3, False)], {"not_novel": 1}, 2),  # the loop docstring's worked example
+    (["A", "B", "C"], [(3, False)], {"over_quota": 1}, 2),  # the third passes when the quota is met
+    (["A", "dup", "dup", "B", "C"], [(3, False), (2, False)], {"not_novel": 2, "over_quota": 1}, 2),  # ceil(1 * 1.5)
+])
+def test_loop_known_answers(replies: list[str], calls: list[tuple[int, bool]], reasons: dict[str, int],
+                            accepted: int) -> None:
+    engine = ScriptedEngine(lambda user, sampling: replies.pop(0))
+    method = Echo(make_frame(["real"]), NewRowParams(n=2, oversample=1.5, max_rounds=3))
+    result = run_loop(method, engine=engine, model_name="m")
+    assert engine.calls == calls and result.added == sum(n for n, _ in calls)
+    assert result.dropped_by_reason() == reasons and result.stats["accepted"] == accepted
+    result.check("synthesize")
+    assert result.kept["text"].to_list()[1:] == ["A\n\nok", "B\n\nok"]
+    summary = result.summary()
+    assert summary["rows_added"] == result.added and "rows_in" not in result.stats  # counts come from the frames
+
+
+def test_loop_helpers_known_answers() -> None:
+    from gristmill.synth.methods.common import NoveltyPool, Rotation, batch_size, conversation_rows
+    from gristmill.synth.methods.multi_turn import transcript
+
+    assert [batch_size(m, o) for m, o in [(3, 1.5), (2, 1.0), (1, 1.5), (5, 1.1)]] == [5, 2, 2, 6]
+    fixed = Rotation(["a", "b", "c"], random.Random(0), reshuffle=False)
+    first = [fixed.take() for _ in range(6)]
+    assert first[:3] == first[3:] and sorted(first[:3]) == ["a", "b", "c"]
+    fresh = Rotation(["a", "b", "c"], random.Random(0), reshuffle=True)
+    taken = [fresh.take() for _ in range(6)]
+    assert sorted(taken[:3]) == sorted(taken[3:]) == ["a", "b", "c"]  # every pass covers every source
+    pool = NoveltyPool(["What is a prime?"], 0.7)
+    assert pool.check("Which numbers below 10 are prime?") == pytest.approx(0.2)
+    with pytest.raises(Rejected, match="not_novel"):
+        pool.check("Is 1 a prime?")  # LCS 3 of 4 words each way: ROUGE-L 0.75
+    pool.add("Name a colour.")
+    with pytest.raises(Rejected):
+        pool.check("Name a colour!")
+    turns = [[{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+              {"role": "assistant", "content": "a"}],
+             [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}],
+             [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}],
+             [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]]
+    frame = pl.DataFrame({"id": ["ok", "blank", "order", "two-users"], "messages": turns})
+    assert [c.id for c in conversation_rows(frame)] == ["ok"]
+    assert transcript(turns[0]) == "User: q\n\nAssistant: a"
+
+
+def test_version_per_method() -> None:
+    from gristmill.synth import methods
+    from gristmill.synth.methods import evolve, loop
+    from gristmill.synth.methods.multi_turn import MultiTurnParams
+
+    assert methods.version_for("evolve") == f"{evolve.VERSION}+loop{loop.VERSION}"
+    assert methods.version_for(MultiTurnParams()) == methods.version_for("multi_turn")
+    assert methods.version_for("answer") == methods.METHODS["answer"].version  # its own driver: no loop version
+    assert set(methods.METHODS) >= {"self_instruct", "evolve", "paraphrase", "answer", "gap_fill", "multi_turn"}

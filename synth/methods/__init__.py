@@ -53,9 +53,11 @@ def params_for(raw: dict[str, Any]) -> type[GenerationParams]:
     return METHODS[method].params
 
 
-def version_for(method: str) -> str:
-    """The synthesize step's version when it runs ``method``, e.g. ``version_for("evolve") == "3+loop1"``."""
-    return METHODS[method].version
+def version_for(method: str | GenerationParams) -> str:
+    """The synthesize step's version when it runs ``method`` (a name, or the step's params), e.g.
+    ``version_for("evolve") == "3+loop1"``; usable as ``StepDef.version``."""
+    name = method if isinstance(method, str) else method.method  # type: ignore[attr-defined]
+    return METHODS[name].version
 
 
 def versions() -> str:

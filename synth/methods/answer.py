@@ -6,10 +6,10 @@ conversation up to the open turn, after an optional ``system`` prompt) as one ba
 the plain-text parser (``truncated``, ``empty``, ``too_short``, ``refusal``, ``too_long``) and a failed row is
 asked again next round, up to ``max_rounds``.
 
-Accounting is per row, not per attempt: answering adds no rows (the ``StepResult``'s ``added`` = 0). ``kept`` holds every input
-row in its original order, the answered ones rewritten (messages, text, ``meta.synth`` provenance with
-``source_ids`` = the row's own id); ``dropped`` holds the rows still unanswered after the last round, with the
-reason of their last attempt, so ``rows_in == kept + dropped``. Rows beyond the ``n`` cap stay unchanged in
+Accounting is per row, not per attempt: answering adds no rows (the ``StepResult``'s ``added`` = 0).
+``kept`` holds every input row in its original order, the answered ones rewritten (messages, text,
+``meta.synth`` provenance with ``source_ids`` = the row's own id); ``dropped`` holds the rows still unanswered
+after the last round, with the reason of their last attempt, so ``rows_in == kept + dropped``. Rows beyond the ``n`` cap stay unchanged in
 ``kept`` (``left_unanswered``); every rejected attempt is counted in ``attempts_rejected_by_reason``.
 """
 
