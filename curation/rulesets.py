@@ -5,9 +5,17 @@ ships, which in turn follows the paper named on each table below. A dropped row'
 breaks, ``<rule_set>.<rule>`` (e.g. ``gopher_quality.min_words``), in the order of ``rule_sets`` and then of the
 tables; ``stats["broken_by_rule"]`` counts every rule every row breaks.
 
+Every dropped row gets a ``detail``: the measured value against the threshold (``alpha_words=0.62 < 0.8``), see
+curation/rulebase.py. ``field`` says what is judged: ``text`` (a document), or each ``assistant`` (or ``user``)
+turn of ``messages`` on its own, so a response is judged as a response and a Lorem-ipsum input inside an English
+task does not make the row Latin; a row breaks a rule when any judged turn does. The ``instruction`` rule set
+(curation/instruction_rules.py) is built for instruction/chat rows and always reads ``messages``.
+
 Differences from datatrove, all deliberate: words come from one regex instead of NLTK (see curation/textstats.py);
-a ratio with a zero denominator (an empty text) breaks no ratio rule instead of raising; and C4 removes no lines
-(see :data:`C4`). Metrics are polars expressions; only the n-gram scans and language id run per row in Python.
+``min_alpha_words`` is the share of *words* holding a letter, as Gopher defines it (datatrove divides by all
+tokens, punctuation included, so a 128-word answer whose words are 96% alphabetic could fall under 0.8); a ratio
+with a zero denominator (an empty text) breaks no ratio rule instead of raising; and C4 removes no lines (see
+:data:`C4`). Metrics are polars expressions; only the n-gram scans and language id run per row in Python.
 """
 
 from __future__ import annotations
@@ -15,7 +23,6 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import polars as pl
@@ -24,23 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from gristmill.common.contract import StepResult, require, split, with_meta
 from gristmill.curation import language
 from gristmill.curation import textstats as ts
+from gristmill.curation.instruction_rules import INSTRUCTION, instruction_metrics
+from gristmill.curation.rulebase import DETAIL_PREFIX, Rule, breaks, detail
 
-VERSION = "1"
+VERSION = "2"  # 2: min_alpha_words over words (was tokens), detail column, field, instruction rule set
 
-RuleSet = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb_quality", "language"]
-Op = Literal["<", "<=", ">", ">=", "flag"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    """``<rule_set>.<rule>``: the drop reason and the key of a threshold override."""
-    breaks: Op
-    """A row breaks the rule when ``metric <breaks> threshold``; ``flag``: the metric is itself a yes/no."""
-    default: float | None = None
-    """The published threshold (None for a flag rule: nothing to tune)."""
-    kind: Literal["ratio", "count", "length"] = "ratio"
-    """How an override is checked: a ratio lies in [0, 1], a count is a whole number >= 0, a length is >= 0."""
+RuleSet = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb_quality", "language", "instruction"]
 
 
 # Gopher: Rae et al. 2021, "Scaling Language Models: Methods, Analysis & Insights from Training Gopher",
@@ -54,7 +50,7 @@ GOPHER_QUALITY = (
     Rule("gopher_quality.max_ellipsis_ratio", ">", 0.1),  # '...' or '…' per token
     Rule("gopher_quality.max_bullet_lines", ">", 0.9),  # share of lines starting with '•' or '-'
     Rule("gopher_quality.max_ellipsis_lines", ">", 0.3),  # share of lines ending in '...' or '…'
-    Rule("gopher_quality.min_alpha_words", "<", 0.8),  # share of tokens with an alphabetic character
+    Rule("gopher_quality.min_alpha_words", "<", 0.8),  # share of words with an alphabetic character
     Rule("gopher_quality.min_stop_words", "<", 2, "count"),  # of: the, be, to, of, and, that, have, with
 )
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -82,8 +78,8 @@ GOPHER_REPETITION = (
 # sentences is dropped. datatrove also rewrites the text without the left-out lines: here rows are only kept or
 # dropped and the text is never changed (run a line cleaner for that); `stats["c4_lines"]` counts the lines.
 C4 = (
-    Rule("c4.lorem_ipsum", "flag"),
-    Rule("c4.curly_bracket", "flag"),
+    Rule("c4.lorem_ipsum", "flag", note="a line contains 'lorem ipsum'"),
+    Rule("c4.curly_bracket", "flag", note="a line contains '{'"),
     Rule("c4.min_sentences", "<", 5, "count"),
 )
 
@@ -106,6 +102,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "c4": C4,
     "fineweb_quality": FINEWEB_QUALITY,
     "language": LANGUAGE,
+    "instruction": INSTRUCTION,
 }
 SETTINGS: dict[str, Rule] = {
     r.name: r
@@ -124,7 +121,12 @@ class HeuristicsParams(BaseModel):
 
     rule_sets: list[RuleSet] = Field(min_length=1)
     """Rule sets to apply, in order (the first broken rule names the drop reason): gopher_quality,
-    gopher_repetition, c4, fineweb_quality, language."""
+    gopher_repetition, c4, fineweb_quality, language (web-document rules) and instruction (rules for
+    instruction/chat rows: empty, truncated, echoing, refusing, placeholder and link-only answers)."""
+    field: Literal["text", "assistant", "user"] = "text"
+    """What the document rule sets judge: text (the whole row as one document), assistant or user (each turn of
+    that role in ``messages``, on its own; a row breaks a rule when one of its turns does). The instruction rule
+    set always reads every turn of ``messages``."""
     thresholds: dict[str, float] = Field(default_factory=dict)
     """Overrides of published thresholds, by rule name, e.g. {"gopher_quality.min_words": 20,
     "c4.min_sentences": 3}; the rule's set must be in rule_sets."""
@@ -178,6 +180,10 @@ class HeuristicsParams(BaseModel):
         assert default is not None
         return self.thresholds.get(name, default)
 
+    def thresholds_in_force(self) -> dict[str, float]:
+        """Every tunable threshold (and line setting) with its value in force."""
+        return {k: self.threshold(k) for k in TUNABLE}
+
 
 Metrics = tuple[pl.DataFrame, dict[str, Any]]
 """Per rule set: one column per rule (its metric, or its flag), one row per input row; extra stats."""
@@ -188,7 +194,7 @@ def _gopher_quality(frame: pl.DataFrame, params: HeuristicsParams) -> Metrics:
     stop_re = r"\b(?:" + "|".join(STOP_WORDS) + r")\b"
     counts = frame.select(  # each count once; the rules below are ratios of them
         tokens=ts.token_count(TEXT), words=ts.word_count(TEXT), word_chars=TEXT.str.count_matches(r"\w"),
-        alpha=TEXT.str.count_matches(ts.ALPHA_WORD_RE), stop=TEXT.str.count_matches(stop_re),
+        alpha=ts.alpha_word_count(TEXT), stop=TEXT.str.count_matches(stop_re),
         hashes=TEXT.str.count_matches("#", literal=True), ellipses=ts.ellipsis_count(TEXT),
         lines=ts.line_count(TEXT), bullets=ts.bullet_line_count(TEXT), ellipsis_lines=ts.ellipsis_line_count(TEXT),
     )
@@ -196,7 +202,7 @@ def _gopher_quality(frame: pl.DataFrame, params: HeuristicsParams) -> Metrics:
     mean_len = ts.safe_ratio(c("word_chars"), c("words"))  # = textstats.mean_word_length
     metrics = [c("words"), c("words"), mean_len, mean_len, ts.safe_ratio(c("hashes"), c("tokens")),
                ts.safe_ratio(c("ellipses"), c("tokens")), c("bullets") / c("lines"), c("ellipsis_lines") / c("lines"),
-               ts.safe_ratio(c("alpha"), c("tokens")), c("stop")]  # alpha / tokens = textstats.alpha_token_ratio
+               ts.safe_ratio(c("alpha"), c("words")), c("stop")]  # alpha / words = textstats.alpha_word_ratio
     return counts.select(m.alias(r.name) for m, r in zip(metrics, GOPHER_QUALITY, strict=True)), {}
 
 
@@ -291,8 +297,11 @@ def _language(frame: pl.DataFrame, params: HeuristicsParams) -> Metrics:
     detected = pl.DataFrame({"language": pl.Series(langs, dtype=pl.String),
                              "language_score": pl.Series(scores, dtype=pl.Float64)})
     wrong = pl.col("language").is_in(params.languages).not_() if params.languages else pl.lit(False)
+    shown = pl.format("language={} ({})", pl.col("language"), pl.col("language_score").round(2))
     metrics = detected.select(
-        wrong.alias(LANGUAGE[0].name), (pl.col("language_score") < params.min_language_score).alias(LANGUAGE[1].name)
+        wrong.alias(LANGUAGE[0].name), (pl.col("language_score") < params.min_language_score).alias(LANGUAGE[1].name),
+        pl.format("{} not in {}", shown, pl.lit(str(params.languages))).alias(DETAIL_PREFIX + LANGUAGE[0].name),
+        pl.format("{} < {}", shown, pl.lit(params.min_language_score)).alias(DETAIL_PREFIX + LANGUAGE[1].name),
     )
     return metrics, {"detected": detected, "detected_languages": dict(Counter(langs).most_common())}
 
@@ -303,40 +312,108 @@ METRICS: dict[str, Callable[[pl.DataFrame, HeuristicsParams], Metrics]] = {
     "c4": _c4,
     "fineweb_quality": _fineweb_quality,
     "language": _language,
+    "instruction": lambda frame, params: (instruction_metrics(frame, params.thresholds_in_force()), {}),
 }
 
 
-def _breaks(rule: Rule, params: HeuristicsParams) -> pl.Expr:
-    col = pl.col(rule.name)
-    if rule.breaks == "flag":
-        return col.fill_null(False)
-    t = params.threshold(rule.name)
-    cmp = {"<": col < t, "<=": col <= t, ">": col > t, ">=": col >= t}[rule.breaks]
-    return cmp.fill_null(False)
+def _judged(frame: pl.DataFrame, field: str) -> pl.DataFrame:
+    """The texts the document rule sets judge: ``_row`` (position in ``frame``), ``_turn`` and ``text``.
+
+    field text: one per row; field assistant/user: one per turn of that role (a row without one has none).
+    """
+    if field == "text":
+        require(frame, ["text"], "heuristics")
+        return frame.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), pl.lit(0).alias("_turn"),
+                            pl.col("text"))
+    require(frame, ["messages"], f"heuristics (field: {field})")
+    if frame.schema["messages"] == pl.Null:
+        return pl.DataFrame(schema={"_row": pl.UInt32, "_turn": pl.Int64, "text": pl.String})
+    turns = frame.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), pl.col("messages")).explode(
+        "messages").with_columns(pl.int_range(pl.len()).over("_row").alias("_turn"))
+    turns = turns.filter(pl.col("messages").struct.field("role") == field)
+    return turns.select("_row", "_turn", pl.col("messages").struct.field("content").alias("text"))
+
+
+def _per_row(judged: pl.DataFrame, rows: int, flags: pl.DataFrame, details: pl.DataFrame,
+             rules: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Turn-level flags and details -> row-level (a row breaks a rule when any of its turns does)."""
+    both = pl.concat([judged.select("_row", "_turn"), flags, details.rename(lambda c: DETAIL_PREFIX + c)],
+                     how="horizontal")
+    agg = both.group_by("_row").agg(
+        *(pl.col(r).any() for r in rules),
+        *(pl.format("turn {}: {}", pl.col("_turn") + 1, pl.col(DETAIL_PREFIX + r)).filter(pl.col(r)).first()
+          .alias(DETAIL_PREFIX + r) for r in rules))
+    full = pl.DataFrame({"_row": pl.arange(0, rows, dtype=pl.UInt32, eager=True)}).join(agg, on="_row", how="left")
+    return (full.select(pl.col(r).fill_null(False) for r in rules),
+            full.select(pl.col(DETAIL_PREFIX + r).alias(r) for r in rules))
 
 
 def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
-    """Apply ``params.rule_sets``; drop each row breaking a rule, reason ``<rule_set>.<rule>`` (first broken).
+    """Apply ``params.rule_sets``; drop each row breaking a rule, reason ``<rule_set>.<rule>`` (first broken),
+    and ``detail`` the measured value against the threshold (e.g. ``alpha_words=0.62 < 0.8``).
 
-    With the language rule set, every row (kept or dropped) gets ``meta.language`` and ``meta.language_score``.
+    With the language rule set, every row (kept or dropped) gets ``meta.language`` and ``meta.language_score``
+    (with a ``field`` of turns: those of the role's first turn).
     """
-    require(frame, ["text"], "heuristics")
     rows_in = frame.height
-    parts: list[pl.DataFrame] = []
+    document_sets = [n for n in params.rule_sets if n != "instruction"]
+    judged = _judged(frame, params.field) if document_sets else None
+    flag_parts: dict[str, pl.DataFrame] = {}
+    detail_parts: dict[str, pl.DataFrame] = {}
     extra: dict[str, Any] = {}
     for name in params.rule_sets:
-        metrics, more = METRICS[name](frame, params)
+        target = frame if name == "instruction" or judged is None else judged
+        metrics, more = METRICS[name](target, params)
         detected = more.pop("detected", None)
+        rules = RULES[name]
+        flags = metrics.select(breaks(r, _threshold(params, r)).alias(r.name) for r in rules)
+        details = metrics.select(detail(r, _threshold(params, r), metrics.columns).alias(r.name) for r in rules)
+        if target is judged and params.field != "text":
+            names = [r.name for r in rules]
+            flags, details = _per_row(target, rows_in, flags, details, names)
+            if detected is not None:
+                first = pl.concat([target.select("_row"), detected], how="horizontal").group_by("_row").first()
+                detected = pl.DataFrame({"_row": pl.arange(0, rows_in, dtype=pl.UInt32, eager=True)}).join(
+                    first, on="_row", how="left").drop("_row")
         if detected is not None:
             frame = with_meta(frame, language=detected["language"], language_score=detected["language_score"])
-        parts.append(metrics.select(_breaks(rule, params).alias(rule.name) for rule in RULES[name]))
+        flag_parts[name], detail_parts[name] = flags, details
         extra |= more
     rules = [rule.name for name in params.rule_sets for rule in RULES[name]]
-    flags = pl.concat(parts, how="horizontal")
-    reason = flags.select(pl.coalesce(pl.when(pl.col(r)).then(pl.lit(r)) for r in rules).alias("reason"))
-    kept, dropped = split(frame, reason.to_series())
+    flags = pl.concat(list(flag_parts.values()), how="horizontal")
+    details = pl.concat(list(detail_parts.values()), how="horizontal")
+    both = pl.concat([flags, details.rename(lambda c: DETAIL_PREFIX + c)], how="horizontal")
+    why = both.select(
+        pl.coalesce(pl.when(pl.col(r)).then(pl.lit(r)) for r in rules).alias("reason"),
+        pl.coalesce(pl.when(pl.col(r)).then(pl.col(DETAIL_PREFIX + r)) for r in rules).alias("detail"))
+    kept, dropped = split(frame.with_columns(why["detail"]), why["reason"])
+    kept = kept.drop("detail")
     broken = {r: int(flags[r].sum()) for r in rules}
-    used = {k: params.threshold(k) for k in TUNABLE if k.split(".")[0] in params.rule_sets}
+    used = {k: v for k, v in params.thresholds_in_force().items() if k.split(".")[0] in params.rule_sets}
     if "language" in params.rule_sets:
         used |= {"language.languages": params.languages, "language.min_language_score": params.min_language_score}
-    return StepResult(kept, dropped, {"broken_by_rule": broken, "thresholds": used, **extra}, rows_in=rows_in)
+    stats: dict[str, Any] = {"broken_by_rule": broken, "thresholds": used, **extra}
+    warnings = rule_share_warnings(broken, rows_in)
+    if warnings:
+        stats["warnings"] = warnings
+    return StepResult(kept, dropped, stats, rows_in=rows_in)
+
+
+def _threshold(params: HeuristicsParams, rule: Rule) -> float | None:
+    return None if rule.default is None else params.threshold(rule.name)
+
+
+WARN_SHARE = 0.2
+"""A rule that drops more than this share of its input is named in the run summary (``rule_share_warnings``)."""
+
+
+def rule_share_warnings(broken_by_rule: dict[str, int], rows_in: int, share: float = WARN_SHARE) -> list[str]:
+    """One line per rule broken by more than ``share`` of ``rows_in`` rows: a sign the rule does not fit the data.
+
+    >>> rule_share_warnings({"gopher_quality.min_words": 48, "c4.curly_bracket": 1}, 100)
+    ['rule gopher_quality.min_words breaks 48% of its 100 input rows (over 20%): check it fits this data']
+    """
+    if rows_in == 0:
+        return []
+    return [f"rule {rule} breaks {n / rows_in:.0%} of its {rows_in} input rows (over {share:.0%}): check it fits "
+            f"this data" for rule, n in broken_by_rule.items() if n / rows_in > share]

@@ -53,9 +53,16 @@ def mean_word_length(text: pl.Expr) -> pl.Expr:
     return safe_ratio(text.str.count_matches(r"\w"), word_count(text))
 
 
-def alpha_token_ratio(text: pl.Expr) -> pl.Expr:
-    """Share of tokens that hold an alphabetic character: ``"abc 123 4x ,"`` -> 2 / 4 = 0.5."""
-    return safe_ratio(text.str.count_matches(ALPHA_WORD_RE), token_count(text))
+def alpha_word_count(text: pl.Expr) -> pl.Expr:
+    """Words holding an alphabetic character: ``"abc 123 4x ,"`` -> 2 (``abc``, ``4x``)."""
+    return text.str.count_matches(ALPHA_WORD_RE)
+
+
+def alpha_word_ratio(text: pl.Expr) -> pl.Expr:
+    """Share of words that hold an alphabetic character (Gopher's "80% of words contain an alphabetic
+    character"): ``"abc 123 4x ,"`` -> 2 / 3. Punctuation is no word: dividing by all tokens (as datatrove does)
+    puts a 128-word answer with 96% alphabetic words and 35 punctuation runs at 0.75, under the 0.8 threshold."""
+    return safe_ratio(alpha_word_count(text), word_count(text))
 
 
 def line_count(text: pl.Expr) -> pl.Expr:

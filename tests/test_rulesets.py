@@ -53,7 +53,8 @@ def test_token_and_word_metrics_known_answer() -> None:
     assert _eval(ts.token_count, "Hello, world...") == [4]
     assert _eval(ts.word_count, "Hello, world...") == [2]
     assert _eval(ts.mean_word_length, "a bb, ccc!", "...") == [2.0, None]
-    assert _eval(ts.alpha_token_ratio, "abc 123 4x ,") == [0.5]
+    assert _eval(ts.alpha_word_ratio, "abc 123 4x ,") == [2 / 3]
+    assert _eval(ts.alpha_word_count, "abc 123 4x ,") == [2]
     assert pl.select(ts.safe_ratio(pl.lit(1), pl.lit(4)), ts.safe_ratio(pl.lit(1), pl.lit(0)).alias("z")).row(0) == (
         0.25, None)
 
@@ -99,7 +100,7 @@ def test_gopher_quality_rules() -> None:
         "ellipses": GOOD + " ".join(["so......"] * 8) + " end.",
         "bullets": "\n".join("- " + line for line in LINES),
         "ellipsis_lines": "\n".join([*LINES[:3], LINES[3][:-1] + "...", LINES[4][:-1] + "…"]),
-        "numbers": GOOD + " ".join(["2024"] * 20),
+        "numbers": GOOD + " ".join(["2024"] * 40),
         "no_stop_words": " ".join(["Bright reading rooms delight curious children every single morning."] * 6),
     }
     reasons, broken, _ = _run(rows, rule_sets=["gopher_quality"])
@@ -217,7 +218,7 @@ def test_language_rule_set_writes_meta_and_keeps_listed_languages() -> None:
     assert dict(zip(dropped["id"], dropped["reason"], strict=True)) == {
         "de": "language.wrong_language", "blank": "language.wrong_language"}
     assert stats["broken_by_rule"] == {"language.wrong_language": 2, "language.low_score": 1}
-    meta = pl.concat([kept, dropped.drop("reason")]).sort("id")["meta"]
+    meta = pl.concat([kept, dropped.drop("reason", "detail")]).sort("id")["meta"]
     assert meta.struct.field("language").to_list() == ["und", "de", "en", "fr"]
     scores = meta.struct.field("language_score").to_list()
     assert scores[0] == 0.0 and all(s > 0.9 for s in scores[1:])
@@ -288,7 +289,7 @@ def test_order_of_rule_sets_names_the_reason_and_columns_pass_through() -> None:
     _, dropped, _ = heuristics(frame, HeuristicsParams(rule_sets=["gopher_quality", "fineweb_quality"]))
     assert dropped["reason"].to_list() == ["gopher_quality.min_words"] * 2
     assert kept.columns == frame.columns and kept["extra"].to_list() == [2.5]
-    assert dropped.columns == [*frame.columns, "reason"] and dropped["extra"].to_list() == [1.5, 3.5]
+    assert dropped.columns == [*frame.columns, "detail", "reason"] and dropped["extra"].to_list() == [1.5, 3.5]
 
 
 def test_all_rule_sets_account_for_every_row_and_empty_frames() -> None:

@@ -1,0 +1,138 @@
+"""Known answers for the instruction rule set, per-turn judging (field) and the drop details."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from gristmill.common.contract import MESSAGES_DTYPE
+from gristmill.common.errors import InputError
+from gristmill.curation.instruction_rules import echo, truncation
+from gristmill.curation.rulesets import HeuristicsParams, heuristics, rule_share_warnings
+from tests.conftest import make_frame
+
+ANSWER = ("Heat the oven to 200 C. Toss the potatoes with oil, salt and rosemary, spread them on a tray and roast "
+          "them for 40 minutes, turning once, until they are golden and crisp.")
+
+
+def _frame(rows: dict[str, tuple[str, str]]) -> pl.DataFrame:
+    msgs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in rows.values()]
+    texts = [f"{q}\n\n{a}" for q, a in rows.values()]
+    return make_frame(texts, ids=list(rows)).with_columns(pl.Series("messages", msgs, dtype=MESSAGES_DTYPE))
+
+
+def _drops(rows: dict[str, tuple[str, str]], **params: object) -> dict[str, tuple[str, str]]:
+    frame = _frame(rows)
+    kept, dropped, stats = heuristics(frame, HeuristicsParams(**params))  # type: ignore[arg-type]
+    assert kept.height + dropped.height == frame.height and "detail" not in kept.columns
+    assert dropped["detail"].null_count() == 0  # every reason carries its detail
+    return {r["id"]: (r["reason"], r["detail"]) for r in dropped.iter_rows(named=True)}
+
+
+Q = "How do I roast potatoes?"
+DEFECTS = {
+    "empty": (Q, ""),
+    "blank": (Q, "  \n\t "),
+    "cut": (Q, ANSWER.split(" roast them")[0]),  # "... spread them on a tray and"
+    "fence": ("Write hello world in Python.", "Here it is:\n```python\nprint('hello"),
+    "bracket": (Q, "Roast them at 200 C (turning them once, and"),
+    "echo": ("Explain how photosynthesis turns light into chemical energy in plants.",
+             "Sure! Explain how photosynthesis turns light into chemical energy in plants."),
+    "refusal": (Q, "I'm sorry, but I cannot help with that request."),
+    "ai": (Q, "As an AI language model, I do not cook, but potatoes are usually roasted."),
+    "placeholder_in": ("Write a dialogue.\n\nCaesar: <caesar_speech>", "Caesar: I came, I saw, I conquered."),
+    "template": ("Summarize the text.", 'Summary of " + input + " follows.'),
+    "your_name": ("Write a short thank-you note.", "Thank you for the lovely dinner.\n\nBest regards,\n[Your Name]"),
+    "link": (Q, "https://example.com/roast-potatoes"),
+    "cite": (Q, "See [1] https://example.org"),
+}
+NEAR_MISSES = {
+    "short": ("What is the capital of France?", "Paris"),
+    "digit": ("What is 2 + 2?", "4"),
+    "tool": ("Check the free disk space.", "shell('df -h')"),
+    "code": ("Write a Jinja greeting.", "```jinja\nHello {{ name }}!\n```"),
+    "poem": ("Write a haiku about leaves.", "Whispers in the breeze\nDancing leaves, a life well-lived\nRoots in earth"),
+    "signoff": ("Write a letter as Jane Austen.", "Dear reader, I thank you. Yours sincerely, Jane Austen"),
+    "persona": ("Pretend to be an AI language model in 2100.", "As an AI language model from 2100, I learn live."),
+    "role_ai": ("Role play as an AI life coach.", "As an AI life coach, I suggest breaking the work into steps."),
+    "cant": ("Imagine you found water on Mars.", "I can't believe it! Water, right here under the red dust."),
+    "quote_then_answer": ("Translate 'bonjour' to English.", "'Bonjour' means hello."),
+    "link_with_text": ("Where can I read the Python tutorial?",
+                       "The official tutorial at https://docs.python.org/3/tutorial/ covers the basics step by step."),
+    "full": (Q, ANSWER),
+}
+
+
+def test_every_defect_is_dropped_with_its_reason_and_detail() -> None:
+    got = _drops(DEFECTS | NEAR_MISSES, rule_sets=["instruction"])
+    reasons = {k: v[0].split(".")[1] for k, v in got.items()}
+    assert reasons == {
+        "empty": "min_response_chars", "blank": "min_response_chars", "cut": "truncated", "fence": "truncated",
+        "bracket": "truncated", "echo": "max_echo", "refusal": "refusal", "ai": "refusal",
+        "placeholder_in": "placeholder", "template": "placeholder", "your_name": "placeholder",
+        "link": "min_words_outside_links", "cite": "min_words_outside_links",
+    }
+    assert got["empty"][1] == "response_chars=0 < 1"
+    assert got["cut"][1] == "ends mid-sentence: '...and rosemary, spread them on a tray and'"
+    assert got["fence"][1] == "unclosed code block (1 fences)"
+    assert got["echo"][1] == "echo=0.89 > 0.6"
+    assert got["ai"][1] == "refusal phrase 'As an AI language model'"
+    assert got["placeholder_in"][1] == "placeholder '<caesar_speech>' in user turn 1"
+    assert got["link"][1] == "words_outside_links=0 < 5"
+
+
+def test_thresholds_are_tunable_and_reported() -> None:
+    rows = {"echo": DEFECTS["echo"], "link": (Q, "Roast them, see https://example.com")}
+    assert set(_drops(rows, rule_sets=["instruction"])) == {"echo", "link"}
+    assert _drops(rows, rule_sets=["instruction"], thresholds={"instruction.max_echo": 0.9,
+                                                               "instruction.min_words_outside_links": 2}) == {}
+
+
+def test_known_answers_of_the_helpers() -> None:
+    assert truncation("Mix the flour and the") == "ends mid-sentence: '...Mix the flour and the'"
+    assert truncation("Done. Then we") == "ends mid-sentence: '...Then we'"
+    assert (truncation("Paris"), truncation("shell('df -h')"), truncation(ANSWER)) == (None, None, None)
+    assert truncation("He said “wait") == "unclosed '“' (1 opened, 0 closed)"
+    assert echo("How do I boil an egg?", "How do I boil an egg?") == 1.0
+    assert echo("Boil it for nine minutes.", "How do I boil an egg?") == 0.0
+    assert echo("a b c d", "a b c x") == 0.5  # grams (a b c), (b c d): one in the prompt
+
+
+def test_field_assistant_judges_each_response_turn_on_its_own() -> None:
+    lorem = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore."
+    rows = {
+        "lorem_input": (f"Count the words of this placeholder text.\n\n{lorem}", "The text has fifteen words in it."),
+        "french_answer": ("Describe your morning.", "Je me lève tôt, je bois un café et je lis le journal."),
+    }
+    got = _drops(rows, rule_sets=["language"], field="assistant")
+    assert set(got) == {"french_answer"}
+    assert got["french_answer"][0] == "language.wrong_language"
+    assert got["french_answer"][1].startswith("turn 2: language=fr (")
+    assert got["french_answer"][1].endswith("not in ['en']")
+    # judging the whole text instead, the Latin input takes over the row
+    assert "lorem_input" in _drops(rows, rule_sets=["language"])
+
+
+def test_field_turns_with_document_rules_and_gopher_detail() -> None:
+    long_answer = " ".join(["The council, the mayor and the residents (all 12) agreed, for now."] * 8)
+    rows = {"long": (Q, long_answer), "numbers": (Q, "Numbers: " + " ".join(["2024"] * 60) + " and the end.")}
+    got = _drops(rows, rule_sets=["gopher_quality"], field="assistant")
+    assert set(got) == {"numbers"}  # punctuation is no word: "long" has 96% alphabetic words
+    assert got["numbers"] == ("gopher_quality.min_alpha_words", "turn 2: alpha_words=0.0625 < 0.8")
+
+
+def test_instruction_rules_need_messages() -> None:
+    with pytest.raises(InputError, match="instruction rule set"):
+        heuristics(make_frame(["x"]), HeuristicsParams(rule_sets=["instruction"]))
+    with pytest.raises(InputError, match="messages"):
+        heuristics(make_frame(["x"]), HeuristicsParams(rule_sets=["c4"], field="assistant"))
+
+
+def test_share_warning_names_the_rule() -> None:
+    assert rule_share_warnings({"a.b": 3, "c.d": 2}, 10) == [
+        "rule a.b breaks 30% of its 10 input rows (over 20%): check it fits this data"]
+    assert rule_share_warnings({"a.b": 3}, 0) == []
+    frame = _frame({"a": (Q, ""), "b": (Q, ANSWER)})
+    stats = heuristics(frame, HeuristicsParams(rule_sets=["instruction"])).stats
+    assert stats["warnings"] == ["rule instruction.min_response_chars breaks 50% of its 2 input rows (over 20%): "
+                                 "check it fits this data"]
