@@ -11,7 +11,7 @@ from gristmill.curation.clusters import clusters, preference_rank
 from gristmill.curation.dedup_exact import ExactDedupParams, dedup_exact
 from gristmill.curation.filters import FilterParams, filter_rows
 from gristmill.curation.minhash import MinhashParams, dedup_minhash, fmix32, signatures
-from gristmill.curation.normalize import NormalizeParams, normalize, normalize_expr, normalize_text
+from gristmill.curation.normalize import NormalizeParams, normalize, normalize_series, normalize_text
 from gristmill.curation.quality import KeepRule
 from gristmill.curation.scoring import keep_mask, similarity_scores
 from gristmill.curation.shingles import hashed_shingles, shingle_sets
@@ -27,7 +27,7 @@ def _accounted(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame) -
 def test_normalize_known_answer() -> None:
     assert normalize_text("  Ｈｅｌｌｏ\u200b   world \n\n\n\n!", NormalizeParams()) == "Hello world \n\n!"
     assert normalize_text("Ａ", NormalizeParams(unicode_form="none")) == "Ａ"
-    got = pl.select(normalize_expr(pl.lit("  Ｈｅｌｌｏ\u200b   world \n\n\n\n!"), NormalizeParams())).item()
+    got = normalize_series(pl.Series(["  Ｈｅｌｌｏ\u200b   world \n\n\n\n!"]), NormalizeParams()).item()
     assert got == "Hello world \n\n!"
 
 
@@ -41,7 +41,7 @@ TRICKY = [
 ]
 
 
-def test_normalize_expression_equals_the_reference_on_tricky_strings() -> None:
+def test_normalize_seriesession_equals_the_reference_on_tricky_strings() -> None:
     rng = random.Random(0)
     pool = "".join(TRICKY) + "abc \n\n\n"
     fuzz = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 40))) for _ in range(400)]
@@ -50,22 +50,23 @@ def test_normalize_expression_equals_the_reference_on_tricky_strings() -> None:
         for strip_control in (True, False):
             for collapse in (True, False):
                 params = NormalizeParams(unicode_form=form, strip_control=strip_control, collapse_whitespace=collapse)
-                got = pl.select(normalize_expr(pl.lit(texts), params)).to_series().to_list()
+                got = normalize_series(texts, params).to_list()
                 want = [None if t is None else normalize_text(t, params) for t in texts]
                 assert got == want, (form, strip_control, collapse)
 
 
 def test_normalize_drops_empty_and_updates_messages() -> None:
-    frame = make_frame(["  a\u200b  b ", "\u200b  "]).with_columns(
-        pl.Series("messages", [[{"role": "user", "content": " a  b "}], [{"role": "user", "content": " "}]])
-    )
+    frame = make_frame(["  a\u200b  b ", "\u200b  ", "c"]).with_columns(pl.Series("messages", [
+        [{"role": "user", "content": " a  b "}], [{"role": "user", "content": " "}], []]))
     result = normalize(frame, NormalizeParams())
     kept, dropped, stats = result
     _accounted(frame, kept, dropped)
-    assert kept["text"].to_list() == ["a b"]
-    assert kept["messages"][0].to_list() == [{"role": "user", "content": "a b"}]
+    assert kept["text"].to_list() == ["a b", "c"]
+    assert kept["messages"].to_list() == [[{"role": "user", "content": "a b"}], []]
     assert dropped["reason"].to_list() == ["empty_after_normalize"]
     assert result.stats == {"rows_changed": 2} and stats["dropped"] == 1
+    sliced = frame.slice(1).with_columns(pl.Series("messages", [None, [{"role": "user", "content": "\tx "}]]))
+    assert normalize(sliced, NormalizeParams()).kept["messages"].to_list() == [[{"role": "user", "content": "x"}]]
 
 
 def test_filter_names_the_rule_and_counts_every_break() -> None:
