@@ -1,148 +1,49 @@
 """QLoRA training with an explicit loop: NF4 4-bit base (bitsandbytes) + LoRA adapters (peft).
 
-Reads a list of rows (``messages`` or ``text``), holds out a seeded eval split, measures eval loss before and
-after training, and saves the adapter, the tokenizer and ``train_metrics.json`` to ``out_dir``. Works on CPU
-(bitsandbytes >= 0.49 has CPU NF4 kernels) and CUDA; the loop is the same.
+``train_qlora`` encodes the rows (formatting), holds out a capped, seeded eval split (or takes ``eval_rows``),
+measures eval loss and generation quality before and after training (evaluate), trains with packed or
+length-grouped batches (packing) and resumable checkpoints (checkpointing), and writes the adapter (safetensors),
+the tokenizer, ``train_metrics.json``, ``eval.json``, ``eval_predictions.parquet`` and a model card to ``out_dir``.
+Works on CPU (bitsandbytes >= 0.49 has CPU NF4 kernels) and CUDA; the loop is the same.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from gristmill.common.errors import InputError
+from gristmill.train.card import write_card
+from gristmill.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from gristmill.train.evaluate import eval_loss, generation_eval
+from gristmill.train.formatting import IGNORE, Example, encode_rows, stop_token_ids
+from gristmill.train.model import load_model, make_optimizer, token_losses
+from gristmill.train.packing import collate, plan_epoch
+from gristmill.train.params import LoraParams, TrainParams
+from gristmill.train.tracking import Trackers
 
-from gristmill.train.formatting import IGNORE, Example, collate, encode_row
-
-_HINT = "pip install 'gristmill[cpu]' (CPU) or 'gristmill[gpu]' (CUDA): torch, transformers, peft, bitsandbytes"
-
-
-class LoraParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    r: int = Field(16, ge=1)
-    """LoRA rank."""
-    alpha: int = Field(32, ge=1)
-    """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = Field(0.0, ge=0, lt=1)
-    """Dropout on the LoRA input."""
-    target_modules: str | list[str] = "all-linear"
-    """Modules to adapt: peft's "all-linear" or a list of module names."""
+__all__ = ["LoraParams", "TrainParams", "train_qlora"]
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int, str], None]
 
 
-class TrainParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    base_model: str = "smollm2-135m-instruct"
-    """Base model: a registered short name or a local HF model directory."""
-    method: Literal["qlora", "lora"] = "qlora"
-    """qlora = NF4 4-bit frozen base + LoRA; lora = full-precision base + LoRA."""
-    lora: LoraParams = LoraParams()
-    """Adapter shape."""
-    double_quant: bool = True
-    """Also quantize the 4-bit quantization constants (saves ~0.4 bit/param), as in the QLoRA paper."""
-    epochs: float = Field(1.0, gt=0)
-    """Passes over the training split (ignored when max_steps is set)."""
-    max_steps: int | None = Field(None, ge=1)
-    """Stop after this many optimizer steps."""
-    learning_rate: float = Field(2e-4, gt=0)
-    """AdamW learning rate (constant after a linear warmup)."""
-    warmup_steps: int = Field(0, ge=0)
-    """Linear warmup steps."""
-    batch_size: int = Field(4, ge=1)
-    """Examples per forward pass."""
-    grad_accum: int = Field(1, ge=1)
-    """Forward passes per optimizer step."""
-    max_seq_length: int = Field(512, ge=16)
-    """Tokens per example (longer ones are cut)."""
-    eval_fraction: float = Field(0.1, gt=0, lt=1)
-    """Share of rows held out for evaluation."""
-    min_eval_rows: int = Field(8, ge=1)
-    """At least this many held-out rows."""
-    seed: int = 0
-    """Seed for the split, shuffling and LoRA init."""
+def _quiet(phase: str, done: int, total: int, note: str) -> None:
+    return None
 
 
-def _load_model(model_path: str, params: TrainParams) -> tuple[Any, Any]:
-    try:
-        import torch
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"training needs the model stack: {_HINT}") from err
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    compute = torch.bfloat16 if device == "cuda" else torch.float32
-    kwargs: dict[str, Any] = {"dtype": compute, "device_map": {"": device}}
-    if params.method == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=compute,
-            bnb_4bit_use_double_quant=params.double_quant,
-        )
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-    if params.method == "qlora":
-        _keep_4bit_weights_trainable(model)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora = LoraConfig(
-        r=params.lora.r,
-        lora_alpha=params.lora.alpha,
-        lora_dropout=params.lora.dropout,
-        target_modules=params.lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def _keep_4bit_weights_trainable(model: Any) -> None:
-    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
-
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 converts a ``Linear4bit`` weight in place to a packed inference
-    layout the first time the module runs in eval mode without grad (our eval-loss pass); training forwards and
-    backwards after that silently go wrong. Measured on SmolLM2: 6 steps on one batch took the loss 3.44 -> 1.32
-    without an eval pass first and 3.44 -> 3.27 with one. Turning the CPU fast path off keeps the layout fixed.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
-def _batch_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """Summed next-token cross-entropy over labelled positions, and their count."""
-    import torch.nn.functional as F
-
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    target = batch["labels"][:, 1:]
-    loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss, int((target != IGNORE).sum())
-
-
-def evaluate_loss(model: Any, examples: list[Example], pad_id: int, batch_size: int) -> float:
-    """Mean token loss over ``examples``."""
-    import torch
-
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            loss, n = _batch_loss(model, collate(examples[start : start + batch_size], pad_id))
-            total += float(loss)
-            count += n
-    model.train()
-    return total / max(count, 1)
+def split(examples: list[Example], params: TrainParams) -> tuple[list[int], list[int]]:
+    """Seeded (eval, train) example indices: ``eval_fraction`` of the rows, at least ``min_eval_rows`` and at most
+    ``max_eval_rows``."""
+    order = list(range(len(examples)))
+    random.Random(params.seed).shuffle(order)
+    n_eval = min(params.max_eval_rows, max(params.min_eval_rows, math.ceil(params.eval_fraction * len(examples))))
+    return order[:n_eval], order[n_eval:]
 
 
 def train_qlora(
@@ -151,82 +52,172 @@ def train_qlora(
     *,
     model_path: str,
     out_dir: Path,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Progress | None = None,
+    checkpoint_dir: Path | None = None,
+    eval_rows: list[dict[str, Any]] | None = None,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train an adapter on ``rows``; returns (and writes) the metrics. ``progress(step, total, loss)``."""
+    """Train an adapter on ``rows``; returns (and writes) the metrics. ``progress(phase, done, total, note)``
+    reports loading, eval, generation and training. With ``checkpoint_dir`` a checkpoint is written every
+    ``save_steps`` and a killed run with the same arguments resumes from the last one."""
     import torch
 
+    say = progress or _quiet
+    started = time.perf_counter()
     random.seed(params.seed)
     torch.manual_seed(params.seed)
-    started = time.perf_counter()
-    model, tokenizer = _load_model(model_path, params)
-    encoded = [encode_row(tokenizer, r, params.max_seq_length) for r in rows]
-    examples = [e for e in encoded if e is not None]
-    skipped = len(rows) - len(examples)
-    order = list(range(len(examples)))
-    random.Random(params.seed).shuffle(order)
-    n_eval = max(params.min_eval_rows, math.ceil(params.eval_fraction * len(examples)))
-    if len(examples) < n_eval + params.batch_size:
-        raise ValueError(
-            f"train: {len(examples)} trainable rows are too few for {n_eval} eval rows plus one batch of "
-            f"{params.batch_size}; lower train.min_eval_rows / train.batch_size or curate more rows"
-        )
-    eval_set = [examples[i] for i in order[:n_eval]]
-    train_set = [examples[i] for i in order[n_eval:]]
+    say("load model", 0, 1, "")
+    model, tokenizer = load_model(model_path, params)
+    on_gpu = model.device.type == "cuda"
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    enc = {"stop_ids": stops, "fix_eos": params.fix_eos, "overlength": params.overlength}
+    examples, stats = encode_rows(tokenizer, rows, params.max_seq_length, **enc)
+    if stats.overlength:
+        done = "dropped" if params.overlength == "drop" else "truncated"
+        log.warning(f"train: {stats.overlength} of {stats.rows} rows are longer than max_seq_length="
+                    f"{params.max_seq_length} tokens ({done}; raise train.max_seq_length to keep them whole)")
+    if eval_rows is not None:
+        eval_set, eval_stats = encode_rows(tokenizer, eval_rows, params.max_seq_length, **enc)
+        eval_set = eval_set[: params.max_eval_rows]
+        eval_source = [eval_rows[e.source] for e in eval_set]
+        train_set = examples
+    else:
+        eval_idx, train_idx = split(examples, params)
+        eval_set, train_set = [examples[i] for i in eval_idx], [examples[i] for i in train_idx]
+        eval_source = [rows[e.source] for e in eval_set]
+    if len(train_set) < params.batch_size or not eval_set:
+        raise InputError(
+            f"train: {len(examples)} trainable rows ({stats.as_dict()}) are too few for {len(eval_set)} eval rows "
+            f"plus one batch of {params.batch_size}; lower train.min_eval_rows / train.batch_size or curate more")
+    gen_rows = [r for r in eval_source if r.get("messages") and r["messages"][-1]["role"] == "assistant"]
+    gen_rows = gen_rows[: params.eval_generate_rows]
     pad = tokenizer.pad_token_id
-    steps_per_epoch = math.ceil(len(train_set) / (params.batch_size * params.grad_accum))
+    budget = params.batch_size * params.max_seq_length
+    batches_per_epoch = len(train_set) // params.batch_size
+    steps_per_epoch = math.ceil(batches_per_epoch / params.grad_accum)
     total_steps = params.max_steps or max(1, math.ceil(params.epochs * steps_per_epoch))
+    load_seconds = time.perf_counter() - started
 
-    eval_before = evaluate_loss(model, eval_set, pad, params.batch_size)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=0.0)
+    opt = make_optimizer(trainable, params.learning_rate, on_gpu)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (params.warmup_steps + 1)))
+    key = {"params": params.model_dump(mode="json"), "train_rows": len(train_set), "model": model_path}
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "losses": [], "tokens_seen": 0, "train_seconds": 0.0,
+                             "step": 0, "key": key, "eval_before": None, "base_answers": None}
+    ckpt = latest_checkpoint(checkpoint_dir)
+    resumed_from = 0
+    if ckpt is not None:
+        saved = load_checkpoint(ckpt, model, opt, sched)
+        if saved.get("key") == key:
+            state, resumed_from = saved, saved["step"]
+            log.info(f"train: resuming from {ckpt.name} (step {state['step']} of {total_steps})")
+        else:  # another configuration's checkpoint: start afresh
+            model, tokenizer = load_model(model_path, params)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            opt = make_optimizer(trainable, params.learning_rate, on_gpu)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: min(1.0, (s + 1) / (params.warmup_steps + 1)))
+    eval_kw = {"pad_id": pad, "packing": params.packing, "token_budget": budget, "progress": say}
+    gen_kw = {"max_new_tokens": params.eval_max_new_tokens, "stop_ids": stops, "batch_size": params.batch_size * 2,
+              "progress": say}
+    if state["eval_before"] is None:
+        # Before training the adapter is the identity (LoRA's B starts at zero), so this is the base model.
+        state["eval_before"] = eval_loss(model, eval_set, phase="eval (before)", **eval_kw)
+        if gen_rows:
+            with model.disable_adapter():
+                from gristmill.train.evaluate import generate
+
+                state["base_answers"] = generate(model, tokenizer, [r["messages"][:-1] for r in gen_rows],
+                                                 phase="generate (base)", **gen_kw)
+    trackers = Trackers(out_dir / "logs", params.report_to, params.model_dump(mode="json"))
     model.train()
-    losses: list[float] = []
-    tokens_seen = 0
-    cursor = 0
-    rng = random.Random(params.seed + 1)
-    for step in range(total_steps):
-        step_loss, step_tokens = 0.0, 0
+    lengths = [len(e.input_ids) for e in train_set]
+    plan = plan_epoch(lengths, params.batch_size, seed=params.seed, epoch=state["epoch"], by_length=not params.packing)
+    say("train", state["step"], total_steps, "")
+    while state["step"] < total_steps:
+        t0 = time.perf_counter()
+        micro = []
         for _ in range(params.grad_accum):
-            if cursor + params.batch_size > len(train_set):
-                rng.shuffle(train_set)
-                cursor = 0
-            batch = collate(train_set[cursor : cursor + params.batch_size], pad)
-            cursor += params.batch_size
-            loss_sum, n = _batch_loss(model, batch)
-            (loss_sum / max(n, 1) / params.grad_accum).backward()
-            step_loss += float(loss_sum.detach())
-            step_tokens += n
-            tokens_seen += int(batch["attention_mask"].sum())
+            if state["batch"] >= len(plan):
+                state["epoch"], state["batch"] = state["epoch"] + 1, 0
+                plan = plan_epoch(lengths, params.batch_size, seed=params.seed, epoch=state["epoch"],
+                                  by_length=not params.packing)
+            micro.append([train_set[i] for i in plan[state["batch"]]])
+            state["batch"] += 1
+        batches = [collate(b, pad, params.packing, flash_kwargs=on_gpu) for b in micro]
+        n_step = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        weighted, plain = 0.0, 0.0
+        for batch in batches:
+            losses, weights = token_losses(model, batch)
+            # Σ weight x token loss over the step's labelled tokens / their number (see docs in formatting).
+            ((losses * weights).sum() / n_step).backward()
+            weighted += float((losses.detach() * weights).sum())
+            plain += float(losses.detach().sum())
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(step_loss / max(step_tokens, 1))
-        if progress:
-            progress(step + 1, total_steps, losses[-1])
-    train_seconds = time.perf_counter() - started
-    eval_after = evaluate_loss(model, eval_set, pad, params.batch_size)
+        state["step"] += 1
+        state["losses"].append(weighted / n_step)
+        state["tokens_seen"] += sum(len(e.input_ids) for b in micro for e in b)
+        state["train_seconds"] += time.perf_counter() - t0
+        trackers.log(state["step"], {"train/loss": weighted / n_step, "train/token_loss": plain / n_step,
+                                     "train/lr": sched.get_last_lr()[0], "train/tokens_seen": state["tokens_seen"]})
+        say("train", state["step"], total_steps, f"loss {state['losses'][-1]:.3f}")
+        if checkpoint_dir and params.save_steps and state["step"] % params.save_steps == 0 \
+                and state["step"] < total_steps:
+            save_checkpoint(checkpoint_dir, state["step"], model, opt, sched, state)
+    eval_after = eval_loss(model, eval_set, phase="eval (after)", **eval_kw)
+    generation, predictions = None, []
+    if gen_rows:
+        generation, predictions = generation_eval(model, tokenizer, gen_rows, base=state["base_answers"], **gen_kw)
+    trackers.log(state["step"], {"eval/loss": eval_after["loss"], "eval/perplexity": eval_after["perplexity"]})
+    trackers.close()
+    eval_seconds = state["eval_before"]["seconds"] + eval_after["seconds"] + (generation or {}).get("seconds", 0)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
+    model.save_pretrained(str(out_dir))  # adapter_model.safetensors + adapter_config.json
     tokenizer.save_pretrained(str(out_dir))
+    evaluation = {"rows": len(eval_set), "source": "eval_file" if eval_rows is not None else "held_out",
+                  "base": {"loss": state["eval_before"]["loss"], "perplexity": state["eval_before"]["perplexity"]},
+                  "adapter": {"loss": eval_after["loss"], "perplexity": eval_after["perplexity"]},
+                  "generation": generation}
+    if generation:
+        for side in ("base", "adapter"):
+            evaluation[side] |= generation[side]
+    (out_dir / "eval.json").write_text(json.dumps(evaluation, indent=2))
+    if predictions:
+        import polars as pl
+
+        pl.DataFrame(predictions).write_parquet(out_dir / "eval_predictions.parquet")
+    total_seconds = time.perf_counter() - started
     metrics = {
         "base_model": model_path,
         "method": params.method,
+        "packing": params.packing,
         "train_rows": len(train_set),
         "eval_rows": len(eval_set),
-        "skipped_rows": skipped,
+        "skipped_rows": stats.rows - stats.kept,
+        "encode": stats.as_dict(),
+        "overlength_rows": stats.overlength,
         "steps": total_steps,
-        "train_loss_first": losses[0],
-        "train_loss_last": losses[-1],
-        "eval_loss_before": eval_before,
-        "eval_loss_after": eval_after,
-        "tokens_seen": tokens_seen,
-        "seconds": round(train_seconds, 2),
-        "tokens_per_s": round(tokens_seen / train_seconds, 1),
+        "resumed_from_step": resumed_from,
+        "train_loss_first": state["losses"][0],
+        "train_loss_last": state["losses"][-1],
+        "loss_curve": state["losses"],
+        "eval_loss_before": state["eval_before"]["loss"],
+        "eval_loss_after": eval_after["loss"],
+        "eval_perplexity_before": state["eval_before"]["perplexity"],
+        "eval_perplexity_after": eval_after["perplexity"],
+        "tokens_seen": state["tokens_seen"],
+        "load_seconds": round(load_seconds, 2),
+        "train_seconds": round(state["train_seconds"], 2),
+        "eval_seconds": round(eval_seconds, 2),
+        "seconds": round(total_seconds, 2),
+        "tokens_per_s": round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1),
         "trainable_params": sum(p.numel() for p in trainable),
     }
     (out_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_card(out_dir, metrics, evaluation, card or {})
     return metrics
+

@@ -1,0 +1,125 @@
+"""Loading the base model (NF4 4-bit or full precision) with a LoRA/DoRA adapter, and the weighted loss.
+
+The loss computes logits only where a label exists: the decoder's hidden states at labelled positions go through
+the LM head, so prompt and padding positions cost no vocabulary projection and no cross-entropy (on SmolLM2 the
+head is a fifth of the forward's multiply-adds, and the logits of a full batch are its largest tensor).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from gristmill.train.formatting import IGNORE
+from gristmill.train.params import TrainParams
+
+HINT = "pip install 'gristmill[cpu]' (CPU) or 'gristmill[gpu]' (CUDA): torch, transformers, peft, bitsandbytes"
+
+
+def device_of(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def load_base(model_path: str, params: TrainParams, *, device: str | None = None) -> Any:
+    """The frozen base model: NF4 + double quant with ``method: qlora``, else in the compute dtype."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"training needs the model stack: {HINT}") from err
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    compute = torch.bfloat16 if device == "cuda" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": compute, "device_map": {"": device}}
+    if device == "cuda":
+        # varlen flash attention when installed; sdpa builds the block-diagonal mask from the position ids.
+        kwargs["attn_implementation"] = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    if params.method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=params.double_quant,
+        )
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if params.method == "qlora":
+        keep_4bit_weights_trainable(model)
+    return model
+
+
+def load_model(model_path: str, params: TrainParams) -> tuple[Any, Any]:
+    """Base model + a fresh adapter (peft), and the tokenizer (pad = EOS when the tokenizer has none)."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoTokenizer
+
+    model = load_base(model_path, params)
+    on_gpu = device_of(model).type == "cuda"
+    checkpointing = on_gpu if params.gradient_checkpointing is None else params.gradient_checkpointing
+    if params.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=params.lora.r,
+        lora_alpha=params.lora.alpha,
+        lora_dropout=params.lora.dropout,
+        target_modules=params.lora.target_modules,
+        use_dora=params.method == "dora",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if on_gpu:  # adapters in bf16 like the compute (peft creates them in fp32 next to a 4-bit base)
+        for p in model.parameters():
+            if p.requires_grad and p.dtype == torch.float32:
+                p.data = p.data.to(torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def keep_4bit_weights_trainable(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 converts a ``Linear4bit`` weight in place to a packed inference
+    layout the first time the module runs in eval mode without grad (our eval-loss pass); training forwards and
+    backwards after that silently go wrong. Measured on SmolLM2: 6 steps on one batch took the loss 3.44 -> 1.32
+    without an eval pass first and 3.44 -> 3.27 with one. Turning the CPU fast path off keeps the layout fixed.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def make_optimizer(trainable: list[Any], lr: float, on_gpu: bool) -> Any:
+    """Paged AdamW 8-bit on CUDA (the QLoRA paper's optimizer), torch AdamW elsewhere."""
+    import torch
+
+    if on_gpu:
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(trainable, lr=lr, weight_decay=0.0)
+    return torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+
+
+def token_losses(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Cross-entropy of every labelled next token, and its weight (1-D tensors of the same length).
+
+    Position ``t`` predicts label ``t + 1``; only positions whose next label is not -100 reach the LM head.
+    """
+    import torch.nn.functional as F
+
+    device = device_of(model)
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()
+              if k not in ("labels", "weights")}
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    target = batch["labels"][:, 1:].to(device)
+    keep = target != IGNORE
+    logits = head(hidden[:, :-1][keep]).float()
+    losses = F.cross_entropy(logits, target[keep], reduction="none")
+    return losses, batch["weights"][:, 1:].to(device)[keep]

@@ -1,0 +1,92 @@
+"""Batches: packed (one sequence per batch, no padding) or padded (batches of similar length), and their plan.
+
+Packing concatenates a batch's examples into one row and restarts the position ids at every example, with no
+attention mask. transformers then keeps attention inside each example: flash-attention's varlen kernel on GPU,
+or, for sdpa/eager, a block-diagonal causal mask built from the position ids
+(``masking_utils.find_packed_sequence_indices``). The first label of every example is -100, so no example
+predicts across a boundary. Packed and padded batches therefore give the same per-token losses.
+
+Worked example: examples ``[5, 6, 7]`` and ``[8, 9]`` pack into input ids ``[[5, 6, 7, 8, 9]]`` with position ids
+``[[0, 1, 2, 0, 1]]``; padded (pad 0) they are ``[[5, 6, 7], [8, 9, 0]]`` with attention mask
+``[[1, 1, 1], [1, 1, 0]]``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from gristmill.train.formatting import IGNORE, Example
+
+
+def collate_packed(batch: list[Example], *, flash_kwargs: bool = False) -> dict[str, Any]:
+    """One row holding every example of ``batch`` (transformers' ``DataCollatorWithFlattening``) plus a
+    per-token ``weights`` row (each token carries its example's weight)."""
+    import torch
+    from transformers import DataCollatorWithFlattening
+
+    flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE,
+                                         return_flash_attn_kwargs=flash_kwargs)
+    out = flatten([{"input_ids": e.input_ids, "labels": e.labels} for e in batch])
+    out["weights"] = torch.tensor([[e.weight for e in batch for _ in e.input_ids]], dtype=torch.float32)
+    return dict(out)
+
+
+def collate_padded(batch: list[Example], pad_id: int) -> dict[str, Any]:
+    """Right-padded rows with an attention mask; padding has label -100 and weight 0."""
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    weights = torch.zeros((len(batch), width), dtype=torch.float32)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+        weights[i, :n] = e.weight
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
+
+
+def collate(batch: list[Example], pad_id: int, packing: bool, *, flash_kwargs: bool = False) -> dict[str, Any]:
+    return collate_packed(batch, flash_kwargs=flash_kwargs) if packing else collate_padded(batch, pad_id)
+
+
+def plan_epoch(lengths: list[int], batch_size: int, *, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
+    """The batches (lists of example indices) of one epoch, a pure function of its arguments so that a resumed
+    run replays the same order. ``by_length`` groups examples of similar length (transformers'
+    ``get_length_grouped_indices``: shuffled mega-batches of 50 batches sorted by length) to cut padding; else a plain
+    shuffle. A last incomplete batch is dropped so that every step sees ``batch_size`` examples.
+
+    >>> plan_epoch([3, 1, 2, 4], 2, seed=0, epoch=0, by_length=False)
+    [[2, 0], [1, 3]]
+    """
+    if by_length:
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = list(get_length_grouped_indices(lengths, batch_size, mega_batch_mult=50, generator=gen))
+    else:
+        order = list(range(len(lengths)))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+
+
+def length_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Example indices sorted by length and cut into batches of at most ``token_budget`` tokens (padded size:
+    rows x longest), for evaluation, where order does not matter.
+
+    >>> length_batches([5, 1, 4, 2], 8)
+    [[1, 3], [2], [0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= token_budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches

@@ -1,0 +1,76 @@
+"""The recipe's ``train:`` section: adapter shape, schedule, data handling, evaluation, checkpoints, tracking."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LoraParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    r: int = Field(16, ge=1)
+    """LoRA rank."""
+    alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    target_modules: str | list[str] = "all-linear"
+    """Modules to adapt: peft's "all-linear" or a list of module names."""
+
+
+class TrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    base_model: str = "smollm2-135m-instruct"
+    """Base model: a registered short name or a local HF model directory."""
+    method: Literal["qlora", "lora", "dora"] = "qlora"
+    """qlora = NF4 4-bit frozen base + LoRA; lora = full-precision base + LoRA; dora = full-precision base + DoRA."""
+    lora: LoraParams = LoraParams()
+    """Adapter shape."""
+    double_quant: bool = True
+    """Also quantize the 4-bit quantization constants (saves ~0.4 bit/param), as in the QLoRA paper."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training split (ignored when max_steps is set)."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """AdamW learning rate (constant after a linear warmup)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup steps."""
+    batch_size: int = Field(4, ge=1)
+    """Examples per forward pass (packed into one sequence when `packing` is on)."""
+    grad_accum: int = Field(1, ge=1)
+    """Forward passes per optimizer step."""
+    max_seq_length: int = Field(512, ge=16)
+    """Tokens per example; longer rows are handled as `overlength` says and counted in the metrics."""
+    overlength: Literal["drop", "truncate"] = "drop"
+    """Rows longer than max_seq_length: drop them (default: a cut answer teaches the model not to stop) or cut them
+    from the right. Either way their number is in the metrics and the log."""
+    packing: bool = True
+    """Concatenate each batch's examples into one sequence (position ids restart per example, attention stays
+    inside each example): no padding, same loss as unpacked. Off: batches of similar length, padded."""
+    fix_eos: bool = False
+    """When an assistant turn does not end with the token generation stops on, append it (instead of refusing)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass to save memory; default on for CUDA, off on CPU."""
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    """Share of rows held out for evaluation (before the max_eval_rows cap)."""
+    min_eval_rows: int = Field(8, ge=1)
+    """At least this many held-out rows."""
+    max_eval_rows: int = Field(200, ge=1)
+    """At most this many held-out rows (eval loss runs over all of them, before and after training)."""
+    eval_file: str | None = Field(None, json_schema_extra={"path": True})
+    """A JSONL/parquet file of eval rows (messages or text) used instead of a held-out split."""
+    eval_generate_rows: int = Field(16, ge=0)
+    """Held-out chat rows answered by the base model and the adapter (ROUGE-L, exact match); 0 = no generation."""
+    eval_max_new_tokens: int = Field(96, ge=1)
+    """Token budget per generated eval answer."""
+    save_steps: int | None = Field(50, ge=1)
+    """Write a resumable checkpoint every N optimizer steps (None = never)."""
+    report_to: list[Literal["tensorboard", "mlflow"]] = ["tensorboard"]
+    """Experiment trackers for per-step metrics (TensorBoard event files under the adapter's logs/; MLflow to a
+    local file store). A tracker that is not installed is skipped with a warning."""
+    seed: int = 0
+    """Seed for the split, shuffling and LoRA init."""
