@@ -29,6 +29,9 @@ Format = Literal["jsonl", "json", "csv", "parquet", "hf_disk"]
 _N, _ERR, _TEXT, _MSGS = "\x00number", "\x00error", "\x00text", "\x00messages"
 
 
+VERSION = "2"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text)
+
+
 class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
