@@ -33,3 +33,36 @@ def real_paragraphs(n: int | None, seed: int = 0, min_words: int = 25, max_words
     if len(pool) < n:
         raise RuntimeError(f"only {len(pool)} paragraphs of real text found; asked for {n}")
     return random.Random(seed).sample(pool, n)
+
+
+def _edit_one_word(text: str, rng: random.Random) -> str:
+    """Replace one word, the way templated copies differ (a name, a year, a product)."""
+    words = text.split()
+    words[rng.randrange(len(words))] = rng.choice(_FILLER) + str(rng.randrange(100))
+    return " ".join(words)
+
+
+_FILLER = ["acme", "project", "version", "copyright", "company", "module", "release", "author", "vendor", "year"]
+
+
+def clustered_corpus(scale: int = 1, unique: int = 10_000, clusters: int = 24, largest: int = 750,
+                     seed: int = 0) -> list[str]:
+    """Real paragraphs plus large clusters of near-identical copies (boilerplate, templates, mirrors).
+
+    ``unique`` real paragraphs, plus ``clusters`` other paragraphs copied Zipf-like (``largest`` copies of the first,
+    ``largest / i**0.8`` of the i-th), each copy exact or with one or two words replaced: about 13.8k documents at
+    ``scale=1`` with defaults. ``scale=k`` adds ``k - 1`` copies of every document with one word replaced, so every
+    cluster grows k-fold (its candidate pairs k**2-fold). Deterministic for an environment and seed; shuffled.
+    """
+    rng = random.Random(seed)
+    pool = real_paragraphs(unique + clusters, seed=seed)
+    docs = pool[:unique]
+    for i, para in enumerate(pool[unique:], start=1):
+        for _ in range(max(2, round(largest / i**0.8))):
+            copy = para
+            for _ in range(rng.choice([0, 0, 1, 2])):
+                copy = _edit_one_word(copy, rng)
+            docs.append(copy)
+    docs += [_edit_one_word(d, rng) for _ in range(scale - 1) for d in docs]
+    rng.shuffle(docs)
+    return docs

@@ -1,35 +1,51 @@
-"""MinHash near-dedup: gristmill vs datasketch (per-shingle updates, MinHash.bulk) vs rensa, same corpus, one run.
+"""MinHash near-dedup: gristmill vs rensa (and datasketch on small inputs), same corpus, one run, one process each.
 
-Corpus: real paragraphs from this machine (bench/corpus.py) plus planted near duplicates (random word
-substitutions, deletions and insertions). Ground truth: every pair whose word-5-gram shingle sets have exact
-Jaccard >= threshold, found through an inverted index over shingles (a pair at >= 0.8 shares most shingles, so
-it always shares one that occurs in <= 200 documents) and checked exactly. Each tool turns texts into duplicate
-pairs at the threshold (baselines: LSH candidates whose estimated Jaccard >= threshold; gristmill: verified pairs);
-docs/s covers that whole path, after one warm-up call per tool on 300 docs (imports, numba's compiled-code cache).
-Prints a table, then one JSON line.
+Corpora (``--corpus``): ``plain``, real paragraphs from this machine (bench/corpus.py) plus planted near duplicates
+(random word substitutions, deletions, insertions); ``clustered``, real paragraphs plus large clusters of
+near-identical copies (boilerplate), grown k-fold by ``--scale k`` (``corpus.clustered_corpus``).
 
-Run: python bench/minhash.py [--docs 20000]
+What is measured: each tool turns the texts into *documents that have a near duplicate* (word 5-gram Jaccard >=
+threshold). Every timer covers the whole path from the list of texts: shingling/tokenizing, hashing and signatures,
+LSH, and the similarity checks. gristmill: ``near_duplicate_edges`` (polars tokens, numba signatures, LSH buckets
+streamed band by band, leader comparisons settled by signature agreement or exact Jaccard); a row is flagged when
+its cluster has another row. rensa (its documented dedup API): ``RMinHashDeduplicator(threshold, num_perm,
+use_lsh=True)`` with its default bands, ``add_pairs`` fed lazily (Python word 5-gram shingles), which keeps a row
+unless its estimated Jaccard with an indexed row reaches the threshold, then ``get_duplicate_sets`` for the dropped
+rows to flag the rows they duplicate. datasketch (``--datasketch``): ``MinHash.bulk`` + ``MinHashLSH`` queries with
+estimated Jaccard >= threshold. Each tool runs in its own subprocess (peak memory = that process's VmHWM:
+interpreter, imports, the texts, everything; ``rss_before`` is the same after loading and warm-up), after one
+warm-up call on 300 documents (imports, numba's on-disk compiled-code cache).
+
+Ground truth is exact: a document is a true positive when some other document's word-5-gram shingle set has exact
+Jaccard >= threshold with its own, found by prefix filtering (AllPairs: two sets at Jaccard >= t share a shingle
+in their first |s| - ceil(t|s|) + 1 shingles under one global order), so no pair is skipped. gristmill's accepted
+edges are also checked exactly (``edge_precision``).
+
+Run: python bench/minhash.py [--corpus plain --docs 20000 | --corpus clustered --scale 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import platform
 import random
 import re
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import polars as pl  # noqa: E402
-
-from bench.corpus import real_paragraphs  # noqa: E402
-
 WORD = re.compile(r"\w+")
-RENSA_BANDS = 16  # rensa needs bands dividing num_perm; 16 x 8 is its documented setting for 128 permutations
 FILLER = ["data", "model", "value", "system", "project", "simple", "python", "result", "layer", "option"]
 
 
@@ -60,116 +76,190 @@ def plant(docs: list[str], fraction: float, seed: int) -> list[str]:
     return out
 
 
-def ground_truth(sets: list[set[str]], threshold: float, max_df: int = 200) -> set[tuple[int, int]]:
-    index: dict[str, list[int]] = defaultdict(list)
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def ground_truth(sets: list[frozenset[str]], threshold: float) -> set[int]:
+    """Documents with another document at exact Jaccard >= threshold (prefix filtering; exact, nothing skipped)."""
+    groups: dict[frozenset[str], list[int]] = defaultdict(list)
     for i, s in enumerate(sets):
+        if s:
+            groups[s].append(i)
+    flagged = {i for members in groups.values() if len(members) > 1 for i in members}
+    distinct = sorted(groups, key=len)
+    freq: dict[str, int] = defaultdict(int)
+    for s in distinct:
         for sh in s:
-            index[sh].append(i)
-    cands: set[tuple[int, int]] = set()
-    for docs in index.values():
-        if 1 < len(docs) <= max_df:
-            cands.update((a, b) for k, a in enumerate(docs) for b in docs[k + 1 :])
-    return {(a, b) for a, b in cands if len(sets[a] & sets[b]) / len(sets[a] | sets[b]) >= threshold}
+            freq[sh] += 1
+    index: dict[str, list[int]] = defaultdict(list)
+    hit = [False] * len(distinct)
+    for k, s in enumerate(distinct):
+        ordered = sorted(s, key=lambda sh: (freq[sh], sh))
+        prefix = ordered[: len(s) - math.ceil(threshold * len(s) - 1e-9) + 1]
+        seen: set[int] = set()
+        for sh in prefix:
+            for c in index[sh]:
+                if c in seen or (hit[c] and hit[k]) or len(distinct[c]) < threshold * len(s) - 1e-9:
+                    continue
+                seen.add(c)
+                if jaccard(s, distinct[c]) >= threshold:
+                    hit[c] = hit[k] = True
+            index[sh].append(k)
+    for k, s in enumerate(distinct):
+        if hit[k]:
+            flagged.update(groups[s])
+    return flagged
 
 
-def run_gristmill(texts: list[str], threshold: float, num_perm: int, ngram: int) -> set[tuple[int, int]]:
-    from gristmill.curation.minhash import MinhashParams, near_duplicate_pairs
+def run_gristmill(texts: list[str], args: argparse.Namespace) -> tuple[set[int], list[tuple[int, int]]]:
+    import numpy as np
+    import polars as pl
 
-    found = near_duplicate_pairs(pl.Series(texts), MinhashParams(threshold=threshold, num_perm=num_perm, ngram=ngram))
-    pairs = found.pairs
-    return set(zip(pairs["a"].to_list(), pairs["b"].to_list(), strict=True))
+    from gristmill.curation.minhash import MinhashParams, near_duplicate_edges
+
+    found = near_duplicate_edges(
+        pl.Series(texts, dtype=pl.String), MinhashParams(threshold=args.threshold, num_perm=args.num_perm,
+                                                         ngram=args.ngram))
+    return set(np.unique(np.r_[found.a, found.b]).tolist()), list(zip(found.a.tolist(), found.b.tolist(), strict=True))
 
 
-def _datasketch_pairs(mhs: list, threshold: float, num_perm: int) -> set[tuple[int, int]]:
-    from datasketch import MinHashLSH
+def run_rensa(texts: list[str], args: argparse.Namespace) -> tuple[set[int], list[tuple[int, int]]]:
+    from rensa import RMinHashDeduplicator
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    pairs = set()
+    dedup = RMinHashDeduplicator(threshold=args.threshold, num_perm=args.num_perm, use_lsh=True)
+    keep = dedup.add_pairs((str(i), sorted(shingles(t, args.ngram))) for i, t in enumerate(texts))
+    dropped = [i for i, k in enumerate(keep) if not k]
+    flagged = set(dropped)
+    for keys in dedup.get_duplicate_sets(sorted(shingles(texts[i], args.ngram)) for i in dropped):
+        flagged.update(int(k) for k in keys)
+    return flagged, []
+
+
+def run_datasketch(texts: list[str], args: argparse.Namespace) -> tuple[set[int], list[tuple[int, int]]]:
+    from datasketch import MinHash, MinHashLSH
+
+    mhs = MinHash.bulk([[s.encode("utf-8") for s in shingles(t, args.ngram)] for t in texts], num_perm=args.num_perm)
+    lsh = MinHashLSH(threshold=args.threshold, num_perm=args.num_perm)
+    flagged: set[int] = set()
     for i, m in enumerate(mhs):
         for j in lsh.query(m):
-            if m.jaccard(mhs[j]) >= threshold:
-                pairs.add((j, i))
+            if m.jaccard(mhs[j]) >= args.threshold:
+                flagged.update((i, j))
         lsh.insert(i, m, check_duplication=False)
-    return pairs
+    return flagged, []
 
 
-def run_datasketch_update(texts: list[str], threshold: float, num_perm: int, ngram: int) -> set[tuple[int, int]]:
-    from datasketch import MinHash
-
-    mhs = []
-    for t in texts:
-        m = MinHash(num_perm=num_perm)
-        for sh in shingles(t, ngram):
-            m.update(sh.encode("utf-8"))
-        mhs.append(m)
-    return _datasketch_pairs(mhs, threshold, num_perm)
+TOOLS = {"gristmill": run_gristmill, "rensa": run_rensa, "datasketch": run_datasketch}
 
 
-def run_datasketch_bulk(texts: list[str], threshold: float, num_perm: int, ngram: int) -> set[tuple[int, int]]:
-    from datasketch import MinHash
-
-    mhs = MinHash.bulk([[s.encode("utf-8") for s in shingles(t, ngram)] for t in texts], num_perm=num_perm)
-    return _datasketch_pairs(mhs, threshold, num_perm)
-
-
-def run_rensa(texts: list[str], threshold: float, num_perm: int, ngram: int) -> set[tuple[int, int]]:
-    from rensa import RMinHash, RMinHashLSH
-
-    mhs = RMinHash.from_token_sets([sorted(shingles(t, ngram)) for t in texts], num_perm, 42)
-    lsh = RMinHashLSH(threshold, num_perm, RENSA_BANDS)
-    pairs = set()
-    for i, m in enumerate(mhs):
-        for j in lsh.query(m):
-            if m.jaccard(mhs[j]) >= threshold:
-                pairs.add((min(i, j), max(i, j)))
-        lsh.insert(i, m)
-    return pairs
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec,
+    so a child would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def score(found: set[tuple[int, int]], truth: set[tuple[int, int]]) -> dict[str, float]:
+def side(args: argparse.Namespace) -> None:
+    """One tool in this process: warm up, time it, write flags and peak memory to ``--output``."""
+    texts = json.loads(Path(args.input).read_text())
+    fn = TOOLS[args.side]
+    fn(texts[:300], args)
+    rss_before = peak_rss()
+    started = time.perf_counter()
+    flagged, edges = fn(texts, args)
+    seconds = time.perf_counter() - started
+    peak = peak_rss()
+    Path(args.output).write_text(json.dumps({"seconds": seconds, "flagged": sorted(flagged), "edges": edges,
+                                             "peak_rss": peak, "rss_before": rss_before}))
+
+
+def score(found: set[int], truth: set[int]) -> dict[str, float]:
     tp = len(found & truth)
     p = tp / len(found) if found else 1.0
     r = tp / len(truth) if truth else 1.0
     return {"precision": round(p, 5), "recall": round(r, 5), "f1": round(2 * p * r / (p + r) if p + r else 0, 5)}
 
 
+def environment() -> dict[str, object]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    versions = {}
+    for pkg in ("numpy", "polars", "numba", "rensa", "datasketch"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--docs", type=int, default=20000, help="real paragraphs before planting")
+    ap.add_argument("--corpus", choices=["plain", "clustered"], default="plain")
+    ap.add_argument("--docs", type=int, default=20000, help="plain: real paragraphs before planting")
+    ap.add_argument("--scale", type=int, default=1, help="clustered: copies of every document (1, 3, 10)")
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--num-perm", type=int, default=128)
     ap.add_argument("--ngram", type=int, default=5)
+    ap.add_argument("--datasketch", action=argparse.BooleanOptionalAction, default=None,
+                    help="also run datasketch (default: only under 30k documents; it is slow)")
+    ap.add_argument("--side", choices=list(TOOLS), help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--output", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    texts = plant(real_paragraphs(args.docs), fraction=0.2, seed=1)
-    truth = ground_truth([shingles(t, args.ngram) for t in texts], args.threshold)
-    print(f"corpus: {len(texts)} docs ({args.docs} real paragraphs + planted edits), {len(truth)} true pairs at "
-          f"Jaccard >= {args.threshold}")
-    tools = {
-        "gristmill": run_gristmill,
-        "rensa": run_rensa,
-        "datasketch MinHash.bulk": run_datasketch_bulk,
-        "datasketch update/shingle": run_datasketch_update,
-    }
+    if args.side:
+        side(args)
+        return
+    from bench.corpus import clustered_corpus, real_paragraphs
+
+    if args.corpus == "plain":
+        texts = plant(real_paragraphs(args.docs), fraction=0.2, seed=1)
+        what = f"{args.docs} real paragraphs + planted edits"
+    else:
+        texts = clustered_corpus(args.scale)
+        what = f"clustered corpus x{args.scale}: real paragraphs + boilerplate clusters"
+    sets = [frozenset(shingles(t, args.ngram)) for t in texts]
+    truth = ground_truth(sets, args.threshold)
+    print(f"corpus: {len(texts)} docs ({what}), {len(truth)} docs with a near duplicate at Jaccard >= "
+          f"{args.threshold} (exact)")
+    tools = ["gristmill", "rensa"] + (["datasketch"] if (args.datasketch or (args.datasketch is None
+                                                                                 and len(texts) < 30000)) else [])
     results = {}
-    for name, fn in tools.items():
-        fn(texts[:300], args.threshold, args.num_perm, args.ngram)  # warm-up: imports, JIT/disk caches
-        started = time.perf_counter()
-        found = fn(texts, args.threshold, args.num_perm, args.ngram)
-        seconds = time.perf_counter() - started
-        results[name] = {"docs_per_s": round(len(texts) / seconds, 1), "seconds": round(seconds, 2),
-                         **score(found, truth)}
-    print(f"{'tool':<28}{'docs/s':>10}{'seconds':>9}{'precision':>11}{'recall':>9}{'F1':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "texts.json"
+        data.write_text(json.dumps(texts))
+        for name in tools:
+            out = Path(tmp) / f"{name}.json"
+            subprocess.run([sys.executable, __file__, "--side", name, "--input", str(data), "--output", str(out),
+                            "--threshold", str(args.threshold), "--num-perm", str(args.num_perm),
+                            "--ngram", str(args.ngram)], check=True)
+            res = json.loads(out.read_text())
+            results[name] = {"docs_per_s": round(len(texts) / res["seconds"], 1), "seconds": round(res["seconds"], 2),
+                             **score(set(res["flagged"]), truth), "peak_rss": res["peak_rss"],
+                             "rss_before": res["rss_before"]}
+            if res["edges"]:
+                ok = sum(jaccard(sets[a], sets[b]) >= args.threshold for a, b in res["edges"])
+                results[name]["edge_precision"] = round(ok / len(res["edges"]), 5)
+    print(f"{'tool':<12}{'docs/s':>10}{'seconds':>9}{'precision':>11}{'recall':>9}{'F1':>9}{'peak MB':>9}"
+          f"{'before MB':>10}")
     for name, r in results.items():
-        print(f"{name:<28}{r['docs_per_s']:>10,.0f}{r['seconds']:>9.2f}{r['precision']:>11.4f}{r['recall']:>9.4f}"
-              f"{r['f1']:>9.4f}")
+        print(f"{name:<12}{r['docs_per_s']:>10,.0f}{r['seconds']:>9.2f}{r['precision']:>11.4f}{r['recall']:>9.4f}"
+              f"{r['f1']:>9.4f}{r['peak_rss'] / 2**20:>9.0f}{r['rss_before'] / 2**20:>10.0f}")
     ours, base = results["gristmill"], results["rensa"]
     print(json.dumps({
-        "bench": "minhash", "metric": "docs_per_s", "ours": ours["docs_per_s"], "baseline": "rensa",
+        "bench": "minhash", "corpus": args.corpus, "docs": len(texts), "scale": args.scale,
+        "metric": "docs_per_s", "ours": ours["docs_per_s"], "baseline": "rensa",
         "baseline_value": base["docs_per_s"], "ratio": round(ours["docs_per_s"] / base["docs_per_s"], 3),
-        "quality": {"f1": ours["f1"], "precision": ours["precision"], "recall": ours["recall"],
-                    "baseline_f1": base["f1"]},
+        "quality": {"precision": ours["precision"], "recall": ours["recall"], "f1": ours["f1"],
+                    "edge_precision": ours.get("edge_precision"), "baseline_precision": base["precision"],
+                    "baseline_recall": base["recall"], "baseline_f1": base["f1"]},
+        "memory": {"ours": ours["peak_rss"], "baseline": base["peak_rss"]},
         "others": {k: v["docs_per_s"] for k, v in results.items() if k not in ("gristmill", "rensa")},
-        "target_ratio": 1.0,
+        "env": environment(), "target_ratio": 1.0,
     }))
 
 

@@ -1,4 +1,4 @@
-"""Vectorized MinHash LSH banding and exact-Jaccard verification of candidate pairs.
+"""Vectorized MinHash LSH banding (band keys; all candidate pairs only for tests and small inputs).
 
 Banding follows datasketch's ``MinHashLSH``: the signature is cut into ``b`` bands of ``r`` rows and two documents
 are candidates when any band is identical (``MinHashLSH(params=(b, r))`` finds the same pairs). Instead of one Python insert/query per document, every band of every document is keyed at once
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-
-from gristmill.curation.shingles import Unit, hashed_shingles
 
 _MIX = np.uint64(0x100000001B3)
 MAX_BUCKET_PAIRS = 64
@@ -95,31 +93,3 @@ def candidate_pairs(keys: np.ndarray, doc_ids: np.ndarray | None = None) -> pl.D
         pairs = pl.concat([pairs, star, chain.select(pl.col("doc").alias("a"), "b")])
     return pairs.unique().sort("a", "b")
 
-
-def exact_jaccard(pairs: pl.DataFrame, texts: pl.Series, ngram: int, unit: Unit) -> pl.DataFrame:
-    """Add the exact Jaccard of each pair's shingle sets (shingles recomputed only for the docs in ``pairs``)."""
-    if pairs.height == 0:
-        return pairs.with_columns(pl.lit(None, dtype=pl.Float64).alias("jaccard"))
-    involved = np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
-    doc, hashes = hashed_shingles(texts.gather(involved), ngram, unit)
-    sh = pl.DataFrame({"doc": involved[doc], "h": hashes})
-    sizes = sh.group_by("doc").len()
-    inter = (
-        pairs.join(sh, left_on="a", right_on="doc")
-        .join(sh, left_on=["b", "h"], right_on=["doc", "h"], how="semi")
-        .group_by("a", "b")
-        .len("inter")
-    )
-    return (
-        pairs.join(inter, on=["a", "b"], how="left")
-        .join(sizes.rename({"doc": "a", "len": "na"}), on="a", how="left")
-        .join(sizes.rename({"doc": "b", "len": "nb"}), on="b", how="left")
-        .with_columns(pl.col("inter").fill_null(0), pl.col("na").fill_null(0), pl.col("nb").fill_null(0))
-        .with_columns(
-            pl.when(pl.col("na") + pl.col("nb") > 0)
-            .then(pl.col("inter") / (pl.col("na") + pl.col("nb") - pl.col("inter")))
-            .otherwise(1.0)
-            .alias("jaccard")
-        )
-        .drop("inter", "na", "nb")
-    )

@@ -1,30 +1,38 @@
-"""MinHash near-duplicate detection: vectorized signatures and LSH, verified clusters.
+"""MinHash near-duplicate detection: vectorized signatures and LSH, clusters verified without enumerating pairs.
 
 Signatures follow datasketch's default ``affine32`` scheme exactly (same permutations for a seed, same uint32
-arithmetic), so a
-signature here equals ``datasketch.MinHash(num_perm, seed, hashfunc=identity)`` fed the same 32-bit shingle hashes;
-but they are computed for whole batches with numpy instead of one Python call per shingle. Banding finds the same
-candidates as datasketch's ``MinHashLSH`` with the same (bands, rows) (``curation.lsh``), vectorized; each candidate pair is verified by exact Jaccard of the shingle sets (so precision
-does not rest on LSH luck), and verified pairs form clusters (connected components). One representative per
-cluster is kept: the highest ``meta.quality_score`` when an earlier quality step wrote one, else the first seen.
+arithmetic), so a signature here equals ``datasketch.MinHash(num_perm, seed, hashfunc=identity)`` fed the same
+32-bit shingle hashes; they are computed for whole batches (numba, ``curation.minhash_kernel``). Banding finds the
+same buckets as datasketch's ``MinHashLSH`` with the same (bands, rows) (``curation.lsh``).
+
+Clusters come from one streaming pass over the bands (``minhash_kernel.link``): a bucket member is compared only
+with the bucket's leaders, never with a document already in its cluster, and a comparison is settled by signature
+agreement when that is far from the threshold (error <= 1e-6 per comparison), else by exact Jaccard of the shingle
+sets. So a cluster of k copies of one text costs O(k) comparisons, not the k**2 / 2 candidate pairs, and memory is
+the signatures, the shingle sets and at most one accepted edge per row. One representative per cluster is kept:
+the highest ``meta.quality_score`` when an earlier quality step wrote one, else the first seen.
+
+Worked example (threshold 0.7, 3-word shingles): ``[BASE, BASE + " today", "gardening ..."]`` -> rows 0 and 1 share
+a band and their exact Jaccard is 0.94 -> one cluster {0, 1}; row 1 is dropped as ``near_duplicate`` with
+``meta.duplicate_of`` = row 0's id, and ``meta.cluster_id`` = row 0's id on both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from gristmill.common.contract import StepResult, require, split, with_meta
 from gristmill.curation import minhash_kernel
-from gristmill.curation._frame import add_meta, base_stats, split
 from gristmill.curation.clusters import clusters, preference_rank
-from gristmill.curation.lsh import band_keys, candidate_pairs, exact_jaccard, optimal_bands
+from gristmill.curation.lsh import band_keys, optimal_bands
 from gristmill.curation.shingles import hashed_shingles, token_hashes
 
-VERSION = "1"
+VERSION = "2"  # 2: clusters from leader comparisons with signature shortcuts, not from all verified candidate pairs
 SCHEME = "affine32"
 _MAX_HASH = np.uint32((1 << 32) - 1)
 
@@ -41,7 +49,8 @@ class MinhashParams(BaseModel):
     unit: Literal["word", "char"] = "word"
     """Shingle unit: words (default) or characters (CJK, very short texts)."""
     verify: bool = True
-    """Check each LSH candidate pair by exact Jaccard before calling it a duplicate."""
+    """Check each compared pair (by signature agreement far from the threshold, else exact Jaccard) before calling
+    it a duplicate; without it sharing one LSH band is enough."""
     min_recall: float = Field(0.995, gt=0, lt=1)
     """With ``verify``: choose LSH bands so a pair at the threshold is found with at least this probability
     (verification removes the extra candidates); without it datasketch's balanced choice is used."""
@@ -98,80 +107,91 @@ def signatures(
 
 @dataclass
 class NearDuplicates:
-    pairs: pl.DataFrame
-    """``(a, b, jaccard)``: row positions with ``a < b``; ``jaccard`` is exact when verified, else null."""
-    candidates: int
-    """LSH candidate pairs before verification."""
+    a: np.ndarray
+    b: np.ndarray
+    """Accepted edges (row positions): a spanning forest of the duplicate clusters, at most one per row."""
     bands: int
     rows: int
+    counts: dict[str, int] = field(default_factory=dict)
+    """Comparisons made and how they were settled (``minhash_kernel.link``)."""
 
 
-def near_duplicate_pairs(texts: pl.Series, params: MinhashParams) -> NearDuplicates:
-    """Pairs of rows judged near duplicates. Memory: ``batch_docs`` shingle sets plus one signature per row."""
+def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | None = None) -> NearDuplicates:
+    """Duplicate clusters of ``texts`` as accepted edges. Rows from ``n_new`` on are earlier rows, never compared
+    together. Memory: ``batch_docs`` token lists, plus one signature, band keys and shingle set per row.
+    """
     n = len(texts)
     texts = texts.fill_null("")
     b, r = optimal_bands(params.threshold, params.num_perm, params.min_recall if params.verify else None)
+    a_perm, b_perm = permutations(params.num_perm, params.seed)
     keys = np.zeros((n, b), dtype=np.uint64)
+    sig = np.empty((n, params.num_perm), dtype=np.uint32)
     has_shingles = np.zeros(n, dtype=bool)
+    sh_offsets, sh_parts, base = [np.zeros(1, dtype=np.int64)], [], 0
     for start in range(0, n, params.batch_docs):
         chunk = texts.slice(start, params.batch_docs)
         offsets, tok = token_hashes(chunk, params.unit)
         if minhash_kernel.available():
-            a, bb = permutations(params.num_perm, params.seed)
-            sig = minhash_kernel.signatures_from_tokens(offsets, tok, params.ngram, a, bb)
-        else:
-            doc, hashes = hashed_shingles(chunk, params.ngram, params.unit)
-            sig = signatures(doc, hashes, len(chunk), params.num_perm, params.seed, params.batch_shingles)
-        keys[start : start + len(chunk)] = band_keys(sig, b, r)
-        has_shingles[start : start + len(chunk)] = np.diff(offsets) > 0
+            chunk_sig, off, sh = minhash_kernel.sketch(offsets, tok, params.ngram, a_perm, b_perm)
+        else:  # pragma: no cover - numba is a declared dependency
+            doc, sh = hashed_shingles(chunk, params.ngram, params.unit)
+            chunk_sig = signatures(doc, sh, len(chunk), params.num_perm, params.seed, params.batch_shingles)
+            off = np.r_[0, np.cumsum(np.bincount(doc, minlength=len(chunk)))].astype(np.int64)
+        del tok
+        stop = start + len(chunk)
+        sig[start:stop] = chunk_sig
+        keys[start:stop] = band_keys(chunk_sig, b, r)
+        has_shingles[start:stop] = np.diff(offsets) > 0
+        sh_offsets.append(off[1:] + base)
+        sh_parts.append(sh)
+        base += len(sh)
+    sh_off = np.concatenate(sh_offsets)
+    sh_all = np.concatenate(sh_parts) if sh_parts else np.zeros(0, dtype=np.uint32)
+    del sh_parts
     live = np.flatnonzero(has_shingles)  # empty texts share the all-max signature: keep them out of LSH
-    cand = candidate_pairs(keys[live], live)
-    if params.verify:
-        pairs = exact_jaccard(cand, texts, params.ngram, params.unit).filter(pl.col("jaccard") >= params.threshold)
-    else:
-        pairs = cand.with_columns(pl.lit(None, dtype=pl.Float64).alias("jaccard"))
-    return NearDuplicates(pairs, cand.height, b, r)
+    edge_a, edge_b, counts = minhash_kernel.link(
+        keys[live], live, sig, sh_off, sh_all, n, threshold=params.threshold, verify=params.verify,
+        n_new=n if n_new is None else n_new,
+    )
+    return NearDuplicates(edge_a, edge_b, b, r, counts)
 
 
-def dedup_minhash(
-    frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.DataFrame | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    """Drop near duplicates within ``frame`` and of ``earlier`` rows (``id``, ``text``: sets curated before).
+def dedup_minhash(frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.DataFrame | None = None) -> StepResult:
+    """Drop near duplicates within ``frame`` (needs ``id`` and ``text``) and of ``earlier`` rows (``id``, ``text``:
+    sets curated before).
 
     Earlier rows always win a cluster: a new row that near-duplicates one is dropped with reason
     ``near_duplicate_of_earlier`` and ``meta.duplicate_of`` = that row's id; earlier rows are never dropped.
     """
+    require(frame, ["id", "text"], "dedup_minhash")
     n = frame.height
-    texts = frame["text"].fill_null("")
+    texts = frame["text"].cast(pl.String).fill_null("")
     rank = preference_rank(frame, "quality")
-    ids = np.array(frame["id"].to_list(), dtype=object)
+    ids = np.array(frame["id"].cast(pl.String).to_list(), dtype=object)
     if earlier is not None and earlier.height:
         texts = pl.concat([texts, earlier["text"].cast(pl.String).fill_null("")])
         rank = np.concatenate([rank, np.full(earlier.height, -np.inf)])
         ids = np.concatenate([ids, np.array(earlier["id"].cast(pl.String).to_list(), dtype=object)])
-    found = near_duplicate_pairs(texts, params)
-    pairs = found.pairs.filter(pl.col("a") < n)  # pairs among earlier rows are not this run's business
+    found = near_duplicate_edges(texts, params, n_new=n)
 
     total = len(texts)
-    rep = clusters(total, pairs["a"].to_numpy(), pairs["b"].to_numpy(), rank)
+    rep = clusters(total, found.a, found.b, rank)
     sizes = np.bincount(rep, minlength=total)
     rep, sizes_new = rep[:n], sizes[rep[:n]]
     is_dup = rep != np.arange(n)
     of_earlier = is_dup & (rep >= n)
-    out = add_meta(
+    out = with_meta(
         frame,
         cluster_id=pl.Series(np.where(sizes_new > 1, ids[rep], None).tolist(), dtype=pl.String),
         duplicate_of=pl.Series(np.where(is_dup, ids[rep], None).tolist(), dtype=pl.String),
     )
     reasons = np.where(of_earlier, "near_duplicate_of_earlier", np.where(is_dup, "near_duplicate", None))
     kept, dropped = split(out, pl.Series(reasons.tolist(), dtype=pl.String))
-    stats = base_stats(
-        n, kept, dropped,
-        candidate_pairs=found.candidates,
-        verified_pairs=pairs.height,
-        clusters=int(len(np.unique(rep[sizes_new > 1]))),
-        earlier_rows=total - n,
-        lsh_bands=found.bands,
-        lsh_rows=found.rows,
-    )
-    return kept, dropped, stats
+    stats = {
+        "clusters": int(len(np.unique(rep[sizes_new > 1]))),
+        **found.counts,
+        "earlier_rows": total - n,
+        "lsh_bands": found.bands,
+        "lsh_rows": found.rows,
+    }
+    return StepResult(kept, dropped, stats, rows_in=n)

@@ -10,7 +10,7 @@ from datasketch import MinHash
 from gristmill.curation.clusters import clusters, preference_rank
 from gristmill.curation.dedup_exact import ExactDedupParams, dedup_exact
 from gristmill.curation.filters import FilterParams, filter_rows
-from gristmill.curation.minhash import MinhashParams, dedup_minhash, fmix32, signatures
+from gristmill.curation.minhash import fmix32, signatures
 from gristmill.curation.normalize import NormalizeParams, normalize, normalize_series, normalize_text
 from gristmill.curation.quality import KeepRule
 from gristmill.curation.scoring import keep_mask, similarity_scores
@@ -129,53 +129,6 @@ def test_clusters_pick_the_preferred_representative() -> None:
 BASE = "the committee met on tuesday to review the budget for the new library and agreed to fund the project"
 
 
-def test_minhash_clusters_near_duplicates_and_keeps_first() -> None:
-    texts = [BASE, BASE + " today", "completely different words about gardening tomatoes in the summer sun heat",
-             BASE.replace("tuesday", "monday"), BASE + " with many more words appended that change it a lot more"]
-    frame = make_frame(texts)
-    kept, dropped, stats = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3))
-    _accounted(frame, kept, dropped)
-    assert set(kept["id"]) == {"r0", "r2", "r4"}
-    assert dropped["reason"].unique().to_list() == ["near_duplicate"]
-    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["r0", "r0"]
-    assert kept.filter(pl.col("id") == "r0")["meta"].struct.field("cluster_id").to_list() == ["r0"]
-    assert stats["clusters"] == 1 and stats["verified_pairs"] >= 2
-
-
-def test_minhash_prefers_higher_quality_representative() -> None:
-    frame = make_frame([BASE, BASE + " today"]).with_columns(
-        pl.struct(pl.lit(1).alias("source_line"), pl.Series("quality_score", [0.1, 0.9])).alias("meta")
-    )
-    kept, dropped, _ = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3))
-    assert kept["id"].to_list() == ["r1"]
-    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["r1"]
-
-
-def test_minhash_verification_rejects_false_candidates() -> None:
-    # 16 permutations make LSH propose loose candidates; exact Jaccard must veto those below the threshold.
-    words = BASE.split()
-    rng = random.Random(0)
-    texts = []
-    for k in range(12):
-        w = list(words)
-        for i in rng.sample(range(len(w)), k):
-            w[i] = f"zz{i}"
-        texts.append(" ".join(w))
-    frame = make_frame(texts)
-    verified = dedup_minhash(frame, MinhashParams(threshold=0.5, ngram=2, num_perm=16))
-    loose = dedup_minhash(frame, MinhashParams(threshold=0.5, ngram=2, num_perm=16, verify=False))
-    sets = shingle_sets(frame["text"], 2)
-    true_pairs = sum(
-        len(sets[i] & sets[j]) / len(sets[i] | sets[j]) >= 0.5 for i in range(12) for j in range(i + 1, 12)
-    )
-    assert verified[2]["verified_pairs"] == true_pairs < verified[2]["candidate_pairs"]
-    assert loose[2]["verified_pairs"] == loose[2]["candidate_pairs"]  # nothing vetoed without verification
-    index = {r: i for i, r in enumerate(frame["id"])}
-    for row in verified[1].iter_rows(named=True):  # each dropped row is truly similar to some kept-cluster member
-        i = index[row["id"]]
-        assert max(len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for j in range(len(sets)) if j != i) >= 0.5
-
-
 def test_similarity_scores_and_keep_rules_known_answer() -> None:
     rows = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     ref = np.array([[1.0, 0.0]])
@@ -242,20 +195,6 @@ def test_big_buckets_stay_connected_without_all_pairs() -> None:
     assert set(clusters(n, pairs["a"].to_numpy(), pairs["b"].to_numpy(), np.zeros(n)).tolist()) == {0}
 
 
-def test_fused_kernel_equals_numpy_reference() -> None:
-    from gristmill.curation import minhash_kernel
-    from gristmill.curation.minhash import permutations
-    from gristmill.curation.shingles import token_hashes
-
-    texts = pl.Series(["a b c d e f g h", "the quick brown fox", "", "one", "x y x y x y"])
-    for unit, n in (("word", 2), ("word", 5), ("char", 3)):
-        doc, hashes = hashed_shingles(texts, n, unit)
-        expected = signatures(doc, hashes, len(texts), 32, seed=5)
-        a, b = permutations(32, 5)
-        got = minhash_kernel.signatures_from_tokens(*token_hashes(texts, unit), n, a, b)
-        assert np.array_equal(got, expected), (unit, n)
-
-
 def test_classifier_scorer_known_answer() -> None:
     from gristmill.curation.quality import QualityParams, classifier_scores, score_quality
 
@@ -273,13 +212,3 @@ def test_classifier_scorer_known_answer() -> None:
     )
     assert kept["id"].to_list() == ["r0"] and dropped["reason"].to_list() == ["low_quality"]
     assert stats["classifier_rows"] == {"good": 2, "bad": 2}
-
-
-def test_minhash_against_earlier_sets_drops_only_new_rows() -> None:
-    earlier = pl.DataFrame({"id": ["old:1", "old:2"], "text": [BASE, "an unrelated earlier row about tides"]})
-    frame = make_frame([BASE + " today", "fresh text on a new topic entirely, nothing like before", BASE + " today!"])
-    kept, dropped, stats = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3), earlier=earlier)
-    assert kept["id"].to_list() == ["r1"]
-    assert dropped["reason"].to_list() == ["near_duplicate_of_earlier"] * 2
-    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["old:1", "old:1"]
-    assert stats["earlier_rows"] == 2 and stats["rows_in"] == 3

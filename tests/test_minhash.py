@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import polars as pl
+
+from gristmill.common.contract import StepResult
+from gristmill.curation import minhash_kernel
+from gristmill.curation.minhash import MinhashParams, dedup_minhash, permutations, signatures
+from gristmill.curation.shingles import hashed_shingles, shingle_sets, token_hashes
+from tests.conftest import make_frame
+
+BASE = "the committee met on tuesday to review the budget for the new library and agreed to fund the project"
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b)
+
+
+def test_minhash_clusters_near_duplicates_and_keeps_first() -> None:
+    texts = [BASE, BASE + " today", "completely different words about gardening tomatoes in the summer sun heat",
+             BASE.replace("tuesday", "monday"), BASE + " with many more words appended that change it a lot more"]
+    frame = make_frame(texts)
+    result = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3))
+    assert isinstance(result, StepResult) and result.rows_in == 5
+    result.check("dedup_minhash")
+    kept, dropped, stats = result
+    assert set(kept["id"]) == {"r0", "r2", "r4"}
+    assert dropped["reason"].unique().to_list() == ["near_duplicate"]
+    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["r0", "r0"]
+    assert kept.filter(pl.col("id") == "r0")["meta"].struct.field("cluster_id").to_list() == ["r0"]
+    assert stats["clusters"] == 1 and stats["edges"] == 2 and stats["dropped_by_reason"] == {"near_duplicate": 2}
+
+
+def test_minhash_accepts_a_bare_id_text_frame() -> None:
+    frame = pl.DataFrame({"id": ["a", "b", "c"], "text": [BASE, BASE + " today", "nothing alike at all here"]})
+    kept, dropped, stats = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3))
+    assert kept["id"].to_list() == ["a", "c"] and dropped["id"].to_list() == ["b"]
+    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["a"]
+    assert kept["meta"].struct.field("cluster_id").to_list() == ["a", None]
+    assert stats["rows_in"] == 3 and stats["kept"] == 2
+
+
+def test_minhash_prefers_higher_quality_representative() -> None:
+    frame = make_frame([BASE, BASE + " today"]).with_columns(
+        pl.struct(pl.lit(1).alias("source_line"), pl.Series("quality_score", [0.1, 0.9])).alias("meta")
+    )
+    kept, dropped, _ = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3))
+    assert kept["id"].to_list() == ["r1"]
+    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["r1"]
+
+
+def test_minhash_verification_rejects_false_candidates() -> None:
+    # 16 permutations make LSH put dissimilar rows in one bucket; verification must keep them apart.
+    words = BASE.split()
+    rng = random.Random(0)
+    texts = []
+    for k in range(12):
+        w = list(words)
+        for i in rng.sample(range(len(w)), k):
+            w[i] = f"zz{i}"
+        texts.append(" ".join(w))
+    frame = make_frame(texts)
+    sets = shingle_sets(frame["text"], 2)
+    verified = dedup_minhash(frame, MinhashParams(threshold=0.5, ngram=2, num_perm=16))
+    loose = dedup_minhash(frame, MinhashParams(threshold=0.5, ngram=2, num_perm=16, verify=False))
+    assert verified.stats["exact_checks"] + verified.stats["signature_rejects"] > 0
+    assert loose.dropped.height >= verified.dropped.height
+    index = {r: i for i, r in enumerate(frame["id"])}
+    for row in verified.dropped.iter_rows(named=True):  # each dropped row is truly similar to some other row
+        i = index[row["id"]]
+        assert max(_jaccard(sets[i], sets[j]) for j in range(len(sets)) if j != i) >= 0.5
+
+
+def test_big_cluster_costs_linear_comparisons_and_finds_every_member() -> None:
+    # 400 copies of one 80-word text (half with one word replaced: J >= 0.87 with the original): all pairs would be 79,800 comparisons.
+    rng = random.Random(1)
+    words = " ".join([BASE, BASE.replace("the", "a"), BASE.replace("the", "one"), BASE.replace("the", "this")]).split()
+    texts = []
+    for _ in range(400):
+        w = list(words)
+        if rng.random() < 0.5:
+            w[rng.randrange(len(w))] = "changed"
+        texts.append(" ".join(w))
+    texts.append("an unrelated sentence about tides and the moon over the harbour at night")
+    result = dedup_minhash(make_frame(texts), MinhashParams(threshold=0.8))
+    assert result.kept.height == 2 and result.stats["clusters"] == 1
+    assert result.stats["pairs_compared"] < 400 * 3
+
+
+def test_link_known_answer() -> None:
+    # Worked example of minhash_kernel: one band; 1~0, 2~1 (not 0), 3 == 0 -> one cluster, 4 comparisons.
+    sh_sets = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 11], [7, 8, 9, 11, 12, 13, 14],
+               [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
+    sh_off = np.r_[0, np.cumsum([len(s) for s in sh_sets])].astype(np.int64)
+    sh = np.concatenate([np.array(s, dtype=np.uint32) for s in sh_sets])
+    sig = np.arange(4 * 16, dtype=np.uint32).reshape(4, 16)  # all different: every decision goes to exact Jaccard
+    keys = np.zeros((4, 1), dtype=np.uint64)
+    a, b, counts = minhash_kernel.link(keys, np.arange(4), sig, sh_off, sh, 4, threshold=0.25, verify=True, n_new=4)
+    assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == [(0, 1), (0, 3), (1, 2)]
+    assert counts["pairs_compared"] == 4 and counts["exact_checks"] == 4
+
+
+def test_agreement_cuts_known_answer() -> None:
+    assert minhash_kernel.agreement_cuts(0.8, 128) == (122, 78)
+    assert minhash_kernel.agreement_cuts(0.5, 16) == (17, -1)  # too few permutations: never shortcut
+
+
+def test_fused_kernel_equals_numpy_reference() -> None:
+    texts = pl.Series(["a b c d e f g h", "the quick brown fox", "", "one", "x y x y x y"])
+    for unit, n in (("word", 2), ("word", 5), ("char", 3)):
+        doc, hashes = hashed_shingles(texts, n, unit)
+        expected = signatures(doc, hashes, len(texts), 32, seed=5)
+        a, b = permutations(32, 5)
+        sig, sh_off, sh = minhash_kernel.sketch(*token_hashes(texts, unit), n, a, b)
+        assert np.array_equal(sig, expected), (unit, n)
+        assert np.array_equal(sh, hashes) and np.array_equal(np.diff(sh_off), np.bincount(doc, minlength=5))
+
+
+def test_minhash_against_earlier_sets_drops_only_new_rows() -> None:
+    earlier = pl.DataFrame({"id": ["old:1", "old:2"], "text": [BASE, "an unrelated earlier row about tides"]})
+    frame = make_frame([BASE + " today", "fresh text on a new topic entirely, nothing like before", BASE + " today!"])
+    kept, dropped, stats = dedup_minhash(frame, MinhashParams(threshold=0.7, ngram=3), earlier=earlier)
+    assert kept["id"].to_list() == ["r1"]
+    assert dropped["reason"].to_list() == ["near_duplicate_of_earlier"] * 2
+    assert dropped["meta"].struct.field("duplicate_of").to_list() == ["old:1", "old:1"]
+    assert stats["earlier_rows"] == 2 and stats["rows_in"] == 3
