@@ -256,7 +256,8 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 @pytest.mark.slow
 def test_real_vllm_server_structured_output_and_self_instruct(vllm_server: tuple[str, str], tmp_path: Path) -> None:
-    from gristmill.synth.methods.self_instruct import SelfInstructParams, run
+    from gristmill.synth.methods import run_method
+    from gristmill.synth.methods.self_instruct import SelfInstructParams
     from tests.conftest import RECIPES, make_frame
 
     url, model = vllm_server
@@ -279,7 +280,7 @@ def test_real_vllm_server_structured_output_and_self_instruct(vllm_server: tuple
 
     params = SelfInstructParams(seeds=str(RECIPES / "data" / "seeds.jsonl"), n=2, max_tokens=200, max_rounds=2,
                                 engine="openai", base_url=url, model=model)
-    kept, dropped, stats = run(make_frame(["a real row"]), params, engine=engine, model_name=model)
+    kept, dropped, stats = run_method(make_frame(["a real row"]), params, engine=engine, model_name=model)
     assert stats["requested"] == stats["generated"] >= 3 and stats["output_tokens"] > 0
     assert stats["rows_in"] + stats["rows_added"] == kept.height + dropped.height
     synth = kept.filter(kept["source"] == "synth:self_instruct")

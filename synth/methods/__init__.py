@@ -60,12 +60,6 @@ def version_for(method: str | GenerationParams) -> str:
     return METHODS[name].version
 
 
-def versions() -> str:
-    """Deprecated: every method's version in one string. Only gristmill/steps.py still calls it; it goes when the
-    step is versioned by ``version_for(params.method)``."""
-    return "-".join(f"{name}{m.version}" for name, m in sorted(METHODS.items()))
-
-
 def run_method(frame: pl.DataFrame, params: GenerationParams, *, engine: Engine, model_name: str,
                screen: Screen | None = None) -> StepResult:
     """Run ``params.method`` on ``frame``; ``screen`` (the post-filter) checks each round's new rows (methods that
