@@ -81,7 +81,7 @@ def test_keep_random_is_seeded_and_keeps_one_per_group() -> None:
     _, embed = _fake_embed(VECS)
     runs = [dedup_semantic(frame, SemanticDedupParams(keep="random", seed=s, n_clusters=1), embed=embed)
             for s in (3, 3, 4, 5, 6)]
-    assert runs[0][0]["id"].to_list() == runs[1][0]["id"].to_list()
+    assert runs[0].kept["id"].to_list() == runs[1].kept["id"].to_list()
     for kept, dropped, _ in runs:
         survivor = ({"r0", "r2", "r4"} & set(kept["id"])).pop()
         assert {"r1", "r3"} <= set(kept["id"]) and set(_meta(dropped, "duplicate_of").values()) == {survivor}
