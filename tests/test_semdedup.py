@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from gristmill.common.contract import with_meta
 from gristmill.curation import semdedup
-from gristmill.curation._frame import add_meta
 from gristmill.curation.semdedup import (
     SemanticDedupParams,
     cluster_labels,
@@ -67,7 +67,7 @@ def test_near_identical_vectors_collapse_to_the_first(n_clusters: int | None) ->
 
 
 def test_keep_quality_picks_the_highest_score() -> None:
-    frame = add_meta(make_frame(list("abcde")), quality_score=pl.Series([0.2, 0.5, 0.9, 0.1, None]))
+    frame = with_meta(make_frame(list("abcde")), quality_score=pl.Series([0.2, 0.5, 0.9, 0.1, None]))
     _, embed = _fake_embed(VECS)
     kept, dropped, _ = dedup_semantic(frame, SemanticDedupParams(n_clusters=1), embed=embed)
     assert kept["id"].to_list() == ["r1", "r2", "r3"]
@@ -113,7 +113,7 @@ def test_cluster_labels_and_preference_rank_known_answer() -> None:
     labels = cluster_labels(vecs, 2, seed=0)
     assert labels[0] == labels[1] != labels[2] == labels[3]
     assert cluster_labels(vecs, 10, seed=0).max() <= 3  # capped at the number of rows
-    frame = add_meta(make_frame(list("abc")), quality_score=pl.Series([0.2, 0.9, None]))
+    frame = with_meta(make_frame(list("abc")), quality_score=pl.Series([0.2, 0.9, None]))
     assert preference_rank(frame, "quality", 0).tolist() == [-0.2, -0.9, float("inf")]
     assert preference_rank(frame, "first", 0).tolist() == [0.0, 0.0, 0.0]
 
