@@ -19,6 +19,7 @@ from gristmill.common.contract import StepResult
 from gristmill.common.embedding import EmbeddingParams
 from gristmill.common.errors import InputError
 from gristmill.curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
+from gristmill.curation import signals as signals_mod
 from gristmill.synth import methods
 from gristmill.synth.methods.base import GenerationParams, NewRowParams
 
@@ -90,6 +91,57 @@ def _quality(frame: pl.DataFrame, params: quality.QualityParams, ctx: Context) -
     )
     result.stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
     return result
+
+
+def _signals(frame: pl.DataFrame, params: signals_mod.SignalsParams, ctx: Context) -> StepResult:
+    """Hand the signals stage its models as plain callables: the embedder, the small LM's losses, the judge."""
+    from contextlib import ExitStack
+
+    embedder = _embedder("signals", params, ctx) if params.relevance else None
+    losses = None
+    if params.small_model is not None:
+        from gristmill.curation.lm_loss import response_losses
+        from gristmill.models import resolve
+
+        lm_path = resolve(params.small_model, key="signals.small_model")
+        ctx.models["signals.small_model"] = lm_path
+
+        def losses(prompts: list[Any], responses: list[str]) -> tuple[list[float], list[float]]:
+            return response_losses(lm_path, prompts, responses, max_tokens=params.lm_max_tokens,
+                                   batch_size=params.lm_batch_size)
+    with ExitStack() as stack:
+        judge = _judge(params.judge, ctx, stack) if params.judge is not None else None
+        result = signals_mod.score_signals(
+            frame, params, embed=(lambda texts: embedder.encode(texts, ctx.progress)) if embedder else None,
+            losses=losses, judge=judge)
+    if embedder is not None:
+        result.stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
+    return result
+
+
+def _judge(params: signals_mod.JudgeParams, ctx: Context, stack: Any) -> Callable[[list[Any]], list[str]]:
+    """The synthesis engine as a judge callable, through the request cache (greedy, JSON-schema output)."""
+    from gristmill.synth.cache import CachedEngine
+    from gristmill.synth.engine import SamplingConfig
+
+    if params.engine == "openai":
+        from gristmill.synth.http_engine import OpenAIEngine
+
+        if params.base_url is None:
+            raise InputError("signals.judge.base_url: engine openai needs the server's base URL")
+        ctx.models["signals.judge"] = f"{params.model} @ {params.base_url}"
+        engine: Any = OpenAIEngine(params.base_url, params.model, params.api_key_env, 8, 300.0, 3)
+    else:
+        from gristmill.models import resolve
+        from gristmill.synth.replicas import vllm_engine
+
+        ctx.models["signals.judge"] = resolve(params.model, key="signals.judge.model")
+        engine = vllm_engine(ctx.models["signals.judge"])
+    stack.callback(engine.close)
+    cached = stack.enter_context(CachedEngine(engine, ctx.cache_dir / "synth_requests.sqlite"))
+    sampling = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=params.max_tokens,
+                              json_schema=signals_mod.JUDGE_SCHEMA)
+    return lambda prompts: [g.text for g in cached.chat(prompts, sampling)]
 
 
 def _dedup_minhash(frame: pl.DataFrame, params: minhash.MinhashParams, ctx: Context) -> StepResult:
@@ -169,6 +221,7 @@ STEPS: dict[str, StepDef] = {
     "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, adapter=_dedup_minhash),
     "dedup_semantic": StepDef(semdedup.SemanticDedupParams, semdedup.VERSION, adapter=_dedup_semantic),
     "quality": StepDef(quality.QualityParams, quality.VERSION, adapter=_quality),
+    "signals": StepDef(signals_mod.SignalsParams, signals_mod.VERSION, adapter=_signals),
     "decontaminate": StepDef(decontam.DecontamParams, decontam.VERSION, stage=decontam.decontaminate),
     "synthesize": StepDef(GenerationParams, methods.versions(), adapter=_synthesize, select=methods.params_for),
     "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, stage=audit_mod.audit_rows),
