@@ -1,8 +1,12 @@
-"""Embedding quality scoring: similarity to a reference ("gold") set, or a classifier of labelled rows.
+"""Embedding scoring against a file: topical similarity to a reference ("gold") set, or a classifier of labelled rows.
 
-A row's score is the mean cosine similarity of its embedding to its ``k`` nearest reference embeddings, so a row
-close to any part of a varied gold set scores high (a centroid would favour the average topic). The score goes to
-``meta.quality_score``; rows below the keep rule are dropped with reason ``low_quality``.
+``scorer: reference`` measures how close a row's *topic* is to the gold set, not whether the row is good: the mean
+cosine similarity of its embedding to its ``k`` nearest reference embeddings (a good answer on a topic the gold
+set lacks scores low). For measures of the row itself see the ``signals`` step (curation/signals.py). The score
+goes to ``meta.quality_score`` (which dedup's ``keep: quality`` reads) and, named for what it is, to
+``meta.reference_similarity`` or ``meta.classifier_score``; rows below the keep rule are dropped with reason
+``low_quality`` and a ``detail`` such as ``reference_similarity=0.036 < 0.3``. The keep rule is explicit:
+``top_fraction`` cuts a share whatever the data, so it is never a default.
 
 Worked example with k=1: reference vectors {(1,0)}, rows (1,0) and (0,1) score 1.0 and 0.0; ``top_fraction: 0.5``
 keeps the first.
@@ -22,7 +26,7 @@ from gristmill.common.embedding import EmbeddingParams
 from gristmill.common.errors import InputError
 from gristmill.curation.scoring import keep_mask, similarity_scores
 
-VERSION = "1"
+VERSION = "2"  # 2: meta.reference_similarity / classifier_score, detail, keep required
 
 
 class KeepRule(BaseModel):
@@ -53,8 +57,8 @@ class QualityParams(EmbeddingParams):
     """scorer=classifier: the column marking good rows (true/1) and bad rows (false/0)."""
     reference_mapping: Literal["alpaca", "sharegpt", "messages", "text"] = "alpaca"
     """How to read the reference file: alpaca | sharegpt | messages | text."""
-    keep: KeepRule = KeepRule(top_fraction=0.8)
-    """Which rows to keep by score."""
+    keep: KeepRule
+    """Which rows to keep by score: {min_score: 0.3} (an explicit floor) or {top_fraction: 0.9} (a share)."""
     k: int = Field(3, ge=1)
     """Number of nearest reference rows averaged into the score."""
 
@@ -81,9 +85,19 @@ def score_quality(
     else:
         scores = similarity_scores(vectors, reference, params.k)
     mask = keep_mask(scores, params.keep)
-    scored = with_meta(frame, quality_score=pl.Series(scores.astype(np.float64)))
+    values = pl.Series(scores.astype(np.float64))
+    name = "classifier_score" if params.scorer == "classifier" else "reference_similarity"
+    scored = with_meta(frame, quality_score=values, **{name: values})
     reason = pl.Series([None if m else "low_quality" for m in mask], dtype=pl.String)
-    kept, dropped = split(scored, reason)
+    if params.keep.min_score is not None:
+        bound = f"< {params.keep.min_score:g}"
+    else:
+        cut = float(scores[mask].min()) if mask.any() else float("nan")
+        bound = f"< {cut:.4g} (the cut keeping the top {params.keep.top_fraction:g})"
+    detail = pl.Series([None if m else f"{name}={v:.4g} {bound}" for m, v in zip(mask, scores, strict=True)],
+                       dtype=pl.String)
+    kept, dropped = split(scored.with_columns(detail.alias("detail")), reason)
+    kept = kept.drop("detail")
     q = np.quantile(scores, [0.1, 0.5, 0.9]).round(4).tolist() if scores.size else []
     return StepResult(kept, dropped, {"score_p10_p50_p90": q, **extra}, rows_in=frame.height)
 

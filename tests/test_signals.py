@@ -133,3 +133,19 @@ def test_real_models_rank_an_off_topic_answer_lower(tmp_path: object) -> None:
     rel, ifd = _meta(result, "relevance"), _meta(result, "ifd")
     assert rel["bread"] > rel["tax"]  # type: ignore[operator]
     assert ifd["bread"] < ifd["tax"]  # type: ignore[operator]
+
+
+def test_quality_step_names_its_score_and_explains_drops() -> None:
+    from pydantic import ValidationError
+
+    from gristmill.curation.quality import KeepRule, QualityParams, score_quality
+
+    with pytest.raises(ValidationError, match="keep"):  # top_fraction is never a default
+        QualityParams(reference="gold")
+    frame = make_frame(["bread", "tax"])
+    table = {"bread": [1.0, 0.0], "tax": [0.6, 0.8]}
+    params = QualityParams(reference="gold", keep=KeepRule(min_score=0.7), k=1)
+    kept, dropped, _ = score_quality(frame, params, embed=lambda t: np.array([table[x] for x in t]),
+                                     reference=np.array([[1.0, 0.0]]))
+    assert kept["meta"].struct.field("reference_similarity").to_list() == [1.0]
+    assert dropped["detail"].to_list() == ["reference_similarity=0.6 < 0.7"] and "detail" not in kept.columns
