@@ -223,6 +223,6 @@ STEPS: dict[str, StepDef] = {
     "quality": StepDef(quality.QualityParams, quality.VERSION, adapter=_quality),
     "signals": StepDef(signals_mod.SignalsParams, signals_mod.VERSION, adapter=_signals),
     "decontaminate": StepDef(decontam.DecontamParams, decontam.VERSION, stage=decontam.decontaminate),
-    "synthesize": StepDef(GenerationParams, methods.versions(), adapter=_synthesize, select=methods.params_for),
+    "synthesize": StepDef(GenerationParams, methods.version_for, adapter=_synthesize, select=methods.params_for),
     "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, stage=audit_mod.audit_rows),
 }
