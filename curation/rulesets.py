@@ -130,6 +130,9 @@ class HeuristicsParams(BaseModel):
     thresholds: dict[str, float] = Field(default_factory=dict)
     """Overrides of published thresholds, by rule name, e.g. {"gopher_quality.min_words": 20,
     "c4.min_sentences": 3}; the rule's set must be in rule_sets."""
+    min_words_judged: int = Field(0, ge=0)
+    """Texts (or turns) with fewer words than this are not judged by the document rule sets: n-gram shares and
+    language scores of a few words are noise ("Paris", "shell('ls -la')"). 0 judges everything."""
     languages: list[str] = Field(default_factory=lambda: ["en"])
     """language rule set: ISO 639-1 codes to keep (e.g. [en, fr]); empty keeps any language."""
     min_language_score: float = Field(0.65, ge=0, le=1)
@@ -334,15 +337,22 @@ def _judged(frame: pl.DataFrame, field: str) -> pl.DataFrame:
     return turns.select("_row", "_turn", pl.col("messages").struct.field("content").alias("text"))
 
 
+def _long_enough(judged: pl.DataFrame, min_words: int) -> pl.DataFrame:
+    """``judged`` without the texts of fewer than ``min_words`` words (they break no document rule)."""
+    if min_words <= 0:
+        return judged
+    return judged.filter(ts.word_count(pl.col("text").fill_null("")) >= min_words)
+
+
 def _per_row(judged: pl.DataFrame, rows: int, flags: pl.DataFrame, details: pl.DataFrame,
-             rules: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+             rules: list[str], turns: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Turn-level flags and details -> row-level (a row breaks a rule when any of its turns does)."""
     both = pl.concat([judged.select("_row", "_turn"), flags, details.rename(lambda c: DETAIL_PREFIX + c)],
                      how="horizontal")
     agg = both.group_by("_row").agg(
         *(pl.col(r).any() for r in rules),
-        *(pl.format("turn {}: {}", pl.col("_turn") + 1, pl.col(DETAIL_PREFIX + r)).filter(pl.col(r)).first()
-          .alias(DETAIL_PREFIX + r) for r in rules))
+        *((pl.format("turn {}: {}", pl.col("_turn") + 1, pl.col(DETAIL_PREFIX + r)) if turns
+           else pl.col(DETAIL_PREFIX + r)).filter(pl.col(r)).first().alias(DETAIL_PREFIX + r) for r in rules))
     full = pl.DataFrame({"_row": pl.arange(0, rows, dtype=pl.UInt32, eager=True)}).join(agg, on="_row", how="left")
     return (full.select(pl.col(r).fill_null(False) for r in rules),
             full.select(pl.col(DETAIL_PREFIX + r).alias(r) for r in rules))
@@ -357,7 +367,7 @@ def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
     """
     rows_in = frame.height
     document_sets = [n for n in params.rule_sets if n != "instruction"]
-    judged = _judged(frame, params.field) if document_sets else None
+    judged = _long_enough(_judged(frame, params.field), params.min_words_judged) if document_sets else None
     flag_parts: dict[str, pl.DataFrame] = {}
     detail_parts: dict[str, pl.DataFrame] = {}
     extra: dict[str, Any] = {}
@@ -368,9 +378,9 @@ def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
         rules = RULES[name]
         flags = metrics.select(breaks(r, _threshold(params, r)).alias(r.name) for r in rules)
         details = metrics.select(detail(r, _threshold(params, r), metrics.columns).alias(r.name) for r in rules)
-        if target is judged and params.field != "text":
+        if target is judged and (params.field != "text" or params.min_words_judged):
             names = [r.name for r in rules]
-            flags, details = _per_row(target, rows_in, flags, details, names)
+            flags, details = _per_row(target, rows_in, flags, details, names, params.field != "text")
             if detected is not None:
                 first = pl.concat([target.select("_row"), detected], how="horizontal").group_by("_row").first()
                 detected = pl.DataFrame({"_row": pl.arange(0, rows_in, dtype=pl.UInt32, eager=True)}).join(

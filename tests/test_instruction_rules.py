@@ -136,3 +136,14 @@ def test_share_warning_names_the_rule() -> None:
     stats = heuristics(frame, HeuristicsParams(rule_sets=["instruction"])).stats
     assert stats["warnings"] == ["rule instruction.min_response_chars breaks 50% of its 2 input rows (over 20%): "
                                  "check it fits this data"]
+
+
+def test_short_turns_are_not_judged_by_document_rules() -> None:
+    rows = {"paris": ("What is the capital of France?", "Paris"), "tool": ("List files.", "shell('ls -la')"),
+            "french": ("Describe your morning.", "Je me lève tôt, je bois un café et je lis le journal du matin.")}
+    assert set(_drops(rows, rule_sets=["language"], field="assistant")) == set(rows)
+    got = _drops(rows, rule_sets=["language", "gopher_repetition"], field="assistant", min_words_judged=8)
+    assert set(got) == {"french"}
+    frame = make_frame(["Paris", "Je me lève tôt, je bois un café et je lis le journal du matin."])
+    _, dropped, _ = heuristics(frame, HeuristicsParams(rule_sets=["language"], min_words_judged=8))
+    assert dropped["id"].to_list() == ["r1"] and dropped["detail"][0].startswith("language=fr (")
