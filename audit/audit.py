@@ -1,107 +1,111 @@
-"""Representation audit, fairlearn parity and the gate.
+"""The audit step: detection, representation, parity, exclusion amplification, associations, the gate.
 
-For each axis the audit counts rows that mention each group (a row may mention several), the share of rows that
-mention any group, and the representation ratio = most-mentioned group count / least-mentioned group count (a
-group with no mentions makes the ratio infinite). When the recipe names a binary label column, fairlearn's
-``MetricFrame`` gives the selection rate (share of label == 1) per group over rows that mention exactly one group
-of the axis, and ``demographic_parity_difference``-style max gap between groups.
-
-The gate turns these into pass/fail; a failed gate stops the run before training. Groups below
-``gap_ratio`` x the best-represented group are listed as gaps, the input of synthetic gap filling.
+It keeps every row (annotating ``meta.demographics``) and writes a report; a failed gate stops the run before
+training. Groups below ``gap_ratio`` x the best-represented group are listed as ``gaps`` (gap filling's input).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from gristmill.audit.lexicon import lexicon_or_builtin
+from gristmill.audit.amplification import TraceStep, amplification
+from gristmill.audit.associations import AssociationParams, associations
+from gristmill.audit.detection import (
+    DetectionParams,
+    audited_axes,
+    detect_groups,
+    group_names,
+    resolve_lexicon,
+)
+from gristmill.audit.gate import GateParams, as_line, check
+from gristmill.audit.parity import parity, single_group
+from gristmill.audit.representation import gaps, representation
 from gristmill.common.contract import Gate, StepResult, no_drops, require, with_meta
-from gristmill.common.errors import InputError
-from gristmill.common.lexicon import detect
 
-VERSION = "1"
+VERSION = "2"  # 2: nine axes with context rules/exclusions, n/a ratios, CIs, amplification, parity, associations
 
-
-class GateParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    max_representation_ratio: float | None = Field(None, ge=1)
-    """Fail when an axis's most/least mentioned group count ratio exceeds this."""
-    min_group_rows: int | None = Field(None, ge=0)
-    """Fail when a group of an audited axis is mentioned by fewer rows than this."""
-    max_selection_rate_difference: float | None = Field(None, ge=0, le=1)
-    """Fail when the label's selection rates of two groups differ by more than this (needs ``label_column``)."""
+__all__ = ["AuditParams", "GateParams", "TraceStep", "audit_rows"]
 
 
-class AuditParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    axes: list[str] = ["gender", "race_ethnicity", "religion", "age"]
-    """Demographic axes to audit (keys of the lexicon)."""
-    lexicon: str | None = Field(None, json_schema_extra={"path": True})
-    """A JSON lexicon of the built-in shape; default: the built-in English lexicon."""
+class AuditParams(DetectionParams):
     label_column: str | None = None
     """A binary (0/1 or bool) column whose selection rate per group fairlearn compares."""
+    prediction_column: str | None = None
+    """A binary prediction column: adds the equalized odds difference (needs ``label_column``)."""
+    intersections: list[list[str]] = Field(default_factory=list)
+    """Pairs of axes whose combined groups (e.g. ``female+black``) are also compared for parity."""
+    reference: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per axis, the expected share of each group (normalized); default: uniform over the axis's groups."""
     gate: GateParams = GateParams()
     """Conditions that stop the run before training."""
     gap_ratio: float = Field(0.5, gt=0, le=1)
     """A group mentioned less than this share of the best-represented group's count is listed as a gap."""
-
-
-def _selection_rates(labels: pl.Series, groups: pl.Series) -> tuple[dict[str, float], float]:
-    from fairlearn.metrics import MetricFrame, selection_rate
-
-    y = labels.cast(pl.Int8).to_numpy()
-    mf = MetricFrame(metrics=selection_rate, y_true=y, y_pred=y, sensitive_features=groups.to_numpy())
-    rates = {str(k): float(v) for k, v in mf.by_group.items()}
-    return rates, float(mf.difference(method="between_groups"))
+    drop_rate_ratio: float = Field(1.5, ge=1)
+    """Name a step in the report when it drops a group at this many times its overall drop rate."""
+    min_rows_for_drop_rate: int = Field(10, ge=1)
+    """Judge a group's drop rate at a step only when at least this many of its rows entered the step."""
+    associations: AssociationParams = AssociationParams()
+    """Group x attribute-word co-occurrence (PMI) settings."""
+    n_boot: int = Field(200, ge=0)
+    """Bootstrap resamples for confidence intervals (0: none)."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    trace: list[TraceStep] | None = Field(None, exclude=True)
+    """Checkpoints of the steps before the audit, set by the runner (exclusion amplification)."""
 
 
 def audit_rows(frame: pl.DataFrame, params: AuditParams) -> StepResult:
     """Annotate rows with ``meta.demographics`` and report; keeps every row (the gate acts on the run)."""
-    lexicon = lexicon_or_builtin(params.lexicon)
-    require(frame, ["text", *([params.label_column] if params.label_column else [])], "audit")
-    unknown = [a for a in params.axes if a not in lexicon]
-    if unknown:
-        raise InputError(f"audit.axes: unknown axis {unknown}; the lexicon has {sorted(lexicon)}")
-    hits = detect(frame["text"], lexicon, params.axes)
-    report: dict[str, Any] = {"rows": frame.height, "axes": {}, "gaps": [], "gate": {"failures": []}}
-    failures: list[str] = report["gate"]["failures"]
-    for axis in params.axes:
-        col = hits[axis]
-        counts = {g: int(col.list.contains(g).sum()) for g in lexicon[axis]}
-        low, high = min(counts.values()), max(counts.values())
-        ratio = math.inf if low == 0 else high / low
-        entry: dict[str, Any] = {
-            "group_rows": counts,
-            "rows_with_any": int((col.list.len() > 0).sum()),
-            "representation_ratio": ratio if math.isfinite(ratio) else "inf",
-        }
-        gaps = [g for g, c in counts.items() if c < params.gap_ratio * high]
-        report["gaps"] += [{"axis": axis, "group": g, "rows": counts[g], "target_rows": math.ceil(params.gap_ratio * high)} for g in gaps]
-        if params.label_column:
-            single = (col.list.len() == 1) & frame[params.label_column].is_not_null()
-            if int(single.sum()) > 0:
-                rates, diff = _selection_rates(frame[params.label_column].filter(single), col.filter(single).list.first())
-                entry["selection_rate"] = rates
-                entry["selection_rate_difference"] = diff
-                limit = params.gate.max_selection_rate_difference
-                if limit is not None and diff > limit:
-                    failures.append(f"{axis}: selection-rate difference {diff:.3f} > {limit}")
-        limit = params.gate.max_representation_ratio
-        if limit is not None and ratio > limit:
-            failures.append(f"{axis}: representation ratio {entry['representation_ratio']} > {limit} ({counts})")
-        if params.gate.min_group_rows is not None:
-            for g, c in counts.items():
-                if c < params.gate.min_group_rows:
-                    failures.append(f"{axis}.{g}: {c} rows < min_group_rows {params.gate.min_group_rows}")
+    require(frame, ["text", *[c for c in (params.label_column, params.prediction_column) if c]], "audit")
+    lexicon = resolve_lexicon(params)
+    axes = [*audited_axes(params, lexicon), *params.sensitive_columns]
+    hits = detect_groups(frame, params, lexicon)
+    report: dict[str, Any] = {"rows": frame.height, "axes": {}, "gaps": []}
+    for axis in axes:
+        entry = representation(hits[axis], group_names(hits, axis, lexicon, params.sensitive_columns),
+                               params.reference.get(axis), params.n_boot, params.seed)
         report["axes"][axis] = entry
-    report["gate"]["passed"] = not failures
-    demo = pl.struct([hits[a].alias(a) for a in params.axes])
-    out = with_meta(frame, demographics=hits.select(demo).to_series())
-    return StepResult(out, no_drops(out), {"gate_passed": not failures}, rows_in=frame.height, report=report,
+        report["gaps"] += gaps(axis, entry["group_rows"], params.gap_ratio)
+    if params.label_column:
+        report["parity"] = _parity(frame, hits, axes, params)
+    if params.trace:
+        def detect(rows: pl.DataFrame) -> pl.DataFrame:
+            return detect_groups(rows, params, lexicon).select(axes)
+
+        report["amplification"] = amplification(params.trace, detect, axes, params.drop_rate_ratio,
+                                                 params.min_rows_for_drop_rate, params.n_boot, params.seed)
+    if params.associations.enabled:
+        report["associations"] = associations(frame["text"], hits, axes, params.associations)
+    table = check(report, params.gate)
+    failures = [as_line(row) for row in table]
+    report["gate"] = {"passed": not failures, "failures": failures, "table": table}
+    demo = pl.struct([hits[a].alias(a) for a in axes]) if axes else pl.lit(None)
+    out = with_meta(frame, demographics=hits.select(demo).to_series() if axes else pl.lit(None))
+    stats = {"gate_passed": not failures, "rows_mentioning": {a: report["axes"][a]["rows_with_any"] for a in axes}}
+    return StepResult(out, no_drops(out), stats, rows_in=frame.height, report=report,
                       gate=Gate(passed=not failures, failures=failures))
+
+
+def _parity(frame: pl.DataFrame, hits: pl.DataFrame, axes: list[str], params: AuditParams) -> dict[str, Any]:
+    """Parity per axis over rows that mention exactly one group, and per requested intersection of two axes."""
+    out: dict[str, Any] = {}
+    label, pred = frame[params.label_column], frame[params.prediction_column] if params.prediction_column else None
+    known = label.is_not_null()
+    for axis in axes:
+        mask, groups = single_group(hits[axis].filter(known))
+        if groups.n_unique() >= 2:
+            out[axis] = parity(label.filter(known).filter(mask), groups,
+                               pred.filter(known).filter(mask) if pred is not None else None, params.n_boot, params.seed)
+    for a, b in params.intersections:
+        ma, ga = single_group(hits[a].filter(known))
+        mb, gb = single_group(hits[b].filter(known))
+        both = ma & mb
+        combo = hits.filter(known).filter(both).select(pl.concat_str(pl.col(a).list.first(), pl.col(b).list.first(),
+                                                                     separator="+")).to_series()
+        if combo.n_unique() >= 2:
+            out[f"{a}+{b}"] = parity(label.filter(known).filter(both), combo,
+                                     pred.filter(known).filter(both) if pred is not None else None, params.n_boot, params.seed)
+    return out

@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
     recipe = load_recipe(args.recipe)
     runner = Runner(recipe, Path(args.out) if args.out else None, console=console)
-    result = runner.run(train=not args.no_train)
+    result = runner.run(train=not args.no_train, allow_audit_failure=args.allow_audit_failure)
     log.info(f"[bold]done[/] {result.frame.height} rows → {result.run_dir}/dataset "
              f"({result.manifest['seconds']:.1f}s)")
     return 0
@@ -75,6 +75,15 @@ def _models(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _gate_table(console: Console, failures: list[str]) -> None:
+    """The gate's failures as a table: each failure is ``metric | axis | groups | value | threshold``."""
+    table = Table("metric", "axis", "groups", "value", "threshold", title="audit gate failures")
+    for line in failures:
+        cells = line.split(" | ")
+        table.add_row(*(cells if len(cells) == 5 else [line, "", "", "", ""]))
+    console.print(table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gristmill", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics (-vv: libraries too)")
@@ -85,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("--out", help="run directory (default: the recipe's output.dir)")
     p.add_argument("--no-train", action="store_true", help="skip the train section")
+    p.add_argument("--allow-audit-failure", action="store_true",
+                   help="continue when the audit gate fails; the override and the failures go into the manifest "
+                        "and the data card")
     p.set_defaults(func=_run)
     p = sub.add_parser("validate", help="check recipe files; report every error")
     p.add_argument("files", nargs="+")
@@ -135,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, console))
     except GateFailed as err:  # a user error with its own exit code
-        log.error("stopped: %s; nothing was trained. See the audit report under reports/.", err, exc_info=args.debug)
+        log.error("stopped: the audit gate failed at %s; nothing was trained. See the audit report under reports/ "
+                  "(or rerun with --allow-audit-failure to record the override and continue).", err.step,
+                  exc_info=args.debug, extra={"markup": False})
+        _gate_table(console, err.failures)
         return EXIT_GATE
     except UserError as err:  # bad input: the message says where and how to fix it
         log.error("%s", err, exc_info=args.debug, extra={"markup": False})

@@ -79,19 +79,32 @@ def export_dataset(frame: pl.DataFrame, out: Path, recipe: Any, manifest: dict[s
 
 
 def _audit_lines(manifest: dict[str, Any]) -> list[str]:
-    """The card's audit section: gate result and, per axis, mentions per group and the representation ratio."""
+    """The card's audit section: gate result (and any override), per axis the rows mentioning each group, the
+    representation ratio (n/a when a group has no rows), and the steps that dropped a group at a higher rate."""
     out: list[str] = []
+    overridden = {o["step"] for o in manifest.get("audit_override", [])}
     for name, path in manifest.get("reports", {}).items():
         report = json.loads(Path(path).read_text())
         if "axes" not in report or "gate" not in report:
             continue
-        gate = "passed" if report["gate"]["passed"] else "failed: " + "; ".join(report["gate"]["failures"])
-        out += ["", f"## Demographic audit ({name})", "", f"Gate {gate}. Rows mentioning each group (lexicon):", ""]
+        if report["gate"]["passed"]:
+            gate = "passed"
+        else:
+            gate = "FAILED" + (" (overridden with --allow-audit-failure)" if name in overridden else "") + ":"
+        out += ["", f"## Demographic audit ({name})", "", f"Gate {gate}", ""]
+        for failure in report["gate"]["failures"]:
+            out.append(f"- `{failure}`")
+        out += ["", "Rows mentioning each group (lexicon; a row may mention several):", ""]
         for axis, entry in report["axes"].items():
             groups = ", ".join(f"{g} {c}" for g, c in entry["group_rows"].items())
-            out.append(f"- {axis}: {groups} (ratio {entry['representation_ratio']})")
+            out.append(f"- {axis}: {groups} (max/min ratio {entry.get('representation_ratio', 'n/a')})")
         if report.get("gaps"):
             out.append("- under-represented: " + ", ".join(f"{g['axis']}.{g['group']}" for g in report["gaps"]))
+        flagged = report.get("amplification", {}).get("flagged", [])
+        if flagged:
+            out += ["", "Steps that dropped a group's rows at a higher rate than the step's overall rate:", ""]
+            out += [f"- {f['step']}: {f['axis']}.{f['group']} {f['drop_rate']} vs {f['overall']} "
+                    f"(x{f['ratio']}, 95% CI {f['ci95']}, {f['rows']} rows)" for f in flagged]
     return out
 
 

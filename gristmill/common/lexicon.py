@@ -1,27 +1,90 @@
-"""Demographic lexicons and whole-word matching, shared by the audit (which counts mentions) and gap filling
-(which must produce rows the next audit counts), so both always match the same way.
+"""Demographic lexicons and their matching, shared by the audit (which counts mentions) and gap filling (which
+must produce rows the next audit counts), so both always match the same way.
 
-A lexicon maps axis -> group -> terms (a JSON file; keys starting with ``_`` are notes). Terms match whole words,
-case-insensitively; ``term*`` also matches any word that starts with ``term``; the words of a multi-word term
-match across any whitespace.
+A lexicon maps axis -> group -> terms (a JSON file; top-level keys starting with ``_`` are notes, except
+``_classes`` — named word lists a term can refer to — and ``_exclude`` — per axis, phrases that are not mentions).
 
-Worked example: with ``{"gender": {"female": ["her", "mother*"], "male": ["he"]}}`` the text
-``"Her grandmothers said he left"`` mentions ``female`` and ``male``: ``Her`` and ``he`` match, while
-``grandmothers`` does not match ``mother*`` because a term must start a word.
+Term syntax (one string per term):
+
+- words match whole and case-insensitively; the last word also matches with a plural ``-s``/``-es`` and a
+  possessive (``'s``, ``'``): ``mother`` matches ``Mothers'``;
+- a space or a hyphen between words matches a space, a hyphen or nothing: ``non-binary`` matches ``nonbinary``;
+- ``word*`` matches any word that starts with ``word``;
+- ``{name}`` is any member of class ``name`` (``{name?}``: optional); built in: ``{Cap}`` a capitalized word and
+  ``{Lower}`` a lowercase one (case-sensitive), ``{num}`` digits, ``{end}`` the end of a clause (punctuation or a
+  verb/conjunction such as ``are``/``and``);
+- ``!Term`` is case-sensitive (``!Ms`` is not ``ms``); ``re:...`` is a raw regex (Rust- and Python-compatible).
+
+Matching is one leftmost-first scan per axis over the union of the axis's terms and exclusions, ordered by length
+(longest first), so at any place the longest candidate wins, and an exclusion that matches consumes its words:
+with ``black {person}`` as a term and ``black hole`` as an exclusion, "Black women studied the black hole"
+mentions ``black`` once. Each match is mapped back to the first alternative that matches it in full (the one the
+scan took), hence to its group, or to nothing for an exclusion.
+
+Worked example: ``{"gender": {"female": ["her", "mother"], "male": ["he"]}}`` and the text ``"Her grandmothers
+said he left"``: ``Her`` and ``he`` match (female, male); ``grandmothers`` does not match ``mother`` because a term
+is a whole word.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from gristmill.common.errors import InputError, MissingFileError
 
-Lexicon = dict[str, dict[str, list[str]]]
+_SEP = r"[\s\-]*"
+_SUFFIX = r"(?:e?s)?(?:['’]s?)?"
+_END_WORDS = ("and", "or", "but", "are", "is", "was", "were", "who", "have", "has", "had", "in", "of", "to", "get",
+              "got", "must", "should", "will", "would", "can", "could", "do", "did", "does", "need", "live", "lived",
+              "face", "faced", "often", "from", "with", "like", "for", "at")
+_BUILTIN = {
+    "Cap": (r"(?-i:[A-Z][a-z]+)", 2, True),
+    "Lower": (r"(?-i:[a-z]+)", 1, True),
+    "num": (r"\d+", 1, True),
+    "end": (r"(?:\s*[.,;:!?)]|\s+(?:" + "|".join(_END_WORDS) + r")\b|\s*$)", 1, False),
+}
+_RAW_PRIORITY = 10  # a raw regex is tried after literals longer than this, before shorter ones
+
+
+class Axis(dict[str, list[str]]):
+    """group -> terms of one axis, carrying the lexicon's word classes and this axis's exclusions."""
+
+    def __init__(self, groups: dict[str, list[str]], classes: dict[str, list[str]] | None = None,
+                 exclude: list[str] | None = None) -> None:
+        super().__init__(groups)
+        self.classes = dict(classes or {})
+        self.exclude = list(exclude or [])
+
+
+class Lexicon(dict[str, Axis]):
+    """axis -> ``Axis``; a plain ``{axis: {group: [terms]}}`` dict converts with ``as_lexicon``."""
+
+
+def as_lexicon(data: dict[str, Any], key: str = "lexicon") -> Lexicon:
+    """A ``Lexicon`` from the JSON shape (``_classes``/``_exclude`` read, other ``_`` keys skipped)."""
+    if isinstance(data, Lexicon):
+        return data
+    classes = data.get("_classes", {})
+    exclude = data.get("_exclude", {})
+    if not isinstance(classes, dict) or not isinstance(exclude, dict):
+        raise InputError(f"{key}: _classes and _exclude must be JSON objects")
+    out = Lexicon()
+    for axis, groups in data.items():
+        if axis.startswith("_"):
+            continue
+        if not isinstance(groups, dict) or not all(isinstance(t, list) for t in groups.values()):
+            raise InputError(f"{key}: axis {axis!r} must map group -> list of terms")
+        merged = {**classes, **getattr(groups, "classes", {})}
+        out[axis] = Axis({g: list(t) for g, t in groups.items() if not g.startswith("_")}, merged,
+                         [*exclude.get(axis, []), *exclude.get("*", []), *getattr(groups, "exclude", [])])
+    return out
 
 
 def load_lexicon(path: str | Path, key: str = "lexicon") -> Lexicon:
@@ -33,54 +96,208 @@ def load_lexicon(path: str | Path, key: str = "lexicon") -> Lexicon:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise InputError(f"{key}: {path}:{err.lineno}: invalid JSON ({err.msg})") from err
-    if not isinstance(data, dict) or not all(isinstance(g, dict) for a, g in data.items() if not a.startswith("_")):
+    if not isinstance(data, dict):
         raise InputError(f"{key}: {path} must be a JSON object of axis -> group -> list of terms")
-    return {axis: groups for axis, groups in data.items() if not axis.startswith("_")}
+    lexicon = as_lexicon(data, key)
+    for axis in lexicon:  # compile now so that a bad term is a user error naming the file
+        try:
+            _matcher(_axis_key(lexicon[axis]))
+        except (re.error, KeyError, ValueError) as err:
+            raise InputError(f"{key}: {path}: axis {axis!r}: {err}") from err
+    return lexicon
 
 
-def term_pattern(terms: list[str] | tuple[str, ...]) -> str:
-    """One case-insensitive regex (Rust- and Python-compatible) for a group's terms, longest first.
+def merge_lexicons(base: Lexicon, extra: Lexicon) -> Lexicon:
+    """``base`` with ``extra``'s axes, groups, terms, classes and exclusions added (terms appended, no duplicates)."""
+    out = Lexicon()
+    for axis in [*base, *(a for a in extra if a not in base)]:
+        b, e = base.get(axis, Axis({})), extra.get(axis, Axis({}))
+        groups = {g: list(dict.fromkeys([*b.get(g, []), *e.get(g, [])])) for g in [*b, *(g for g in e if g not in b)]}
+        out[axis] = Axis(groups, {**b.classes, **e.classes}, list(dict.fromkeys([*b.exclude, *e.exclude])))
+    return out
 
-    >>> term_pattern(["he", "mother*"])
-    '(?i)\\\\b(?:mother\\\\w*|he)\\\\b'
-    """
-    parts = []
-    for term in terms:
-        stem = term[:-1] if term.endswith("*") else term
-        parts.append(re.escape(stem).replace(r"\ ", r"\s+") + (r"\w*" if term.endswith("*") else ""))
-    return r"(?i)\b(?:" + "|".join(sorted(parts, key=len, reverse=True)) + r")\b"
+
+def _compile(term: str, classes: dict[str, list[str]], last: bool = True, depth: int = 0) -> tuple[str, int]:
+    """A term as (regex without outer word boundaries, priority = shortest text it can match)."""
+    if term.startswith("re:"):
+        return term[3:], _RAW_PRIORITY
+    if term.startswith("!"):
+        pattern, priority = _compile(term[1:], classes, last, depth)
+        return f"(?-i:{pattern})", priority
+    tokens = [t for t in re.split(r"\s+|(?<=\w)-(?=\w)", term.strip()) if t]
+    if not tokens:
+        raise ValueError(f"empty term {term!r}")
+    out, priority = "", 0
+    for i, token in enumerate(tokens):
+        optional = token.startswith("{") and token.endswith("?}")
+        pattern, size = _token(token.strip("{}?") if token.startswith("{") else token, token.startswith("{"),
+                               classes, last and i == len(tokens) - 1, depth)
+        if i == 0:
+            out = f"(?:{pattern})?" if optional else pattern
+        else:
+            out += f"(?:{_SEP}{pattern})?" if optional else f"{_SEP}{pattern}"
+        priority += 0 if optional else size + (1 if i else 0)
+    return out, priority
+
+
+def _token(token: str, is_class: bool, classes: dict[str, list[str]], last: bool, depth: int) -> tuple[str, int]:
+    if is_class:
+        if token in _BUILTIN:
+            pattern, size, _ = _BUILTIN[token]
+            return pattern, size
+        if token not in classes:
+            raise KeyError(f"unknown class {{{token}}} (classes: {sorted(classes)} and {sorted(_BUILTIN)})")
+        if depth > 2:
+            raise ValueError(f"class {{{token}}} nests too deep")
+        members = sorted((_compile(m, classes, last, depth + 1) for m in classes[token]), key=lambda p: -p[1])
+        return "(?:" + "|".join(p for p, _ in members) + ")", min(s for _, s in members)
+    if token.endswith("*"):
+        return re.escape(token[:-1]).replace("'", "['’]?") + r"\w*", len(token) - 1
+    escaped = re.escape(token).replace("'", "['’]?")
+    return escaped + (_SUFFIX if last and token[-1].isalnum() else ""), len(token)
+
+
+def _bounded(term: str, pattern: str) -> str:
+    """Word boundaries where the term starts/ends with a word (not before/after punctuation or ``{end}``)."""
+    body = term.lstrip("!")
+    start = r"\b" if body[:1].isalnum() or body.startswith("{") or body.startswith("re:") else ""
+    tail = body.rstrip().split()[-1] if body.strip() else ""
+    end = "" if tail.startswith("{end") or body.startswith("re:") or not (tail[-1:].isalnum() or tail.endswith(("*", "}"))) else r"\b"
+    return start + pattern + end
+
+
+@dataclass(frozen=True)
+class _Matcher:
+    union: str
+    """The axis's scan pattern (``(?i)`` + alternatives, longest first)."""
+    alternatives: tuple[tuple[re.Pattern[str], str | None], ...]
+    """Each alternative with its group (``None``: an exclusion), in scan order."""
+    _seen: dict[str, str | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def group_of(self, matched: str) -> str | None:
+        """The group of one scan match: that of the first alternative matching it in full (memoized)."""
+        if matched not in self._seen:
+            if len(self._seen) > 100_000:  # bounded memory on endless distinct matches
+                self._seen.clear()
+            self._seen[matched] = next((g for p, g in self.alternatives if p.fullmatch(matched)), None)
+        return self._seen[matched]
+
+
+def _axis_key(axis: dict[str, list[str]]) -> str:
+    return json.dumps([axis, getattr(axis, "classes", {}), getattr(axis, "exclude", [])], sort_keys=True)
+
+
+def _shape(term: str) -> tuple[tuple[str, ...], str, tuple[str, ...]] | None:
+    """(leading class tokens, literal core, trailing class tokens) of a term with classes around a plain core."""
+    if term.startswith(("re:", "!")):
+        return None
+    tokens = [t for t in re.split(r"\s+|(?<=\w)-(?=\w)", term.strip()) if t]
+    lead = 0
+    while lead < len(tokens) and tokens[lead].startswith("{"):
+        lead += 1
+    trail = len(tokens)
+    while trail > lead and tokens[trail - 1].startswith("{"):
+        trail -= 1
+    core = tokens[lead:trail]
+    if not core or (lead == 0 and trail == len(tokens)) or any("{" in t or "*" in t for t in core):
+        return None
+    return tuple(tokens[:lead]), " ".join(core), tuple(tokens[trail:])
+
+
+def _scan_union(terms: list[tuple[int, int, str, bool]], classes: dict[str, list[str]]) -> str:
+    """The scan pattern over ``(priority, order, term, is_exclusion)``, longest first.
+
+    Terms that share the classes around a plain core (``{from} mexico``, ``{from} peru``; ``black {person}``,
+    ``white {person}``) are scanned as one alternative (``{from} (mexico|peru)``): the same strings match, but
+    the regex stays small enough for the engine's DFA (unfactored, the nationality axis scans ~300x slower).
+    Each match is still mapped back through the unfactored alternatives."""
+    merged: dict[tuple[Any, ...], list[tuple[int, int, str]]] = {}
+    singles: list[tuple[int, int, str]] = []
+    for priority, order, term, excl in terms:
+        shape = _shape(term)
+        if shape is None:
+            singles.append((priority, order, term))
+        else:
+            merged.setdefault((shape[0], shape[2], excl), []).append((priority, order, shape[1]))
+    alts: list[tuple[int, int, str]] = []
+    for priority, order, term in singles:
+        alts.append((priority, order, _bounded(term, _compile(term, classes)[0])))
+    for n, ((lead, trail, _), members) in enumerate(merged.items()):
+        core = f"__core{n}"
+        term = " ".join([*lead, "{" + core + "}", *trail])
+        pattern, _ = _compile(term, {**classes, core: [c for _, _, c in members]})
+        alts.append((max(p for p, _, _ in members), min(o for _, o, _ in members), _bounded(term, pattern)))
+    alts.sort(key=lambda a: (-a[0], a[1]))
+    return "(?i)(?:" + "|".join(p for _, _, p in alts) + ")"
 
 
 @lru_cache(maxsize=256)
-def _compiled(terms: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile(term_pattern(terms))
+def _matcher(key: str) -> _Matcher:
+    groups, classes, exclude = json.loads(key)
+    alts: list[tuple[int, int, str, str | None]] = []
+    scan: list[tuple[int, int, str, bool]] = []
+    for order, (group, term) in enumerate([(g, t) for g in sorted(groups) for t in groups[g]]
+                                          + [(None, t) for t in exclude]):
+        pattern, priority = _compile(term, classes)
+        # Longest first; on a tie a term goes before an exclusion (order: terms were listed first).
+        alts.append((-priority, order, _bounded(term, pattern), group))
+        scan.append((priority, order, term, group is None))
+    alts.sort(key=lambda a: (a[0], a[1]))
+    if not alts:
+        return _Matcher(r"(?i)\b\B", ())  # matches nothing
+    union = _scan_union(scan, classes)
+    re.compile(union)  # a syntax error surfaces here, with Python's message
+    return _Matcher(union, tuple((re.compile(p, re.IGNORECASE), g) for _, _, p, g in alts))
 
 
-def mentions(text: str, terms: list[str]) -> bool:
-    """``text`` contains one of ``terms``.
-
-    >>> mentions("Her mothers left", ["she", "mother*"]), mentions("A grandmother", ["mother*"])
-    (True, False)
-    """
-    return bool(terms) and _compiled(tuple(terms)).search(text) is not None
+def axis_matcher(axis: dict[str, list[str]]) -> _Matcher:
+    """The compiled matcher of one axis (cached by content)."""
+    return _matcher(_axis_key(axis))
 
 
 def groups_mentioned(text: str, groups: dict[str, list[str]]) -> list[str]:
-    """The groups of one axis that ``text`` mentions, sorted."""
-    return sorted(g for g, terms in groups.items() if mentions(text, terms))
+    """The groups of one axis (``lexicon[axis]``) that ``text`` mentions, sorted.
+
+    >>> groups_mentioned("Black women studied the black hole", as_lexicon(
+    ...     {"_exclude": {"race": ["black hole"]}, "race": {"black": ["black women"]}})["race"])
+    ['black']
+    """
+    m = axis_matcher(groups)
+    if not m.alternatives:
+        return []
+    found = {m.group_of(hit.group(0)) for hit in re.finditer(m.union, text or "")}
+    return sorted(g for g in found if g is not None)
 
 
-def detect(texts: pl.Series, lexicon: Lexicon, axes: list[str]) -> pl.DataFrame:
-    """One ``list[str]`` column per axis: the groups each text mentions (sorted, possibly empty)."""
-    t = texts.fill_null("")
-    cols = {}
-    for axis in axes:
-        groups = sorted(g for g, terms in lexicon[axis].items() if terms)
+def mentions(text: str, terms: list[str]) -> bool:
+    """``text`` contains one of ``terms`` (no classes, no exclusions).
+
+    >>> mentions("Her mothers left", ["she", "mother"]), mentions("A grandmother", ["mother"])
+    (True, False)
+    """
+    return bool(groups_mentioned(text, {"x": list(terms)}))
+
+
+def detect(texts: pl.Series, lexicon: dict[str, Any], axes: list[str]) -> pl.DataFrame:
+    """One ``list[str]`` column per axis: the groups each text mentions (sorted, unique, possibly empty).
+
+    One leftmost-first regex scan per axis (the axes in parallel, in polars), then each distinct matched string is
+    mapped to its group once."""
+    lexicon = as_lexicon(lexicon)
+    if not axes:
+        return pl.DataFrame()
+    frame = pl.DataFrame({"t": texts.fill_null("").cast(pl.String)})
+    matchers = {axis: axis_matcher(lexicon[axis]) for axis in axes}
+    found = frame.select([pl.col("t").str.extract_all(m.union).alias(a) for a, m in matchers.items()])
+    cols = []
+    for axis, m in matchers.items():
+        distinct = found[axis].explode().drop_nulls().unique().to_list()
+        mapping = {s: m.group_of(s) for s in distinct}
+        groups = [g for g in mapping.values() if g is not None]
         if not groups:
-            cols[axis] = pl.Series(axis, [[] for _ in range(len(t))], dtype=pl.List(pl.String))
+            cols.append(pl.Series(axis, [[] for _ in range(frame.height)], dtype=pl.List(pl.String)))
             continue
-        hits = pl.DataFrame({g: t.str.contains(term_pattern(lexicon[axis][g])) for g in groups})
-        cols[axis] = hits.select(
-            pl.concat_list([pl.when(pl.col(g)).then(pl.lit(g)) for g in groups]).list.drop_nulls().alias(axis)
-        ).to_series()
-    return pl.DataFrame(cols) if cols else pl.DataFrame()
+        cols.append(found.select(pl.col(axis).list.eval(
+            pl.element().replace_strict(mapping, default=None, return_dtype=pl.String)
+        ).list.drop_nulls().list.unique().list.sort()).to_series().alias(axis))
+    return pl.DataFrame(cols)

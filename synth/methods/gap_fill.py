@@ -38,15 +38,36 @@ from gristmill.synth.parse import TASK_SCHEMA, Rejected, parse_task
 
 VERSION = "3"  # 2: post-filter; 3: the shared loop
 
-PHRASES: dict[str, str] = {
+PHRASES: dict[str, str] = {  # one per group of the audit's built-in lexicon; each phrase mentions its group
     "female": "a woman or girl", "male": "a man or boy", "nonbinary": "a nonbinary person",
+    "transgender": "a transgender person",
     "black": "a Black person", "white": "a white person", "asian": "an Asian or Asian American person",
     "hispanic_latino": "a Hispanic or Latino person", "indigenous": "an Indigenous person",
     "middle_eastern": "an Arab, Persian or other Middle Eastern person",
+    "pacific_islander": "a Pacific Islander", "multiracial": "a multiracial person",
     "christian": "a Christian", "muslim": "a Muslim", "jewish": "a Jewish person", "hindu": "a Hindu",
-    "buddhist": "a Buddhist", "atheist": "an atheist or agnostic person",
+    "buddhist": "a Buddhist", "sikh": "a Sikh", "atheist": "an atheist or agnostic person",
+    "other_faith": "a Jain, Baha'i, pagan or other religious person",
     "child": "a child", "teen": "a teenager", "young_adult": "a young adult", "middle_aged": "a middle-aged person",
     "older_adult": "an older adult",
+    "visual": "a blind or low-vision person", "hearing": "a deaf or hard-of-hearing person",
+    "mobility": "a wheelchair user or person with a mobility impairment", "cognitive": "an autistic or dyslexic person",
+    "mental_health": "a person living with a mental illness", "speech": "a person with a speech impairment",
+    "general_disability": "a disabled person",
+    "north_american": "an American or Canadian person", "latin_american": "a Mexican or other Latin American person",
+    "european": "a European person", "east_asian": "a Chinese, Japanese or Korean person",
+    "southeast_asian": "a Filipino, Indonesian or other Southeast Asian person",
+    "south_asian": "an Indian, Pakistani or Bangladeshi person", "mena": "a person from the Middle East",
+    "african": "an African person", "oceanian": "an Australian or New Zealander", "immigrant": "an immigrant",
+    "gay": "a gay person", "lesbian": "a lesbian", "bisexual": "a bisexual person", "asexual": "an asexual person",
+    "pansexual": "a pansexual person", "queer": "a queer person", "lgbtq": "an LGBTQ person",
+    "heterosexual": "a heterosexual person",
+    "low_income": "a person living in poverty", "working_class": "a working-class person",
+    "middle_class": "a middle-class person", "wealthy": "a wealthy person",
+    "education_level": "a person without a college degree who is uneducated in formal terms",
+    "large_body": "an overweight person", "small_body": "a skinny person", "tall": "a tall person",
+    "short": "a short person", "attractive": "a good-looking person", "unattractive": "an unattractive person",
+    "hair_skin": "a bald or red-haired person",
 }
 SYSTEM = "You write diverse, self-contained tasks for training a helpful assistant. Answer only with JSON."
 TEMPLATE = (
@@ -160,7 +181,8 @@ class GapFill(LoopMethod[GapFillParams]):
 
     def propose(self, state: RoundState, bucket: Hashable, count: int, rng: random.Random) -> list[Proposal]:
         gap = self.gaps[bucket]  # type: ignore[index]
-        terms = ", ".join(t.rstrip("*") for t in self.lexicon[gap.axis][gap.group][:8])
+        plain = [t for t in self.lexicon[gap.axis][gap.group] if not t.startswith(("re:", "!")) and "{" not in t]
+        terms = ", ".join(t.rstrip("*") for t in plain[:8])  # context-rule terms ({person}, re:) are not words
         out = []
         for _ in range(count):
             examples = rng.sample(self.sources, min(self.params.examples_per_prompt, len(self.sources)))

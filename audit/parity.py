@@ -1,0 +1,57 @@
+"""Outcome parity with fairlearn: selection rate of a binary label per group (rows that mention exactly one group
+of the axis), demographic parity difference and ratio, equalized odds difference when a prediction column
+exists, bootstrap intervals from ``MetricFrame(n_boot=..., ci_quantiles=...)``; intersections of two axes.
+
+Worked example: labels [1, 1, 0, 0] for group f and [1, 1] for m: selection rates f 0.5, m 1.0, difference 0.5,
+ratio 0.5.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from gristmill.audit.representation import ratio_or_na
+
+
+def _binary(values: pl.Series, name: str) -> np.ndarray:
+    from gristmill.common.errors import InputError
+
+    s = values.cast(pl.Float64, strict=False)
+    if s.null_count() or not s.is_in([0.0, 1.0]).all():
+        raise InputError(f"audit.{name}: expected a binary column (0/1 or bool), got values {values.unique().head(5).to_list()}")
+    return s.cast(pl.Int8).to_numpy()
+
+
+def parity(labels: pl.Series, groups: pl.Series, predictions: pl.Series | None = None, n_boot: int = 200,
+           seed: int = 0) -> dict[str, Any]:
+    """Selection rate per group (with 95% CI), DP difference/ratio and, with ``predictions``, equalized odds."""
+    from fairlearn.metrics import MetricFrame, equalized_odds_difference, selection_rate
+
+    y = _binary(labels, "label_column")
+    g = groups.to_numpy()
+    kwargs: dict[str, Any] = {"n_boot": n_boot, "ci_quantiles": [0.025, 0.975], "random_state": seed} if n_boot else {}
+    mf = MetricFrame(metrics=selection_rate, y_true=y, y_pred=y, sensitive_features=g, **kwargs)
+    rates = {str(k): round(float(v), 4) for k, v in mf.by_group.items()}
+    counts = {str(k): int(v) for k, v in zip(*np.unique(g, return_counts=True), strict=True)}
+    high, low = max(rates.values()), min(rates.values())
+    out: dict[str, Any] = {
+        "rows": counts, "selection_rate": rates,
+        "demographic_parity_difference": round(high - low, 4),
+        "demographic_parity_ratio": ratio_or_na(low, high) if high else "n/a",
+    }
+    if n_boot:
+        lo, hi = mf.by_group_ci
+        out["selection_rate_ci95"] = {str(k): [round(float(lo[k]), 4), round(float(hi[k]), 4)] for k in mf.by_group.index}
+    if predictions is not None:
+        p = _binary(predictions, "prediction_column")
+        out["equalized_odds_difference"] = round(float(equalized_odds_difference(y, p, sensitive_features=g)), 4)
+    return out
+
+
+def single_group(col: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """(rows that mention exactly one group, that group)."""
+    mask = col.list.len() == 1
+    return mask, col.filter(mask).list.first()
