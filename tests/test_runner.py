@@ -87,7 +87,7 @@ def test_gate_failure_stops_before_training_with_exit_code_3(tmp_path: Path, sam
     assert main(["run", str(path)]) == 3
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "gate_failed"
-    assert "gender: representation ratio" in manifest["gate_failures"][0]
+    assert manifest["gate_failures"][0].startswith("representation_ratio | gender |")
     assert not (tmp_path / "run" / "adapter").exists()
     assert not (tmp_path / "run" / "dataset").exists()
 

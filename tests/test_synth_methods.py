@@ -287,8 +287,8 @@ def test_gap_fill_params_and_helpers() -> None:
     with pytest.raises(ValidationError, match="gaps_inline"):
         GapFillParams()
     assert quotas([5, 1, 3], 6) == [3, 1, 2] and quotas([2, 1], 10) == [2, 1]
-    assert phrase("older_adult") == "an older adult" and phrase("sikh") == "a sikh person"
-    assert phrase("sikh", {"sikh": "a Sikh person"}) == "a Sikh person"
+    assert phrase("older_adult") == "an older adult" and phrase("druid") == "a druid person"
+    assert phrase("druid", {"druid": "a Druid"}) == "a Druid"
     with pytest.raises(ValueError, match="not in the lexicon"):
         run_method(make_frame(["x"]), GapFillParams(gaps_inline=[{"axis": "gender", "group": "robot", "rows": 1}],
                                                lexicon=LEXICON),
