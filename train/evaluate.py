@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gristmill.train.formatting import Example
-from gristmill.train.model import device_of, token_losses
+from gristmill.train.model import autocast, device_of, token_losses
 from gristmill.train.packing import collate, length_batches
 
 Progress = Callable[[str, int, int, str], None]
@@ -63,8 +63,10 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, Any]]], *,
             for row, i in enumerate(idx):
                 ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[row, width - len(encoded[i]):] = 1
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids), pad_token_id=pad)
+            with autocast(model):
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                     max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids),
+                                     pad_token_id=pad)
             for row, i in enumerate(idx):
                 answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
             progress(phase, n, math.ceil(len(order) / batch_size), "")

@@ -8,6 +8,7 @@ head is a fifth of the forward's multiply-adds, and the logits of a full batch a
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from gristmill.train.formatting import IGNORE
@@ -20,6 +21,30 @@ def device_of(model: Any) -> Any:
     return next(model.parameters()).device
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 matrix instructions (AVX512-BF16 or AMX); elsewhere bf16 on CPU is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(params: TrainParams, device: str) -> bool:
+    if params.bf16 is not None:
+        return params.bf16
+    return device == "cuda" or cpu_has_bf16()
+
+
+def autocast(model: Any) -> Any:
+    """bf16 autocast on the model's device when the model was loaded for bf16 compute, else a no-op context."""
+    import torch
+
+    device = device_of(model)
+    enabled = bool(getattr(model.config, "gristmill_bf16", False))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def load_base(model_path: str, params: TrainParams, *, device: str | None = None) -> Any:
     """The frozen base model: NF4 + double quant with ``method: qlora``, else in the compute dtype."""
     try:
@@ -28,8 +53,10 @@ def load_base(model_path: str, params: TrainParams, *, device: str | None = None
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(f"training needs the model stack: {HINT}") from err
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    compute = torch.bfloat16 if device == "cuda" else torch.float32
-    kwargs: dict[str, Any] = {"dtype": compute, "device_map": {"": device}}
+    bf16 = use_bf16(params, device)
+    compute = torch.bfloat16 if bf16 else torch.float32
+    # On CPU the unquantized parts (norms, embeddings) stay fp32 and autocast runs the matmuls in bf16.
+    kwargs: dict[str, Any] = {"dtype": compute if device == "cuda" else torch.float32, "device_map": {"": device}}
     if device == "cuda":
         # varlen flash attention when installed; sdpa builds the block-diagonal mask from the position ids.
         kwargs["attn_implementation"] = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
@@ -41,6 +68,7 @@ def load_base(model_path: str, params: TrainParams, *, device: str | None = None
             bnb_4bit_use_double_quant=params.double_quant,
         )
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    model.config.gristmill_bf16 = bf16  # read by autocast(); not saved with the adapter
     if params.method == "qlora":
         keep_4bit_weights_trainable(model)
     return model
@@ -48,7 +76,6 @@ def load_base(model_path: str, params: TrainParams, *, device: str | None = None
 
 def load_model(model_path: str, params: TrainParams) -> tuple[Any, Any]:
     """Base model + a fresh adapter (peft), and the tokenizer (pad = EOS when the tokenizer has none)."""
-    import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoTokenizer
 
@@ -71,10 +98,6 @@ def load_model(model_path: str, params: TrainParams) -> tuple[Any, Any]:
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    if on_gpu:  # adapters in bf16 like the compute (peft creates them in fp32 next to a 4-bit base)
-        for p in model.parameters():
-            if p.requires_grad and p.dtype == torch.float32:
-                p.data = p.data.to(torch.bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -117,9 +140,11 @@ def token_losses(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     head = model.get_output_embeddings()
     inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()
               if k not in ("labels", "weights")}
-    hidden = decoder(**inputs, use_cache=False).last_hidden_state
     target = batch["labels"][:, 1:].to(device)
     keep = target != IGNORE
-    logits = head(hidden[:, :-1][keep]).float()
+    with autocast(model):
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state
+        logits = head(hidden[:, :-1][keep])
+    logits = logits.float()
     losses = F.cross_entropy(logits, target[keep], reduction="none")
     return losses, batch["weights"][:, 1:].to(device)[keep]

@@ -68,6 +68,7 @@ def train_qlora(
     torch.manual_seed(params.seed)
     say("load model", 0, 1, "")
     model, tokenizer = load_model(model_path, params)
+    say("load model", 1, 1, "")
     on_gpu = model.device.type == "cuda"
     stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     enc = {"stop_ids": stops, "fix_eos": params.fix_eos, "overlength": params.overlength}
@@ -103,7 +104,8 @@ def train_qlora(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (params.warmup_steps + 1)))
     key = {"params": params.model_dump(mode="json"), "train_rows": len(train_set), "model": model_path}
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "losses": [], "tokens_seen": 0, "train_seconds": 0.0,
-                             "step": 0, "key": key, "eval_before": None, "base_answers": None}
+                             "step": 0, "key": key, "eval_before": None, "base_answers": None,
+                             "step_seconds": [], "step_tokens": []}
     ckpt = latest_checkpoint(checkpoint_dir)
     resumed_from = 0
     if ckpt is not None:
@@ -159,8 +161,10 @@ def train_qlora(
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
         state["losses"].append(weighted / n_step)
-        state["tokens_seen"] += sum(len(e.input_ids) for b in micro for e in b)
-        state["train_seconds"] += time.perf_counter() - t0
+        state["step_tokens"].append(sum(len(e.input_ids) for b in micro for e in b))
+        state["step_seconds"].append(time.perf_counter() - t0)
+        state["tokens_seen"] += state["step_tokens"][-1]
+        state["train_seconds"] += state["step_seconds"][-1]
         trackers.log(state["step"], {"train/loss": weighted / n_step, "train/token_loss": plain / n_step,
                                      "train/lr": sched.get_last_lr()[0], "train/tokens_seen": state["tokens_seen"]})
         say("train", state["step"], total_steps, f"loss {state['losses'][-1]:.3f}")
@@ -215,6 +219,9 @@ def train_qlora(
         "eval_seconds": round(eval_seconds, 2),
         "seconds": round(total_seconds, 2),
         "tokens_per_s": round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1),
+        # Throughput without the first step (one-time kernel and allocator warm-up), for benchmarks.
+        "tokens_per_s_after_warmup": round(sum(state["step_tokens"][1:]) / max(sum(state["step_seconds"][1:]), 1e-9),
+                                           1) if total_steps > 1 else None,
         "trainable_params": sum(p.numel() for p in trainable),
     }
     (out_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
