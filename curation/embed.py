@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from gristmill.common.identity import model_identity
 from gristmill.common.store import open_store, select_in
 
 _HINT = "pip install 'gristmill[models]'  (sentence-transformers, torch)"
@@ -94,7 +95,11 @@ class Embedder:
             self.model.max_seq_length = max_seq_length
         # Small batches suit CPUs (little padding, cache-resident activations); GPUs want wide batches.
         self.batch_size = batch_size or (256 if device.startswith("cuda") else 16)
-        self.model_key = f"v2|{Path(model_path).name}|seq{self.model.max_seq_length}|{str(self.dtype).split('.')[-1]}"
+        # Keyed on the model's content (config + tokenizer + weights), never its folder name: another model in a
+        # folder called `model`, or new weights at the same path, must not be served these vectors.
+        memo = cache_path.parent / "model_identity.sqlite" if cache_path else None
+        self.model_key = (f"v3|{model_identity(model_path, memo)}|seq{self.model.max_seq_length}"
+                          f"|{str(self.dtype).split('.')[-1]}")
         self.cache = EmbeddingCache(cache_path) if cache_path else None
         self.computed = 0
         self.cached = 0

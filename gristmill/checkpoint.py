@@ -2,12 +2,17 @@
 
 A checkpoint is complete only when its directory exists under the final name; it is assembled in a temporary
 sibling and renamed into place, so a killed run never leaves a half-written step that a resume would trust.
+``stats.json`` records the sha256 of ``kept.parquet``: a resume re-hashes the file and recomputes the step when it
+differs (a corrupted or swapped file is never read as complete), and the runner chains that hash into the next
+step's fingerprint, so a step whose input rows changed is never reused (``chain``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,11 +21,22 @@ from typing import Any
 
 import polars as pl
 
+log = logging.getLogger(__name__)
+
 
 def fingerprint(*parts: Any) -> str:
     """sha256 over the canonical JSON of ``parts``."""
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def chain(step_fingerprint: str, kept_sha256: str) -> str:
+    """What the next step's fingerprint builds on: this step's fingerprint and the content of the rows it kept."""
+    return fingerprint(step_fingerprint, kept_sha256)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -48,10 +64,20 @@ def save_step(target: Path, kept: pl.DataFrame, dropped: pl.DataFrame, stats: di
     try:
         kept.write_parquet(tmp / "kept.parquet")
         dropped.write_parquet(tmp / "dropped.parquet")
+        stats["kept_sha256"] = file_sha256(tmp / "kept.parquet")  # the caller chains it (and sees it)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+        for name in ("kept.parquet", "dropped.parquet", "stats.json"):
+            _fsync(tmp / name)
         replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    # Data on disk before the rename publishes the directory: a power cut must not leave a complete-looking step
+    # with empty files.
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def load_step(target: Path, expected_fingerprint: str) -> tuple[pl.DataFrame, dict[str, Any]] | None:
@@ -59,7 +85,19 @@ def load_step(target: Path, expected_fingerprint: str) -> tuple[pl.DataFrame, di
     stats_path = target / "stats.json"
     if not stats_path.exists():
         return None
-    stats = json.loads(stats_path.read_text())
+    try:
+        stats = json.loads(stats_path.read_text())
+    except (OSError, ValueError):
+        log.warning(f"{stats_path}: unreadable, recomputing the step")
+        return None
     if stats.get("fingerprint") != expected_fingerprint:
         return None
-    return pl.read_parquet(target / "kept.parquet"), stats
+    try:
+        data = (target / "kept.parquet").read_bytes()
+    except OSError:
+        log.warning(f"{target}: kept.parquet is missing, recomputing the step")
+        return None
+    if hashlib.sha256(data).hexdigest() != stats.get("kept_sha256"):
+        log.warning(f"{target}: kept.parquet does not match its recorded hash, recomputing the step")
+        return None
+    return pl.read_parquet(io.BytesIO(data)), stats

@@ -43,6 +43,9 @@ class InputSpec(BaseModel):
     """How records map to text + messages."""
     on_error: Literal["raise", "skip"] = "raise"
     """raise: stop at the first malformed record; skip: reject it with reason malformed_input."""
+    max_reject_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """With `on_error: skip`, stop the run when more than this share of the file's records are rejected (a wrong
+    `mapping` or `format` rejects them all); 1.0 never stops."""
 
 
 class IngestError(InputError):
@@ -159,8 +162,45 @@ def _reject(path: Path, spec: InputSpec, table: readers.Table, bad: readers.Bad)
 
 def ingest(spec: InputSpec, path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read one input; returns ``(rows, rejects)``. ``path`` is ``spec.path`` resolved by the caller."""
+    rows, rejects, _ = ingest_counted(spec, path, enforce_yield=False)
+    return rows, rejects
+
+
+def _guess_mapping(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return None
+    for key, name in (("conversations", "sharegpt"), ("messages", "messages"), ("instruction", "alpaca"),
+                      ("text", "text")):
+        if key in record:
+            return name
+    return None
+
+
+def _check_yield(spec: InputSpec, path: Path, table: readers.Table, rows: pl.DataFrame, bad: list[readers.Bad],
+                 records: int) -> None:
+    """An input that holds nothing, or whose records are mostly rejected, stops the run with what to fix: a run
+    that "succeeds" with zero rows hides a wrong path, format or mapping."""
+    if records == 0:
+        raise IngestError(f"{path}: the input holds no records (empty file?); fix inputs[].path or remove the input")
+    share = len(bad) / records
+    if rows.height == 0 or share > spec.max_reject_fraction:
+        first = bad[0]
+        guess = _guess_mapping(first.record)
+        hint = (f"the records look like `mapping: {guess}`" if guess and guess != spec.mapping
+                else "check the input's `mapping` and `format`")
+        raise IngestError(
+            f"{path}: {len(bad)} of {records} records rejected ({share:.0%}, more than max_reject_fraction "
+            f"{spec.max_reject_fraction}); first: {table.where(first.number)}: {first.reason} (mapping: "
+            f"{spec.mapping}); {hint}, or raise the input's `max_reject_fraction`")
+
+
+def ingest_counted(spec: InputSpec, path: Path, *, enforce_yield: bool = True
+                   ) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """``ingest`` plus the number of records the file held (kept + rejected must add up to it). With
+    ``enforce_yield`` (a recipe's inputs) an empty input, or one rejected beyond ``max_reject_fraction``, raises."""
     mapping = MAPPINGS[spec.mapping]
     table = _read(spec, path, mapping)
+    records = table.number.len() + len(table.bad)
     base = table.frame.with_columns(table.number.alias(_N)) if table.frame.width else pl.DataFrame(table.number
                                                                                                    .alias(_N))
     cols = mapping.columns(table.frame, table.exact_types)
@@ -168,8 +208,10 @@ def ingest(spec: InputSpec, path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     bad, mapped = _decide(table, mapped, mapping)
     if bad and spec.on_error == "raise":
         first = bad[0]
-        raise IngestError(f"{table.where(first.number)}: {first.reason} (mapping: {spec.mapping}); fix the record or "
-                          "set `on_error: skip` on this input")
+        guess = _guess_mapping(first.record)
+        hint = f"the record looks like `mapping: {guess}`; " if guess and guess != spec.mapping else ""
+        raise IngestError(f"{table.where(first.number)}: {first.reason} (mapping: {spec.mapping}); {hint}fix the "
+                          "record or set `on_error: skip` on this input")
     rejects = pl.DataFrame([_reject(path, spec, table, b) for b in bad], infer_schema_length=None) if bad \
         else pl.DataFrame()
     ok = pl.col(_ERR).is_null() | (pl.col(_ERR) == RECHECK)
@@ -178,7 +220,9 @@ def ingest(spec: InputSpec, path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         ok = ok & ~pl.col(_N).is_in(failed.implode())
     kept_index = mapped.with_row_index("\x00i").filter(ok)["\x00i"]
     if kept_index.len() == 0:
-        return empty_frame(), rejects
+        if enforce_yield:
+            _check_yield(spec, path, table, empty_frame(), bad, records)
+        return empty_frame(), rejects, records
     consumed = mapping.consumed | set(RESERVED)
     passing = [pl.col(c).cast(_python_dtype(t)) for c, t in table.frame.schema.items() if c not in consumed]
     rows = mapped.filter(ok).select(
@@ -190,7 +234,9 @@ def ingest(spec: InputSpec, path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         *passing,
     )
     raw = [_raw_column(table, kept_index, key) for key in ("source", "meta") if key in table.frame.columns]
-    return (rows.with_columns(raw) if raw else rows), rejects
+    if bad and enforce_yield:
+        _check_yield(spec, path, table, rows, bad, records)
+    return (rows.with_columns(raw) if raw else rows), rejects, records
 
 
 def empty_frame() -> pl.DataFrame:

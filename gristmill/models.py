@@ -21,6 +21,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from gristmill.common.errors import UserError
+from gristmill.common.identity import model_identity
+
 
 @dataclass(frozen=True)
 class Builtin:
@@ -42,10 +45,11 @@ BUILTINS = {
     ),
 }
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CONVERSION = "1"  # bump when _convert_smollm2 changes what it writes (part of the built-in's identity)
 
 
-class ModelError(RuntimeError):
-    pass
+class ModelError(UserError, RuntimeError):
+    """A model that is not registered, not installed or not converted (the message says the command to run)."""
 
 
 def cache_root() -> Path:
@@ -103,7 +107,8 @@ def _convert_smollm2(package_dir: Path, target: Path) -> None:
     try:
         fresh.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "gristmill.json").write_text(json.dumps({"name": "smollm2-135m-instruct", "from": _GGUF}))
+        (tmp / "gristmill.json").write_text(json.dumps({"name": "smollm2-135m-instruct", "from": _GGUF,
+                                                         "conversion": _CONVERSION}))
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -120,6 +125,10 @@ def builtin_path(name: str, *, install: bool = False, convert: bool = True) -> P
         if not convert:
             raise ModelError(f"model {name!r} is not converted yet: run `gristmill models pull`")
         _convert_smollm2(pkg, target)
+    made = json.loads((target / "gristmill.json").read_text()).get("conversion", "1")
+    if made != _CONVERSION:  # the identity says conversion _CONVERSION: never serve an older build under it
+        raise ModelError(f"model {name!r} at {target} was converted by an older gristmill (conversion {made}, now "
+                         f"{_CONVERSION}): delete that directory and run `gristmill models pull`")
     return target
 
 
@@ -150,3 +159,26 @@ def status() -> list[dict[str, str]]:
             path, state = "", str(err)
         rows.append({"name": name, "kind": b.kind, "state": state, "path": path, "about": b.about})
     return rows
+
+
+def identity(name_or_path: str, *, key: str = "model") -> str:
+    """The content identity of a model for cache keys and fingerprints (``gristmill.common.identity``).
+
+    A built-in is named by the files it is built from (the package's weights, plus the conversion's version for
+    the GGUF one), so its identity needs no conversion; when its package is missing the identity is the pinned
+    package spec (the step then fails with the install hint). A local directory is hashed (config, tokenizer,
+    weights), remembered by path/size/mtime in ``<cache>/model_identity.sqlite``.
+    """
+    memo = cache_root() / "model_identity.sqlite"
+    if name_or_path in BUILTINS:
+        b = BUILTINS[name_or_path]
+        pkg = _package_dir(b.package)
+        if pkg is None:
+            return f"builtin:{b.name}:{b.pip_args[-1]}"
+        if name_or_path == "minilm-l6":
+            return model_identity(pkg / "model", memo)
+        return f"builtin:{b.name}:conversion{_CONVERSION}:{model_identity(pkg / _GGUF, memo)}"
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        resolve(name_or_path, key=key)  # raises the registry's message
+    return model_identity(path, memo)

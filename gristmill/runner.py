@@ -20,11 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import gristmill
-from gristmill.checkpoint import fingerprint, load_step, replace_dir, save_step, write_json_atomic
+from gristmill.checkpoint import chain, fingerprint, load_step, replace_dir, save_step, write_json_atomic
+from gristmill.common.contract import StepResult
 from gristmill.common.errors import GateFailed, MissingFileError
 from gristmill.export import export_dataset, write_rejects
-from gristmill.ingest import check_unique_ids, fingerprint_path, ingest
+from gristmill.ingest import VERSION as ingest_version
+from gristmill.ingest import check_unique_ids, fingerprint_path, ingest_counted
 from gristmill.models import cache_root
+from gristmill.models import identity as model_identity
 from gristmill.recipe import Recipe, Step, path_fields
 from gristmill.steps import STEPS, Context
 
@@ -57,12 +60,47 @@ def _resolved(recipe: Recipe, step: Step) -> tuple[Any, dict[str, Any]]:
     return _resolve_paths(recipe, step.params, view, f"steps.{step.name}"), view
 
 
+# Fields naming a model (a registry name or a local directory). Their fingerprint view is the model's content
+# identity, so new weights under the same name or path recompute the step (and training).
+_MODEL_FIELDS = ("model", "small_model", "base_model")
+# Libraries whose behaviour shapes a step's output beyond our code: polars everywhere (hashing, sorting, parquet),
+# the model stack where a model runs. Their versions go into the fingerprint.
+_FRAME_LIBS = ("polars",)
+_MODEL_LIBS = ("torch", "transformers", "tokenizers", "sentence-transformers", "peft", "bitsandbytes")
+
+
+def _lib_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _has_model(view: Any) -> bool:
+    if isinstance(view, dict):
+        return "model_identity" in view or any(_has_model(v) for v in view.values())
+    return isinstance(view, list) and any(_has_model(v) for v in view)
+
+
+def _fingerprint_view(view: dict[str, Any]) -> dict[str, Any]:
+    """The params view plus the versions of the libraries the step's output depends on."""
+    libs = _FRAME_LIBS + (_MODEL_LIBS if _has_model(view) else ())
+    return {"params": view, "libs": _lib_versions(libs)}
+
+
 def _resolve_paths(recipe: Recipe, params: BaseModel, view: dict[str, Any], where: str) -> Any:
-    """``params`` with its path fields (also those of nested models) absolute; ``view`` gets their hashes."""
+    """``params`` with its path fields (also those of nested models) absolute; ``view`` gets their hashes, and the
+    content identity of every model a field names (not for a remote ``engine: openai`` model: its name and
+    ``base_url`` are all we can know of it)."""
     updates: dict[str, Any] = {}
     for name, value in params:
         if isinstance(value, BaseModel):
             updates[name] = _resolve_paths(recipe, value, view[name], f"{where}.{name}")
+        elif name in _MODEL_FIELDS and isinstance(value, str) and getattr(params, "engine", None) != "openai":
+            view[name] = {"name": value, "model_identity": model_identity(value, key=f"{where}.{name}")}
     for name in path_fields(params):
         value = getattr(params, name)
         if value is None:
@@ -96,41 +134,49 @@ class Runner:
         )
 
     def _ingest(self) -> tuple[pl.DataFrame, dict[str, Any], str]:
+        """Read every input (checkpointed like a step). Returns the frame, its stats and the fingerprint the first
+        step builds on (the ingest fingerprint chained with the content of the rows it kept)."""
         specs = [(spec, self.recipe.resolve(spec.path)) for spec in self.recipe.inputs]
-        fp = fingerprint("ingest", gristmill.__version__,
+        fp = fingerprint("ingest", ingest_version, gristmill.__version__, _lib_versions(_FRAME_LIBS),
                          [(s.model_dump(mode="json"), fingerprint_path(p) if p.exists() else None) for s, p in specs])
         target = self.run_dir / "steps" / "00-ingest"
         cached = load_step(target, fp)
         if cached:
-            return cached[0], cached[1] | {"resumed": True}, fp
+            return cached[0], cached[1] | {"resumed": True}, chain(fp, cached[1]["kept_sha256"])
         started = time.perf_counter()
-        frames, rejects = [], []
+        frames, rejects, records = [], [], 0
         for spec, path in specs:
-            rows, bad = ingest(spec, path)
+            rows, bad, read = ingest_counted(spec, path)
             frames.append(rows)
+            records += read
             if bad.height:
                 rejects.append(bad)
         frame = pl.concat(frames, how="diagonal_relaxed")
         check_unique_ids(frame)
         dropped = pl.concat(rejects, how="diagonal_relaxed") if rejects else pl.DataFrame(
             schema={"id": pl.String, "reason": pl.String})
-        stats = {"step": "ingest", "fingerprint": fp, "rows_in": frame.height + dropped.height,
+        # Same accounting as a step: every record read is kept or rejected, each once.
+        StepResult(frame, dropped, {}, records).check("ingest")
+        stats = {"step": "ingest", "fingerprint": fp, "rows_in": records,
                  "kept": frame.height, "dropped": dropped.height,
                  "dropped_by_reason": {"malformed_input": dropped.height} if dropped.height else {},
                  "seconds": round(time.perf_counter() - started, 3)}
         save_step(target, frame, dropped, stats)
-        return frame, stats | {"resumed": False}, fp
+        return frame, stats | {"resumed": False}, chain(fp, stats["kept_sha256"])
 
     def _run_step(self, index: int, step: Step, frame: pl.DataFrame, prev_fp: str,
                   progress: Progress) -> tuple[pl.DataFrame, dict[str, Any], str]:
+        """Run (or resume) one step. ``prev_fp`` already holds the content of ``frame`` (``chain``), so a step whose
+        input rows changed is recomputed even when everything before it kept its fingerprint; the returned
+        fingerprint chains this step's kept rows the same way."""
         definition = STEPS[step.name]
         params, view = _resolved(self.recipe, step)
         version = definition.version_of(params)
-        fp = fingerprint(prev_fp, step.name, version, view)
+        fp = fingerprint(prev_fp, step.name, version, _fingerprint_view(view))
         target = self.run_dir / "steps" / f"{index:02d}-{step.name}"
         cached = load_step(target, fp)
         if cached:
-            return cached[0], cached[1] | {"resumed": True}, fp
+            return cached[0], cached[1] | {"resumed": True}, chain(fp, cached[1]["kept_sha256"])
         task = progress.add_task(f"{index:02d} {step.name}", total=frame.height, rate="")
         started = time.perf_counter()
 
@@ -147,7 +193,7 @@ class Runner:
         seconds = time.perf_counter() - started
         progress.update(task, completed=frame.height)
         progress.remove_task(task)
-        result.check(step.name)
+        result.check(step.name, frame)  # rows_in, counts and ids against the frame this step was given
         stats = {"step": step.name, "version": version, "fingerprint": fp,
                  "params": step.params.model_dump(mode="json"), **result.summary(),
                  "seconds": round(seconds, 3), "rows_per_s": round(frame.height / seconds, 1) if seconds else None}
@@ -156,7 +202,7 @@ class Runner:
         if result.report is not None:
             stats["report"] = result.report  # kept in the checkpoint so a resumed run still writes it
         save_step(target, result.kept, result.dropped, stats)
-        return result.kept, stats | {"resumed": False}, fp
+        return result.kept, stats | {"resumed": False}, chain(fp, stats["kept_sha256"])
 
     def _say(self, label: str, stats: dict[str, Any]) -> None:
         reasons = ", ".join(f"{k} {v}" for k, v in stats.get("dropped_by_reason", {}).items())

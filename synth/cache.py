@@ -1,7 +1,8 @@
 """A request cache for generation engines: every answer is generated once and replayed verbatim afterwards.
 
-``CachedEngine(engine, path)`` wraps any ``Engine``. A request's key is sha256 over the model identity, the full
-chat prompt, the sampling params (``json_schema`` included), the engine seed and the candidate index (the n-th time
+``CachedEngine(engine, path)`` wraps any ``Engine``. A request's key is sha256 over the model identity (a content
+hash of a local model's config, tokenizer and weights: ``gristmill.common.identity``), the full chat prompt, the
+sampling params (``json_schema`` included), the engine seed and the candidate index (the n-th time
 this exact request is made by this ``CachedEngine``, so a prompt asked twice gets two candidates, not one answer
 twice). ``chat`` looks every conversation up, sends only the misses to the inner engine and commits each chunk's
 answers as soon as they return, so a killed run loses at most one chunk (``chunk_size`` prompts) of work and the
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gristmill.common.identity import identity_or_name
 from gristmill.common.store import open_store, select_in
 from gristmill.synth.engine import Generation, SamplingConfig
 
@@ -43,6 +45,12 @@ def request_key(identity: str, conversation: Conversation, sampling: SamplingCon
         sort_keys=True, ensure_ascii=False, separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _local_identity(engine: Any, cache_path: Path) -> str:
+    """``"<engine name>:<model content hash>"`` for a local model (its path is not part of it: the same weights
+    elsewhere share answers, new weights at the same path do not); ``"<name>:<model>"`` when it is no local path."""
+    return f"{engine.name}:{identity_or_name(str(engine.model_path), Path(cache_path).parent / 'model_identity.sqlite')}"
 
 
 class RequestCache:
@@ -81,7 +89,7 @@ class CachedEngine:
 
     ``chunk_size``: misses per inner ``chat`` call (each chunk is committed before the next is sent); ``None``
     sends all misses of a call as one batch. ``identity`` names the model in the key; by default
-    ``engine.cache_identity`` if the engine has one, else ``"<engine.name>:<engine.model_path>"``.
+    ``engine.cache_identity`` if the engine has one, else ``"<engine.name>:<model content hash>"``.
     The inner engine is only called when something misses, so a lazily started engine (``VLLMEngine``) is never
     loaded on a fully cached run.
     """
@@ -92,7 +100,7 @@ class CachedEngine:
         self.engine = engine
         self.cache = RequestCache(path)
         self.chunk_size = chunk_size
-        self.identity = identity or getattr(engine, "cache_identity", None) or f"{engine.name}:{engine.model_path}"
+        self.identity = identity or getattr(engine, "cache_identity", None) or _local_identity(engine, path)
         self.hits = 0
         self.misses = 0
         self._asked: Counter[str] = Counter()

@@ -69,13 +69,49 @@ class StepResult:
         return {"rows_in": self.rows_in, **added, "kept": self.kept.height, "dropped": self.dropped.height,
                 "dropped_by_reason": self.dropped_by_reason(), **self.stats}
 
-    def check(self, step: str) -> None:
-        """Raise ``AccountingError`` unless every row in (and every added row) is kept or dropped with a reason."""
+    def check(self, step: str, frame_in: pl.DataFrame | None = None) -> None:
+        """Raise ``AccountingError`` unless every row in (and every added row) is kept or dropped with a reason.
+
+        With ``frame_in`` (the frame the step was given, as the runner passes it) the rows are checked by id too:
+        ``rows_in`` must be its height, every input id must come out exactly as often as it went in (kept or
+        dropped), and the ids that were not in the input are exactly ``added`` distinct new rows. So a step that
+        loses one row and duplicates another, which the counts alone cannot see, fails here.
+        """
+        if frame_in is not None and self.rows_in != frame_in.height:
+            raise AccountingError(f"step {step}: reports rows_in={self.rows_in} but was given {frame_in.height} rows")
         if self.rows_in + self.added != self.kept.height + self.dropped.height:
             raise AccountingError(f"step {step}: {self.rows_in} rows in + {self.added} added != "
                                   f"{self.kept.height} kept + {self.dropped.height} dropped")
         if self.dropped.height and self.dropped["reason"].null_count():
             raise AccountingError(f"step {step}: a dropped row has no reason")
+        if frame_in is not None and "id" in frame_in.columns:
+            self._check_ids(step, frame_in["id"])
+
+    def _check_ids(self, step: str, ids_in: pl.Series) -> None:
+        parts = []
+        for name, frame in (("kept", self.kept), ("dropped", self.dropped)):
+            if frame.height and "id" not in frame.columns:
+                raise AccountingError(f"step {step}: the {name} rows have no `id` column")
+            if frame.height:
+                parts.append(frame["id"].cast(pl.String))
+        out = pl.concat(parts) if parts else pl.Series("id", [], dtype=pl.String)
+        if out.null_count():
+            raise AccountingError(f"step {step}: {out.null_count()} rows came out without an id")
+        counts = (
+            ids_in.cast(pl.String).value_counts(name="n_in").rename({ids_in.name: "id"})
+            .join(out.alias("id").value_counts(name="n_out"), on="id", how="full", coalesce=True)
+            .with_columns(pl.col("n_in").fill_null(0), pl.col("n_out").fill_null(0))
+        )
+        wrong = counts.filter((pl.col("n_in") > 0) & (pl.col("n_in") != pl.col("n_out")))
+        if wrong.height:
+            lost = wrong.filter(pl.col("n_out") < pl.col("n_in"))["id"].head(3).to_list()
+            extra = wrong.filter(pl.col("n_out") > pl.col("n_in"))["id"].head(3).to_list()
+            raise AccountingError(f"step {step}: {wrong.height} input ids do not come out exactly once "
+                                  f"(lost, e.g. {lost}; duplicated, e.g. {extra})")
+        new = counts.filter(pl.col("n_in") == 0)
+        if new.height != self.added or new.height and new["n_out"].max() != 1:  # type: ignore[operator]
+            raise AccountingError(f"step {step}: {new['n_out'].sum()} rows with {new.height} ids that were not in "
+                                  f"the input, but the step reports {self.added} added (new ids must be unique)")
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.kept, self.dropped, self.summary()))
