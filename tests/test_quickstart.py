@@ -65,6 +65,10 @@ def test_quickstart_end_to_end(quickstart: tuple[Path, Path, subprocess.Complete
         assert json.loads(prov["sampling"])["json_schema"]["required"] == ["instruction", "input", "output"]
     step = next(s for s in manifest["steps"] if s["step"] == "synthesize")
     assert step["requested"] == step["generated"] == step["rows_added"]
+    # Generated now, not replayed: the session's cache dir starts empty (tests/conftest.py), so the first run
+    # cannot be satisfied by a request cache left by an earlier run.
+    assert step["cache_misses"] > 0 and step["cache_hits"] == 0, step
+    assert not step["resumed"]
     assert step["output_tokens"] > 0 and step["output_tokens_per_kept_row"] > 0
 
     leaks = json.loads(next((run / "reports").glob("*-decontaminate.json")).read_text())

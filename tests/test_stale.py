@@ -208,3 +208,14 @@ def test_added_rows_must_have_new_unique_ids() -> None:
     swapped = pl.DataFrame({"id": ["a", "n1", "n2"], "text": ["x", "p", "q"]})  # b replaced by a new row
     with pytest.raises(AccountingError, match=r"lost, e\.g\. \['b'\]"):
         StepResult(swapped, no_drops(frame), {}, 2, added=1).check("synth", frame)
+
+
+def test_the_session_cache_is_isolated(test_cache: Path) -> None:
+    """tests/conftest.py: a fresh cache dir per session (models linked in), inherited by subprocesses."""
+    import os
+
+    from gristmill.models import cache_root
+
+    assert os.environ["GRISTMILL_CACHE"] == str(test_cache) == str(cache_root())
+    assert test_cache.name.startswith("gristmill-test-cache-")
+    assert all(p.is_symlink() for p in (test_cache / "models").glob("*"))
