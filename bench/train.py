@@ -199,7 +199,8 @@ def main() -> None:
     results = {}
     for side in ("ours", "baseline"):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--model-path", model_path]
-        out = subprocess.run(cmd, text=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        out = subprocess.run(cmd, text=True, capture_output=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])))
         lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not lines:
             sys.exit(f"{side} failed:\n{out.stderr[-4000:]}")

@@ -74,6 +74,19 @@ def test_weights_are_read_and_zero_weight_rows_skipped() -> None:
     assert [e.weight for e in kept] == [2.5, 1.0] and stats.skipped == {"zero_weight": 1}
 
 
+def test_rows_of_bounded_length_are_filled_first_fit_decreasing() -> None:
+    from gristmill.train.packing import pack_rows
+
+    assert pack_rows([300, 200, 250, 100], 512) == [[0, 1], [2, 3]]
+    assert pack_rows([600, 10], 512) == [[0], [1]]  # too long for a row: a row of its own
+    a, b, c = Example([5, 6, 7], [IGNORE, 6, 7]), Example([8, 9], [IGNORE, 9]), Example([4], [IGNORE])
+    rows = collate_packed([a, b, c], max_row=4, pad_id=0)
+    assert rows["input_ids"].tolist() == [[5, 6, 7, 4], [8, 9, 0, 0]]
+    assert rows["position_ids"].tolist() == [[0, 1, 2, 0], [0, 1, 0, 1]]  # the padding block restarts at 0
+    assert rows["labels"].tolist() == [[IGNORE, 6, 7, IGNORE], [IGNORE, 9, IGNORE, IGNORE]]
+    assert rows["weights"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+
+
 def test_collate_packed_restarts_positions_and_masks_boundaries() -> None:
     a, b = Example([5, 6, 7], [IGNORE, 6, 7], 2.0), Example([8, 9], [IGNORE, 9], 1.0)
     packed = collate_packed([a, b])
@@ -120,8 +133,13 @@ def test_packed_and_padded_batches_give_the_same_token_losses(tiny: Path, method
         packed, _ = token_losses(model, collate(examples, tok.pad_token_id, packing=True))
         padded, _ = token_losses(model, collate(examples, tok.pad_token_id, packing=False))
         alone = torch.cat([token_losses(model, collate([e], tok.pad_token_id, packing=False))[0] for e in examples])
+        rows = collate(examples, tok.pad_token_id, packing=True, max_row=40)  # several rows + padding blocks
+        multi, _ = token_losses(model, rows)
+    assert rows["input_ids"].shape[0] > 1
     assert packed.shape == padded.shape == alone.shape == (sum(e.n_targets for e in examples),)
+    # Per example: token losses are in example order in packed/padded/alone; rows reorder examples.
     assert torch.allclose(packed, alone, atol=2e-4) and torch.allclose(padded, alone, atol=2e-4)
+    assert torch.allclose(multi.sort().values, alone.sort().values, atol=2e-4)
 
 
 def test_weights_scale_the_loss_as_the_formula_says(tiny: Path) -> None:

@@ -20,7 +20,7 @@ def _quiet(phase: str, done: int, total: int, note: str) -> None:
 
 
 def eval_loss(model: Any, examples: list[Example], *, pad_id: int, packing: bool, token_budget: int,
-              phase: str = "eval", progress: Progress = _quiet) -> dict[str, float]:
+              max_row: int | None = None, phase: str = "eval", progress: Progress = _quiet) -> dict[str, float]:
     """Mean (unweighted) token loss over ``examples`` and its perplexity; batches of similar length."""
     import torch
 
@@ -31,7 +31,8 @@ def eval_loss(model: Any, examples: list[Example], *, pad_id: int, packing: bool
     started = time.perf_counter()
     with torch.no_grad():
         for i, idx in enumerate(batches, 1):
-            losses, _ = token_losses(model, collate([examples[j] for j in idx], pad_id, packing))
+            losses, _ = token_losses(model, collate([examples[j] for j in idx], pad_id, packing,
+                                                            max_row=max_row))
             total += float(losses.sum())
             count += losses.numel()
             progress(phase, i, len(batches), f"{count} tokens")

@@ -117,6 +117,11 @@ def keep_4bit_weights_trainable(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def varlen_attention(model: Any) -> bool:
+    """True when attention runs flash-attention's varlen kernel (a packed batch is best one row long)."""
+    return getattr(model.config, "_attn_implementation", None) == "flash_attention_2"
+
+
 def make_optimizer(trainable: list[Any], lr: float, on_gpu: bool) -> Any:
     """Paged AdamW 8-bit on CUDA (the QLoRA paper's optimizer), torch AdamW elsewhere."""
     import torch

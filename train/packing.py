@@ -19,17 +19,58 @@ from typing import Any
 from gristmill.train.formatting import IGNORE, Example
 
 
-def collate_packed(batch: list[Example], *, flash_kwargs: bool = False) -> dict[str, Any]:
-    """One row holding every example of ``batch`` (transformers' ``DataCollatorWithFlattening``) plus a
-    per-token ``weights`` row (each token carries its example's weight)."""
+def pack_rows(lengths: list[int], max_row: int) -> list[list[int]]:
+    """First-fit decreasing: example indices grouped into rows of at most ``max_row`` tokens (an example longer
+    than ``max_row`` gets a row of its own).
+
+    >>> pack_rows([300, 200, 250, 100], 512)
+    [[0, 1], [2, 3]]
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fit = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if fit is None:
+            rows.append([i])
+            room.append(max_row - lengths[i])
+        else:
+            rows[fit].append(i)
+            room[fit] -= lengths[i]
+    return rows
+
+
+def collate_packed(batch: list[Example], *, max_row: int | None = None, pad_id: int = 0,
+                   flash_kwargs: bool = False) -> dict[str, Any]:
+    """The batch's examples flattened into one row (transformers' ``DataCollatorWithFlattening``), or, with
+    ``max_row``, into rows of at most ``max_row`` tokens (``pack_rows``), plus per-token ``weights`` (each token
+    carries its example's weight). Without varlen flash attention, sdpa computes every row's full square and
+    masks it, so bounded rows keep that waste small. Shorter rows are filled up with a padding block that restarts
+    its own position ids (so it is a separate "example" nobody attends to), label -100 and weight 0."""
     import torch
     from transformers import DataCollatorWithFlattening
 
+    groups = pack_rows([len(e.input_ids) for e in batch], max_row) if max_row else [list(range(len(batch)))]
     flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE,
                                          return_flash_attn_kwargs=flash_kwargs)
-    out = flatten([{"input_ids": e.input_ids, "labels": e.labels} for e in batch])
-    out["weights"] = torch.tensor([[e.weight for e in batch for _ in e.input_ids]], dtype=torch.float32)
-    return dict(out)
+    rows = [flatten([{"input_ids": batch[i].input_ids, "labels": batch[i].labels} for i in g]) for g in groups]
+    weights = [[batch[i].weight for i in g for _ in batch[i].input_ids] for g in groups]
+    if len(rows) == 1:
+        out = dict(rows[0])
+        out["weights"] = torch.tensor(weights, dtype=torch.float32)
+        return out
+    width = max(r["input_ids"].shape[1] for r in rows)
+    out = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+           "labels": torch.full((len(rows), width), IGNORE, dtype=torch.long),
+           "position_ids": torch.arange(width).repeat(len(rows), 1),
+           "weights": torch.zeros((len(rows), width), dtype=torch.float32)}
+    for k, (row, w) in enumerate(zip(rows, weights, strict=True)):
+        n = row["input_ids"].shape[1]
+        out["input_ids"][k, :n] = row["input_ids"][0]
+        out["labels"][k, :n] = row["labels"][0]
+        out["position_ids"][k, :n] = row["position_ids"][0]
+        out["position_ids"][k, n:] = torch.arange(width - n)
+        out["weights"][k, :n] = torch.tensor(w)
+    return out
 
 
 def collate_padded(batch: list[Example], pad_id: int) -> dict[str, Any]:
@@ -50,8 +91,12 @@ def collate_padded(batch: list[Example], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
 
 
-def collate(batch: list[Example], pad_id: int, packing: bool, *, flash_kwargs: bool = False) -> dict[str, Any]:
-    return collate_packed(batch, flash_kwargs=flash_kwargs) if packing else collate_padded(batch, pad_id)
+def collate(batch: list[Example], pad_id: int, packing: bool, *, max_row: int | None = None,
+            flash_kwargs: bool = False) -> dict[str, Any]:
+    """Packed (rows of at most ``max_row`` tokens, or one row) or padded."""
+    if packing:
+        return collate_packed(batch, max_row=max_row, pad_id=pad_id, flash_kwargs=flash_kwargs)
+    return collate_padded(batch, pad_id)
 
 
 def plan_epoch(lengths: list[int], batch_size: int, *, seed: int, epoch: int, by_length: bool) -> list[list[int]]:

@@ -23,7 +23,7 @@ from gristmill.train.card import write_card
 from gristmill.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from gristmill.train.evaluate import eval_loss, generation_eval
 from gristmill.train.formatting import IGNORE, Example, encode_rows, stop_token_ids
-from gristmill.train.model import load_model, make_optimizer, token_losses
+from gristmill.train.model import load_model, make_optimizer, token_losses, varlen_attention
 from gristmill.train.packing import collate, plan_epoch
 from gristmill.train.params import LoraParams, TrainParams
 from gristmill.train.tracking import Trackers
@@ -119,7 +119,11 @@ def train_qlora(
             opt = make_optimizer(trainable, params.learning_rate, on_gpu)
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: min(1.0, (s + 1) / (params.warmup_steps + 1)))
-    eval_kw = {"pad_id": pad, "packing": params.packing, "token_budget": budget, "progress": say}
+    varlen = varlen_attention(model)
+    # Without varlen flash attention, packed rows are capped at max_seq_length (sdpa computes each row's square).
+    max_row = None if varlen else params.max_seq_length
+    eval_kw = {"pad_id": pad, "packing": params.packing, "token_budget": budget, "max_row": max_row,
+               "progress": say}
     gen_kw = {"max_new_tokens": params.eval_max_new_tokens, "stop_ids": stops, "batch_size": params.batch_size * 2,
               "progress": say}
     if state["eval_before"] is None:
@@ -146,7 +150,7 @@ def train_qlora(
                                   by_length=not params.packing)
             micro.append([train_set[i] for i in plan[state["batch"]]])
             state["batch"] += 1
-        batches = [collate(b, pad, params.packing, flash_kwargs=on_gpu) for b in micro]
+        batches = [collate(b, pad, params.packing, max_row=max_row, flash_kwargs=varlen) for b in micro]
         n_step = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         weighted, plain = 0.0, 0.0
         for batch in batches:
