@@ -202,6 +202,8 @@ def train_qlora(
     metrics = {
         "base_model": model_path,
         "method": params.method,
+        "double_quant": params.double_quant,
+        "bf16": bool(getattr(model.config, "gristmill_bf16", False)),
         "packing": params.packing,
         "train_rows": len(train_set),
         "eval_rows": len(eval_set),
