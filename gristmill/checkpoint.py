@@ -9,17 +9,21 @@ step's fingerprint, so a step whose input rows changed is never reused (``chain`
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from gristmill.common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,40 @@ def fingerprint(*parts: Any) -> str:
     """sha256 over the canonical JSON of ``parts``."""
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_FIXABLE = {errno.ENOSPC: "the disk is full: free space", errno.EDQUOT: "the disk quota is used up: free space",
+            errno.EACCES: "permission denied: make it writable", errno.EPERM: "permission denied: make it writable",
+            errno.EROFS: "the file system is read-only: choose a writable `output.dir`",
+            errno.ENOTDIR: "a regular file stands where a directory must be: choose another `output.dir`"}
+
+
+class OutputError(UserError, OSError):
+    """The run directory cannot be written (disk full, permission denied, read-only, a file in the way)."""
+
+
+IO_ERRORS = (OSError, pl.exceptions.ComputeError)  # polars reports a failed write as ComputeError("... os error 28")
+
+
+def output_error(err: Exception, path: Path) -> Exception:
+    """``err`` (an ``OSError``, or polars' error around one) as an ``OutputError`` naming ``path`` and the fix when
+    the user can fix it, else ``err`` itself (a bug keeps its traceback)."""
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None and (found := re.search(r"os error (\d+)", str(err))):
+        code = int(found.group(1))
+    fix = _FIXABLE.get(code or 0)
+    if fix is None:
+        return err
+    return OutputError(f"cannot write {path}: {os.strerror(code or 0)} — {fix} (at or under {path.parent}) and run "
+                       "again; finished steps resume from their checkpoints")
+
+
+def ensure_dir(path: Path) -> None:
+    """``mkdir -p`` with an ``OutputError`` naming the problem (a file in the way, permissions, a full disk)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(err, path) from err
 
 
 def chain(step_fingerprint: str, kept_sha256: str) -> str:
@@ -40,11 +78,17 @@ def file_sha256(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    ensure_dir(path.parent)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise output_error(err, path) from err
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
@@ -59,18 +103,27 @@ def replace_dir(tmp: Path, target: Path) -> None:
 
 
 def save_step(target: Path, kept: pl.DataFrame, dropped: pl.DataFrame, stats: dict[str, Any]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    ensure_dir(target.parent)
     try:
-        kept.write_parquet(tmp / "kept.parquet")
-        dropped.write_parquet(tmp / "dropped.parquet")
-        stats["kept_sha256"] = file_sha256(tmp / "kept.parquet")  # the caller chains it (and sees it)
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
-        for name in ("kept.parquet", "dropped.parquet", "stats.json"):
-            _fsync(tmp / name)
-        replace_dir(tmp, target)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    except OSError as err:
+        raise output_error(err, target) from err
+    try:
+        _write_step(tmp, target, kept, dropped, stats)
+    except IO_ERRORS as err:  # the half-written temporary directory goes; the old checkpoint (if any) stays
+        raise output_error(err, target) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_step(tmp: Path, target: Path, kept: pl.DataFrame, dropped: pl.DataFrame, stats: dict[str, Any]) -> None:
+    kept.write_parquet(tmp / "kept.parquet")
+    dropped.write_parquet(tmp / "dropped.parquet")
+    stats["kept_sha256"] = file_sha256(tmp / "kept.parquet")  # the caller chains it (and sees it)
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    for name in ("kept.parquet", "dropped.parquet", "stats.json"):
+        _fsync(tmp / name)
+    replace_dir(tmp, target)
 
 
 def _fsync(path: Path) -> None:

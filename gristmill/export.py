@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from gristmill.checkpoint import write_json_atomic
+from gristmill.checkpoint import IO_ERRORS, ensure_dir, output_error, replace_dir, write_json_atomic
 
 
 def write_rejects(path: Path, step_dirs: list[tuple[str, Path]]) -> dict[str, Any]:
@@ -38,8 +39,12 @@ def write_rejects(path: Path, step_dirs: list[tuple[str, Path]]) -> dict[str, An
         schema={k: pl.String for k in ("id", "step", "reason", "source", "text", "detail", "meta")}
     )
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp)
-    tmp.replace(path)
+    try:
+        frame.write_parquet(tmp)
+        tmp.replace(path)
+    except IO_ERRORS as err:
+        tmp.unlink(missing_ok=True)
+        raise output_error(err, path) from err
     counts = frame.group_by("step", "reason").len().sort("step", "reason").to_dicts()
     return {"path": str(path), "rows": frame.height, "by_step_reason": counts}
 
@@ -54,25 +59,45 @@ def _jsonl_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
 
 
 def export_dataset(frame: pl.DataFrame, out: Path, recipe: Any, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the final set in the recipe's formats plus README.md; returns what was written."""
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, str] = {}
-    if "parquet" in recipe.output.formats:
-        frame.write_parquet(out / "data.parquet")
-        written["parquet"] = str(out / "data.parquet")
-    if "jsonl" in recipe.output.formats:
-        tmp = out / ".data.jsonl.tmp"
-        with tmp.open("w", encoding="utf-8") as fh:
-            for row in _jsonl_rows(frame):
-                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        tmp.replace(out / "data.jsonl")
-        written["jsonl"] = str(out / "data.jsonl")
-    if "hf_disk" in recipe.output.formats:
-        from datasets import Dataset
+    """Write the final set in the recipe's formats plus README.md; returns what was written.
 
-        Dataset(frame.to_arrow()).save_to_disk(str(out / "hf"))
-        written["hf_disk"] = str(out / "hf")
-    (out / "README.md").write_text(data_card(frame, recipe, manifest))
+    Every file is written under a temporary name and renamed into place, so a killed or failed export (disk full,
+    permission denied) never leaves a partial ``data.parquet``/``data.jsonl`` that looks complete; such a failure
+    is an ``OutputError`` naming the file and the fix."""
+    ensure_dir(out)
+    written: dict[str, str] = {}
+    tmps: list[Path] = []
+    try:
+        if "parquet" in recipe.output.formats:
+            tmps.append(out / ".data.parquet.tmp")
+            frame.write_parquet(tmps[-1])
+            tmps[-1].replace(out / "data.parquet")
+            written["parquet"] = str(out / "data.parquet")
+        if "jsonl" in recipe.output.formats:
+            tmps.append(out / ".data.jsonl.tmp")
+            with tmps[-1].open("w", encoding="utf-8") as fh:
+                for row in _jsonl_rows(frame):
+                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            tmps[-1].replace(out / "data.jsonl")
+            written["jsonl"] = str(out / "data.jsonl")
+        if "hf_disk" in recipe.output.formats:
+            from datasets import Dataset
+
+            tmps.append(out / ".hf.tmp")
+            Dataset(frame.to_arrow()).save_to_disk(str(tmps[-1]))
+            replace_dir(tmps[-1], out / "hf")
+            written["hf_disk"] = str(out / "hf")
+        tmps.append(out / ".README.md.tmp")
+        tmps[-1].write_text(data_card(frame, recipe, manifest))
+        tmps[-1].replace(out / "README.md")
+    except IO_ERRORS as err:
+        raise output_error(err, tmps[-1].with_name(tmps[-1].name.strip(".").removesuffix(".tmp"))) from err
+    finally:
+        for tmp in tmps:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
     info = {"rows": frame.height, "files": written, "columns": frame.columns}
     write_json_atomic(out / "dataset_info.json", info)
     return info

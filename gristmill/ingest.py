@@ -29,7 +29,8 @@ Format = Literal["jsonl", "json", "csv", "parquet", "hf_disk"]
 _N, _ERR, _TEXT, _MSGS = "\x00number", "\x00error", "\x00text", "\x00messages"
 
 
-VERSION = "2"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text)
+VERSION = "3"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
+# not part of the first record (a BOM-prefixed jsonl's first line was rejected), hostile records rejected not crashing
 
 
 class InputSpec(BaseModel):

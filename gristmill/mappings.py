@@ -108,7 +108,8 @@ def map_messages(record: dict[str, Any]) -> Mapped:
         raise ValueError(_MESSAGES_SHAPE)
     messages = []
     for i, m in enumerate(raw):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in _ROLES \
+                or not isinstance(m.get("content"), str):
             raise ValueError(_fill(_MESSAGES_TURN, i))
         messages.append({"role": m["role"], "content": m["content"]})
     return messages_text(messages), messages

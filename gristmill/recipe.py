@@ -154,9 +154,53 @@ def _pydantic_errors(
     return out
 
 
+_MAX_NODES = 100_000  # a real recipe has hundreds; YAML aliases can make a few lines expand to billions
+
+
+def _expanded_nodes(text: str) -> int:
+    """How many nodes the YAML document has once its aliases are expanded (counted without expanding them).
+
+    Example: ``a: &x [1, 2]`` then ``b: [*x, *x]`` is 1 root + a (1 list + 2) + b (1 list + 2 x 3) = 11 nodes.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return 0  # safe_load reports it with its line
+    memo: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in memo:
+            return memo[id(node)]
+        memo[id(node)] = 1  # a recursive alias counts once (safe_load builds such a cycle without expanding it)
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(v) for v in node.value)
+        else:
+            n = 1
+        memo[id(node)] = n
+        return n
+
+    return size(root) if root is not None else 0
+
+
+def _output_dir_problem(directory: str) -> str | None:
+    """Why ``output.dir`` cannot be a directory (a regular file stands at it or above it), else None."""
+    p = Path(directory).expanduser()
+    for parent in [p, *p.parents]:
+        if parent.exists():
+            return None if parent.is_dir() else (f"{parent} is a file, so {p} cannot be a directory; choose another "
+                                                 "`output.dir`")
+    return None
+
+
 def parse_recipe(text: str, path: Path) -> Recipe:
     """Validate recipe text; raise ``RecipeError`` listing every problem."""
     where = str(path)
+    nodes = _expanded_nodes(text)
+    if nodes > _MAX_NODES:
+        raise RecipeError(path, [f"{where}: the recipe expands to {nodes:,} YAML nodes through its aliases (&/*), "
+                                 f"more than {_MAX_NODES:,}; write the values out instead of nesting aliases"])
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -200,6 +244,8 @@ def parse_recipe(text: str, path: Path) -> Recipe:
             steps.append(Step(name, model.model_validate(params or {})))
         except ValidationError as err:
             errors += _pydantic_errors(err, (*loc, name), model, lines, where)
+    if shape is not None and (problem := _output_dir_problem(shape.output.dir)):
+        errors.append(f"{where}:{lines.get(('output', 'dir'), '?')}: output.dir: {problem}")
     if errors or shape is None:
         raise RecipeError(path, errors)
     return Recipe(shape.name, path, shape.inputs, steps, shape.output, shape.train, raw)
@@ -209,7 +255,13 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(path, [f"{path}: recipe file not found"])
-    return parse_recipe(path.read_text(encoding="utf-8"), path.resolve())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes().count(b"\n", 0, err.start) + 1
+        raise RecipeError(path, [f"{path}:{line}: not UTF-8 (byte 0x{err.object[err.start]:02x}); save the recipe "
+                                 "as UTF-8"]) from err
+    return parse_recipe(text, path.resolve())
 
 
 def path_fields(params: BaseModel) -> list[str]:

@@ -81,6 +81,11 @@ def _numbers(values: list[int]) -> pl.Series:
     return pl.Series("number", values, dtype=pl.Int64)
 
 
+# What polars raises when records' values do not fit one column type: its own errors, TypeError from building a
+# Series of mixed Python values, OverflowError for integers beyond 64 bits.
+_SCHEMA_ERRORS = (pl.exceptions.PolarsError, TypeError, OverflowError)
+
+
 def _frame_of(path: Path, records: list[Any], options: ReadOptions,
               read: Callable[[list[int]], pl.DataFrame], bad: list[Bad], numbers: list[int]
               ) -> tuple[pl.DataFrame, list[int]]:
@@ -88,7 +93,7 @@ def _frame_of(path: Path, records: list[Any], options: ReadOptions,
     ``options.accept`` and retry, else raise an error naming the file."""
     try:
         return read(list(range(len(numbers)))), numbers
-    except pl.exceptions.PolarsError as err:
+    except _SCHEMA_ERRORS as err:
         if options.accept is None:
             raise InputError(f"{path}: the records' fields do not fit one column type each ({err})") from err
         keep = []
@@ -101,15 +106,39 @@ def _frame_of(path: Path, records: list[Any], options: ReadOptions,
         bad.sort()
         try:
             return read(keep), [numbers[i] for i in keep]
-        except pl.exceptions.PolarsError as err2:
+        except _SCHEMA_ERRORS as err2:
             raise InputError(f"{path}: the records' fields do not fit one column type each ({err2})") from err2
+
+
+def read_text(path: Path, *, universal_newlines: bool = True) -> str:
+    """The file as UTF-8 text (a leading BOM dropped; ``\r\n`` and ``\r`` read as ``\n`` unless
+    ``universal_newlines`` is False), or an error naming the line of the first byte that is not UTF-8 and how to
+    convert the file. Example: the latin-1 bytes
+    ``b"a\\ncaf\\xe9\\n"`` give ``x.csv:2: not UTF-8 (byte 0xe9 at column 4); save the file as UTF-8, ...``.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        start = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise InputError(f"{path}:{line}: not UTF-8 (byte 0x{data[start]:02x} at column {column}); save the file as "
+                         f"UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` if it is latin-1"
+                         ) from err
+    return text.replace("\r\n", "\n").replace("\r", "\n") if universal_newlines else text
+
+
+def _json_loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError as err:  # hostile nesting: an error, not a crash
+        raise json.JSONDecodeError("nested too deeply", text[:100], 0) from err
 
 
 def read_jsonl(path: Path, options: ReadOptions) -> Table:
     """One JSON object per line; blank lines are skipped, line numbers count them."""
-    # Text mode reads \r\n and \r as line ends, as iterating the open file always did.
-    with path.open(encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
+    lines = read_text(path).split("\n")
     numbers = [n for n, line in enumerate(lines, 1) if line.strip()]
     body = [lines[n - 1] for n in numbers]
     bad: list[Bad] = []
@@ -120,7 +149,7 @@ def read_jsonl(path: Path, options: ReadOptions) -> Table:
         good_numbers, good_body, parsed = [], [], []
         for n, line in zip(numbers, body, strict=True):
             try:
-                rec = json.loads(line)
+                rec = _json_loads(line)
             except json.JSONDecodeError as err:
                 bad.append(Bad(n, f"invalid JSON ({err.msg} at column {err.colno})"))
                 continue
@@ -134,7 +163,7 @@ def read_jsonl(path: Path, options: ReadOptions) -> Table:
                                    bad, good_numbers)
         body = [lines[n - 1] for n in numbers]
     return Table(path, frame, _numbers(numbers), "", bad, exact_types=False,
-                 _record=lambda i: json.loads(body[i]))
+                 _record=lambda i: _json_loads(body[i]))
 
 
 def _read_lines(lines: list[str]) -> pl.DataFrame:
@@ -146,7 +175,7 @@ def _read_lines(lines: list[str]) -> pl.DataFrame:
 def read_json(path: Path, options: ReadOptions) -> Table:
     """A list of objects, or ``{"data": [...]}``; an item's number is its 0-based index."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _json_loads(read_text(path))
     except json.JSONDecodeError as err:
         raise InputError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); the file must be one JSON list") from err
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -167,10 +196,16 @@ def read_json(path: Path, options: ReadOptions) -> Table:
 
 def read_csv(path: Path, options: ReadOptions) -> Table:
     """A header row then one record per line; a record's number is its line (assuming no embedded newlines)."""
-    if options.infer_types:
-        frame = pl.read_csv(path, has_header=options.has_header, infer_schema_length=None)
-    else:
-        frame = pl.read_csv(path, has_header=options.has_header, infer_schema=False)
+    # Checked UTF-8 (polars' own error names no file or line); line ends left to polars (quoted fields keep theirs).
+    data = io.BytesIO(read_text(path, universal_newlines=False).encode())
+    try:
+        if options.infer_types:
+            frame = pl.read_csv(data, has_header=options.has_header, infer_schema_length=None)
+        else:
+            frame = pl.read_csv(data, has_header=options.has_header, infer_schema=False)
+    except (pl.exceptions.PolarsError, pl.exceptions.NoDataError) as err:
+        raise InputError(f"{path}: not a readable CSV ({str(err).splitlines()[0]}); every row needs the header's "
+                         "number of fields, quoted where a field holds a comma or a newline") from err
     if not options.has_header:
         frame = frame.rename({c: f"column_{i}" for i, c in enumerate(frame.columns, 1)})
     first = 2 if options.has_header else 1
@@ -179,13 +214,21 @@ def read_csv(path: Path, options: ReadOptions) -> Table:
 
 
 def read_parquet(path: Path, options: ReadOptions) -> Table:
-    return _rows(path, pl.read_parquet(path))
+    try:
+        return _rows(path, pl.read_parquet(path))
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise InputError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]}); a truncated or "
+                         "partly copied file? Write it again") from err
 
 
 def read_hf_disk(path: Path, options: ReadOptions) -> Table:
     """A ``datasets`` ``save_to_disk`` directory holding one split."""
     from datasets import load_from_disk
 
+    if not path.is_dir() or not ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        what = "a directory" if path.is_dir() else "a file"
+        raise InputError(f"{path}: is {what} but not a `datasets` save_to_disk directory (no state.json); for a data "
+                         f"file set `format:` to one of jsonl, json, csv, parquet and `path` to the file itself")
     ds = load_from_disk(str(path))
     if hasattr(ds, "keys"):
         raise InputError(f"{path}: is a DatasetDict with splits {list(ds.keys())}; point `path` at one split")
@@ -211,9 +254,12 @@ READERS: dict[str, Reader] = {
 def infer_format(path: Path, key: str = "format") -> str:
     """The format of ``path`` from its extension (a directory is a save_to_disk dataset); ``key`` names the
     setting that overrides it in the error."""
-    if path.is_dir():
-        return "hf_disk"
     fmt = EXTENSIONS.get(path.suffix.lower())
+    if path.is_dir():
+        if fmt is not None:
+            raise InputError(f"{path}: is a directory, not a {fmt} file; name the file inside it (or set `{key}: "
+                             "hf_disk` for a `datasets` save_to_disk directory)")
+        return "hf_disk"
     if fmt is None:
         raise InputError(f"{path}: cannot infer the format from {path.suffix!r}; set `{key}:` to one of "
                          f"{', '.join(READERS)}")
@@ -225,4 +271,10 @@ def read_table(path: Path, fmt: str | None = None, options: ReadOptions | None =
     """Read ``path`` with the reader of ``fmt`` (inferred from the extension when None)."""
     if not path.exists():
         raise MissingFileError(f"{path}: {missing}")
-    return READERS[fmt or infer_format(path)](path, options or ReadOptions())
+    fmt = fmt or infer_format(path)
+    if path.is_dir() and fmt != "hf_disk":
+        raise InputError(f"{path}: is a directory, not a {fmt} file; name the file inside it (format {fmt}), or "
+                         "a `datasets` save_to_disk directory with `format: hf_disk`")
+    if path.is_file() and path.stat().st_size == 0:
+        return Table(path, pl.DataFrame(), _numbers([]), "")
+    return READERS[fmt](path, options or ReadOptions())
