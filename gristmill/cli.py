@@ -53,6 +53,26 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 def _train(args: argparse.Namespace, console: Console) -> int:
     from gristmill.runner import retrain
 
+    if args.run_dir == "merge":  # gristmill train merge RUN [--out DIR]
+        from gristmill.common.errors import MissingFileError
+        from gristmill.train.merge import merge_adapter
+
+        if not args.target:
+            raise UserError("usage: gristmill train merge RUN_DIR [--out DIR]")
+        run = Path(args.target)
+        adapter = run / "adapter" if (run / "adapter" / "adapter_config.json").exists() else run
+        if not (adapter / "adapter_config.json").exists():
+            raise MissingFileError(f"{run}: no adapter there (neither {run}/adapter nor {run} holds "
+                                   "adapter_config.json); train it first with `gristmill train RUN_DIR`")
+        out = Path(args.out) if args.out else run / "merged"
+        check = merge_adapter(adapter, out)
+        log.info(f"merged (bf16, from the dequantized base) → {out}: logits vs the adapter model max |Δ| "
+                 f"{check['max_abs_logit_diff']:.2e} (fp32), argmax agreement {check['bf16']['argmax_agreement']:.1%}"
+                 " (bf16)")
+        return 0
+    if args.target:
+        raise UserError(f"unexpected argument {args.target!r}: `gristmill train RUN_DIR` or "
+                        "`gristmill train merge RUN_DIR`")
     overrides = {k: v for k, v in (("base_model", args.base_model), ("max_steps", args.max_steps)) if v}
     out = Path(args.out) if args.out else None
     metrics = retrain(Path(args.run_dir), overrides, out, console=console)
@@ -101,11 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check recipe files; report every error")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=_validate)
-    p = sub.add_parser("train", help="train the adapter of a finished run (same path as `run`: fingerprinted)")
-    p.add_argument("run_dir")
+    p = sub.add_parser("train", help="train the adapter of a finished run (same path as `run`: fingerprinted); "
+                                     "`train merge RUN_DIR` merges it into the base model")
+    p.add_argument("run_dir", help="the run directory, or `merge`")
+    p.add_argument("target", nargs="?", help=argparse.SUPPRESS)  # RUN_DIR after `merge`
     p.add_argument("--base-model")
     p.add_argument("--max-steps", type=int)
-    p.add_argument("--out", help="adapter directory (default: RUN_DIR/adapter, which updates the manifest)")
+    p.add_argument("--out", help="adapter directory (default: RUN_DIR/adapter, which updates the manifest); "
+                                 "with merge: the merged model's directory (default: RUN_DIR/merged)")
     p.set_defaults(func=_train)
     p = sub.add_parser("models", help="list or pull the built-in offline models")
     p.add_argument("action", choices=["list", "pull"])
