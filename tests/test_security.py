@@ -1,0 +1,82 @@
+"""Security properties checked on the source and on a run: no code from recipes or data (no eval/exec/import by
+string, YAML only through the safe loader, no pickle of anything but the trainer's own checkpoint), remote model
+code never trusted, outputs confined to the run and cache directories. The planted-API-key check over every output
+file is in tests/reliability/test_kill_resume.py (it needs the HTTP engine)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import yaml
+
+from gristmill.recipe import load_recipe
+from gristmill.runner import Runner
+from tests.conftest import ROOT
+
+PACKAGES = [ROOT / "gristmill", ROOT / "curation", ROOT / "synth", ROOT / "audit", ROOT / "train"]
+# The trainer pickles its own RNG state and optimizer into <run>/.train-checkpoints and reads them back on resume:
+# files it wrote itself, never user input.
+PICKLE_ALLOWED = {"train/checkpointing.py"}
+
+
+def _sources() -> list[Path]:
+    return [p for pkg in PACKAGES for p in pkg.rglob("*.py")]
+
+
+def _findings(path: Path, root: Path = ROOT) -> list[str]:
+    out = []
+    rel = path.relative_to(root).as_posix()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        where = f"{rel}:{node.lineno}"
+        if isinstance(func, ast.Name) and func.id in {"eval", "exec", "__import__", "compile"}:
+            out.append(f"{where}: {func.id}()")
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            owner, name = func.value.id, func.attr
+            if owner == "importlib" and name == "import_module":
+                out.append(f"{where}: importlib.import_module")
+            if owner in {"pickle", "dill", "cloudpickle"} and name in {"load", "loads"} and rel not in PICKLE_ALLOWED:
+                out.append(f"{where}: {owner}.{name}")
+            if owner == "yaml" and name in {"load", "load_all", "unsafe_load", "full_load"}:
+                out.append(f"{where}: yaml.{name} (use safe_load)")
+            if owner == "torch" and name == "load" and rel not in PICKLE_ALLOWED and not any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords):
+                out.append(f"{where}: torch.load without weights_only=True")
+        for kw in node.keywords:
+            if kw.arg == "trust_remote_code" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                out.append(f"{where}: trust_remote_code={ast.unparse(kw.value)}")
+    return out
+
+
+def test_no_code_runs_from_recipes_or_data() -> None:
+    findings = [f for path in _sources() for f in _findings(path)]
+    assert findings == []
+
+
+def test_the_scanner_sees_what_it_forbids(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import yaml, pickle\nyaml.load(s)\npickle.loads(b)\neval('1')\n"
+                   "AutoModel.from_pretrained(p, trust_remote_code=True)\nAutoModel.from_pretrained(p, "
+                   "trust_remote_code=params.trust)\n")
+    found = [f.split(": ", 1)[1] for f in _findings(bad, tmp_path)]
+    assert found == ["yaml.load (use safe_load)", "pickle.loads", "eval()", "trust_remote_code=True",
+                     "trust_remote_code=params.trust"]
+
+
+def test_outputs_stay_in_the_run_directory(tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say the number {i} in words", "input": "",
+                                        "output": f"The number is {i}."}) + "\n" for i in range(20)))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "confined", "inputs": [{"path": "in.jsonl"}],
+                                      "steps": [{"normalize": {}}, {"dedup_exact": {}}],
+                                      "output": {"dir": str(tmp_path / "run"), "formats": ["parquet", "jsonl"]}}))
+    before = {p for p in tmp_path.rglob("*")}
+    Runner(load_recipe(recipe)).run()
+    new = {p for p in tmp_path.rglob("*")} - before
+    assert new and all(p == tmp_path / "run" or (tmp_path / "run") in p.parents for p in new)
