@@ -16,10 +16,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-_WORDS = ("river mountain lantern copper violin harbor meadow glacier canyon orchard falcon velvet marble "
-          "thunder compass saffron quartz willow ember tundra lagoon cobalt juniper prairie beacon atlas "
-          "cedar dune fjord grove haven island jasmine kelp lotus mosaic nectar opal pebble quill reef "
-          "sierra tide umber vale wharf yarrow zenith").split()  # noqa: SIM905
+_WORDS = ("river", "mountain", "lantern", "copper", "violin", "harbor", "meadow", "glacier", "canyon", "orchard",
+          "falcon", "velvet", "marble", "thunder", "compass", "saffron", "quartz", "willow", "ember", "tundra",
+          "lagoon", "cobalt", "juniper", "prairie", "beacon", "atlas", "cedar", "dune", "fjord", "grove", "haven",
+          "island", "jasmine", "kelp", "lotus", "mosaic", "nectar", "opal", "pebble", "quill", "reef", "sierra",
+          "tide", "umber", "vale", "wharf", "yarrow", "zenith")
 
 
 def answer_for(prompt: str) -> str:
