@@ -19,6 +19,7 @@ from gristmill.common.contract import StepResult
 from gristmill.common.embedding import EmbeddingParams
 from gristmill.common.errors import InputError
 from gristmill.curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
+from gristmill.curation import pii as pii_mod
 from gristmill.curation import signals as signals_mod
 from gristmill.synth import methods
 from gristmill.synth.methods.base import GenerationParams, NewRowParams
@@ -225,4 +226,5 @@ STEPS: dict[str, StepDef] = {
     "decontaminate": StepDef(decontam.DecontamParams, decontam.VERSION, stage=decontam.decontaminate),
     "synthesize": StepDef(GenerationParams, methods.version_for, adapter=_synthesize, select=methods.params_for),
     "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, stage=audit_mod.audit_rows),
+    "scrub_pii": StepDef(pii_mod.PiiParams, pii_mod.VERSION, stage=pii_mod.scrub_pii),
 }
