@@ -29,8 +29,9 @@ Format = Literal["jsonl", "json", "csv", "parquet", "hf_disk"]
 _N, _ERR, _TEXT, _MSGS = "\x00number", "\x00error", "\x00text", "\x00messages"
 
 
-VERSION = "3"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
-# not part of the first record (a BOM-prefixed jsonl's first line was rejected), hostile records rejected not crashing
+VERSION = "4"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
+# not part of the first record (a BOM-prefixed jsonl's first line was rejected), hostile records rejected not crashing;
+# 4: a rejected jsonl line keeps its original text (was its JSON re-encoded, cut at 2000 characters)
 
 
 class InputSpec(BaseModel):
@@ -156,7 +157,10 @@ def _raw_column(table: readers.Table, kept: pl.Series, key: str) -> pl.Series:
 
 def _reject(path: Path, spec: InputSpec, table: readers.Table, bad: readers.Bad) -> dict[str, Any]:
     msg = f"{table.where(bad.number)}: {bad.reason} (mapping: {spec.mapping})"
-    text = json.dumps(bad.record, default=str)[:2000] if bad.record is not None else ""
+    # The original line where the format has lines (a rejected row keeps what the file held, to fix and re-feed);
+    # else the record as parsed.
+    raw = table.raw(bad.number)
+    text = raw if raw is not None else json.dumps(bad.record, default=str) if bad.record is not None else ""
     return {"id": f"{path.name}:{bad.number}", "text": text, "source": str(path), "reason": "malformed_input",
             "detail": msg, "meta": {"source_line": bad.number}}
 

@@ -230,3 +230,12 @@ def test_a_non_utf8_recipe(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_bytes(b"name: caf\xe9\n")
     with pytest.raises(RecipeError, match=r"r.yaml:1: not UTF-8"):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_rejected_lines_keep_their_original_text(tmp_path: Path) -> None:
+    broken = '{"instruction": "café",  "output": 5, "extra": "' + "x" * 3000 + '"}'
+    unparsable = '{oops "not json'
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps(ALPACA) + "\n" + broken + "\n" + unparsable + "\n", encoding="utf-8")
+    _, rejects, _ = ingest_counted(InputSpec(path=str(path), on_error="skip", max_reject_fraction=1.0), path)
+    assert rejects["text"].to_list() == [broken, unparsable]

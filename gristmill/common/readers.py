@@ -67,6 +67,12 @@ class Table:
     exact_types: bool = True
     """False where polars may have coerced a field's mixed JSON types to strings (see ``record``)."""
     _record: Callable[[int], Any] | None = None
+    _raw: Callable[[int], str] | None = None
+    """Line-based formats: a record's original line by its ``number`` (rejects keep what the file held)."""
+
+    def raw(self, number: int) -> str | None:
+        """The record's text exactly as the file held it (jsonl), else None."""
+        return self._raw(number) if self._raw is not None else None
 
     def where(self, number: int) -> str:
         """The location of a record, e.g. ``data.jsonl:7`` or ``data.parquet:row 3``."""
@@ -163,7 +169,7 @@ def read_jsonl(path: Path, options: ReadOptions) -> Table:
                                    bad, good_numbers)
         body = [lines[n - 1] for n in numbers]
     return Table(path, frame, _numbers(numbers), "", bad, exact_types=False,
-                 _record=lambda i: _json_loads(body[i]))
+                 _record=lambda i: _json_loads(body[i]), _raw=lambda n: lines[n - 1])
 
 
 def _read_lines(lines: list[str]) -> pl.DataFrame:
