@@ -70,40 +70,46 @@ def test_real_minilm_scores_on_topic_rows_higher_and_caches(tmp_path: Path) -> N
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
-def test_chat_template_masks_everything_but_the_answer() -> None:
+def test_chat_template_masks_everything_but_the_answers() -> None:
     from transformers import AutoTokenizer
 
-    from gristmill.train.formatting import IGNORE, encode_row
+    from gristmill.train.formatting import IGNORE, encode_row, stop_token_ids
 
     tok = AutoTokenizer.from_pretrained(models.resolve("smollm2-135m-instruct"))
-    row = {"messages": [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]}
+    assert stop_token_ids(tok) == {tok.convert_tokens_to_ids("<|im_end|>")}  # the end-of-turn token stops generation
+    row = {"messages": [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"},
+                        {"role": "user", "content": "And 4 and 4?"}, {"role": "assistant", "content": "8"}]}
     ex = encode_row(tok, row, max_len=512)
     assert ex is not None
     answer = [t for t, label in zip(ex.input_ids, ex.labels, strict=True) if label != IGNORE]
-    assert tok.decode(answer).strip().startswith("5<|im_end|>")
+    assert tok.decode(answer).replace("\n", "") == "5<|im_end|>8<|im_end|>"  # every assistant turn, with its stop
     assert encode_row(tok, {"messages": [{"role": "user", "content": "hi"}]}, 512) is None
     text = encode_row(tok, {"messages": None, "text": "plain text row"}, 512)
-    assert text is not None and text.labels == text.input_ids
+    assert text is not None and text.labels[1:] == text.input_ids[1:] and text.input_ids[-1] == tok.eos_token_id
 
 
 def test_qlora_still_learns_after_an_eval_pass() -> None:
     """Regression: bitsandbytes repacks 4-bit weights for CPU inference on an eval pass, breaking training."""
     import torch
 
-    from gristmill.train.formatting import collate, encode_row
-    from gristmill.train.qlora import TrainParams, _batch_loss, _load_model, evaluate_loss
+    from gristmill.train.evaluate import eval_loss
+    from gristmill.train.formatting import encode_rows
+    from gristmill.train.model import load_model, token_losses
+    from gristmill.train.packing import collate
+    from gristmill.train.params import TrainParams
 
     torch.manual_seed(0)
-    model, tok = _load_model(models.resolve("smollm2-135m-instruct"), TrainParams(method="qlora"))
+    model, tok = load_model(models.resolve("smollm2-135m-instruct"), TrainParams(method="qlora"))
     rows = [{"messages": [{"role": "user", "content": f"What is {a} plus {a}?"},
                           {"role": "assistant", "content": f"{a} plus {a} is {2 * a}."}]} for a in (3, 14, 27, 58)]
-    examples = [encode_row(tok, r, 128) for r in rows]
-    before = evaluate_loss(model, examples, tok.pad_token_id, 4)  # eval mode, no grad: the trigger
+    examples, _ = encode_rows(tok, rows, 128)
+    kw = {"pad_id": tok.pad_token_id, "packing": True, "token_budget": 512}
+    before = eval_loss(model, examples, **kw)["loss"]  # eval mode, no grad: the trigger
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
     for _ in range(6):
-        loss, n = _batch_loss(model, collate(examples, tok.pad_token_id))
-        (loss / n).backward()
+        losses, _ = token_losses(model, collate(examples, tok.pad_token_id, packing=True))
+        losses.mean().backward()
         opt.step()
         opt.zero_grad()
-    after = evaluate_loss(model, examples, tok.pad_token_id, 4)
+    after = eval_loss(model, examples, **kw)["loss"]
     assert after < 0.6 * before, (before, after)
