@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
+from gristmill.audit.bootstrap import group_rate_ci
 from gristmill.audit.representation import ratio_or_na
 
 
@@ -55,15 +56,14 @@ def drop_rates(dropped: np.ndarray, groups: pl.Series, n_boot: int, seed: int) -
     if pairs.height == 0:
         return {}
     y, g = pairs["d"].to_numpy().astype(int), pairs["g"].to_numpy()
-    kwargs: dict[str, Any] = {"n_boot": n_boot, "ci_quantiles": [0.025, 0.975], "random_state": seed} if n_boot else {}
-    mf = MetricFrame(metrics=selection_rate, y_true=y, y_pred=y, sensitive_features=g, **kwargs)
+    mf = MetricFrame(metrics=selection_rate, y_true=y, y_pred=y, sensitive_features=g)
+    ci = group_rate_ci(y, g, n_boot, seed)
     counts = pairs.group_by("g").agg(pl.len().alias("n"), pl.col("d").sum().alias("k"))
     out = {r["g"]: {"rows": int(r["n"]), "dropped": int(r["k"])} for r in counts.iter_rows(named=True)}
     for key, rate in mf.by_group.items():
         out[str(key)]["drop_rate"] = round(float(rate), 4)
-        if n_boot:
-            lo, hi = mf.by_group_ci
-            out[str(key)]["ci95"] = [round(float(lo[key]), 4), round(float(hi[key]), 4)]
+        if str(key) in ci:
+            out[str(key)]["ci95"] = [round(v, 4) for v in ci[str(key)]]
     return dict(sorted(out.items()))
 
 

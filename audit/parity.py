@@ -1,6 +1,7 @@
 """Outcome parity with fairlearn: selection rate of a binary label per group (rows that mention exactly one group
 of the axis), demographic parity difference and ratio, equalized odds difference when a prediction column
-exists, bootstrap intervals from ``MetricFrame(n_boot=..., ci_quantiles=...)``; intersections of two axes.
+exists, bootstrap intervals of the selection rates (``bootstrap.group_rate_ci``, fairlearn's resampling done with
+numpy); intersections of two axes.
 
 Worked example: labels [1, 1, 0, 0] for group f and [1, 1] for m: selection rates f 0.5, m 1.0, difference 0.5,
 ratio 0.5.
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from gristmill.audit.bootstrap import group_rate_ci
 from gristmill.audit.representation import ratio_or_na
 
 
@@ -32,8 +34,7 @@ def parity(labels: pl.Series, groups: pl.Series, predictions: pl.Series | None =
 
     y = _binary(labels, "label_column")
     g = groups.to_numpy()
-    kwargs: dict[str, Any] = {"n_boot": n_boot, "ci_quantiles": [0.025, 0.975], "random_state": seed} if n_boot else {}
-    mf = MetricFrame(metrics=selection_rate, y_true=y, y_pred=y, sensitive_features=g, **kwargs)
+    mf = MetricFrame(metrics=selection_rate, y_true=y, y_pred=y, sensitive_features=g)
     rates = {str(k): round(float(v), 4) for k, v in mf.by_group.items()}
     counts = {str(k): int(v) for k, v in zip(*np.unique(g, return_counts=True), strict=True)}
     high, low = max(rates.values()), min(rates.values())
@@ -43,8 +44,8 @@ def parity(labels: pl.Series, groups: pl.Series, predictions: pl.Series | None =
         "demographic_parity_ratio": ratio_or_na(low, high) if high else "n/a",
     }
     if n_boot:
-        lo, hi = mf.by_group_ci
-        out["selection_rate_ci95"] = {str(k): [round(float(lo[k]), 4), round(float(hi[k]), 4)] for k in mf.by_group.index}
+        ci = group_rate_ci(y, g, n_boot, seed)
+        out["selection_rate_ci95"] = {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in ci.items()}
     if predictions is not None:
         p = _binary(predictions, "prediction_column")
         out["equalized_odds_difference"] = round(float(equalized_odds_difference(y, p, sensitive_features=g)), 4)

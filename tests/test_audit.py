@@ -175,3 +175,25 @@ def test_drop_rates_count_a_row_in_each_group_it_mentions() -> None:
     rates = drop_rates(np.array([1, 0, 0]), pl.Series([["a", "b"], ["a"], ["b"]]), n_boot=0, seed=0)
     assert rates == {"a": {"rows": 2, "dropped": 1, "drop_rate": 0.5}, "b": {"rows": 2, "dropped": 1, "drop_rate": 0.5}}
     assert math.isclose(rates["a"]["drop_rate"], 0.5)
+
+
+def test_bootstrap_interval_known_answers_and_agreement_with_fairlearn() -> None:
+    import numpy as np
+    from fairlearn.metrics import MetricFrame, selection_rate
+
+    from gristmill.audit.bootstrap import group_rate_ci
+
+    ci = group_rate_ci(np.array([1, 1, 1, 0, 0]), np.array(["a", "a", "a", "b", "b"]), n_boot=50)
+    assert ci == {"a": (1.0, 1.0), "b": (0.0, 0.0)}  # constant within a group: the interval is the point
+    assert group_rate_ci(np.array([]), np.array([]), 10) == {} and group_rate_ci(np.array([1]), np.array(["a"]), 0) == {}
+    rng = np.random.default_rng(1)
+    g = rng.choice(["a", "b", "c"], size=600, p=[0.5, 0.3, 0.2])
+    y = (rng.random(600) < np.where(g == "a", 0.7, np.where(g == "b", 0.4, 0.2))).astype(int)
+    ours = group_rate_ci(y, g, n_boot=400, seed=0)
+    mf = MetricFrame(metrics=selection_rate, y_true=y, y_pred=y, sensitive_features=g, n_boot=400,
+                     ci_quantiles=[0.025, 0.975], random_state=0)
+    lo, hi = mf.by_group_ci
+    for group in "abc":  # the same statistic; only the random draws differ
+        assert ours[group][0] == pytest.approx(float(lo[group]), abs=0.03)
+        assert ours[group][1] == pytest.approx(float(hi[group]), abs=0.03)
+        assert ours[group][0] < float(mf.by_group[group]) < ours[group][1]
