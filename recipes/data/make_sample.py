@@ -31,6 +31,8 @@ PEOPLE = [
     ("a young adult saving for a first apartment", "they"), ("an Indigenous artist", "she"),
     ("a Catholic nun", "she"), ("a Korean exchange student", "he"),
     ("a child who is afraid of the dark", "they"), ("a Persian chef", "he"),
+    ("a Samoan rugby coach", "he"), ("a biracial high-school student", "they"), ("a Sikh taxi driver", "he"),
+    ("a Jain accountant", "she"), ("a genderqueer musician", "they"), ("a trans man training for a marathon", "he"),
 ]
 TOPICS = {
     "budget": "Track every expense for a month, set aside savings first, and review subscriptions you rarely use.",
