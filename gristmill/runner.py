@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import gristmill
 from gristmill.checkpoint import chain, fingerprint, load_step, replace_dir, save_step, write_json_atomic
-from gristmill.common.contract import StepResult
+from gristmill.common.contract import StepResult, share_warnings
 from gristmill.common.errors import GateFailed, MissingFileError
 from gristmill.export import export_dataset, write_rejects
 from gristmill.ingest import VERSION as ingest_version
@@ -197,6 +197,9 @@ class Runner:
         stats = {"step": step.name, "version": version, "fingerprint": fp,
                  "params": step.params.model_dump(mode="json"), **result.summary(),
                  "seconds": round(seconds, 3), "rows_per_s": round(frame.height / seconds, 1) if seconds else None}
+        own = result.stats.get("warnings", [])  # a step may name its rules itself (heuristics): no second line
+        stats["warnings"] = [*own, *(w for w in share_warnings(stats["dropped_by_reason"], frame.height)
+                                     if not any(w.split()[1] in o for o in own))]
         if result.gate is not None:
             stats["gate"] = {"passed": result.gate.passed, "failures": result.gate.failures}
         if result.report is not None:
@@ -210,6 +213,8 @@ class Runner:
         state = "resumed" if stats.get("resumed") else f"{stats.get('seconds', 0):.1f}s"
         log.info(f"[green]✓[/] {label:<18} {stats['rows_in']:>6} in{added} → {stats['kept']:>6} kept"
                  f"{f'  dropped: {reasons}' if reasons else ''}  [dim]({state})[/]")
+        for warning in stats.get("warnings", []):
+            log.warning(f"[yellow]![/] {label}: {warning}")
 
     def run(self, *, train: bool = True, allow_audit_failure: bool = False) -> RunResult:
         """``allow_audit_failure``: a failed gate is recorded (manifest ``audit_override``, data card) instead of
