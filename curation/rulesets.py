@@ -28,7 +28,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from gristmill.common.contract import StepResult, require, split, with_meta
+from gristmill.common.contract import StepResult, require, share_warnings, split, with_meta
 from gristmill.curation import language
 from gristmill.curation import textstats as ts
 from gristmill.curation.instruction_rules import INSTRUCTION, instruction_metrics
@@ -403,7 +403,7 @@ def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
     if "language" in params.rule_sets:
         used |= {"language.languages": params.languages, "language.min_language_score": params.min_language_score}
     stats: dict[str, Any] = {"broken_by_rule": broken, "thresholds": used, **extra}
-    warnings = rule_share_warnings(broken, rows_in)
+    warnings = share_warnings(broken, rows_in, "rule")
     if warnings:
         stats["warnings"] = warnings
     return StepResult(kept, dropped, stats, rows_in=rows_in)
@@ -412,18 +412,3 @@ def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
 def _threshold(params: HeuristicsParams, rule: Rule) -> float | None:
     return None if rule.default is None else params.threshold(rule.name)
 
-
-WARN_SHARE = 0.2
-"""A rule that drops more than this share of its input is named in the run summary (``rule_share_warnings``)."""
-
-
-def rule_share_warnings(broken_by_rule: dict[str, int], rows_in: int, share: float = WARN_SHARE) -> list[str]:
-    """One line per rule broken by more than ``share`` of ``rows_in`` rows: a sign the rule does not fit the data.
-
-    >>> rule_share_warnings({"gopher_quality.min_words": 48, "c4.curly_bracket": 1}, 100)
-    ['rule gopher_quality.min_words breaks 48% of its 100 input rows (over 20%): check it fits this data']
-    """
-    if rows_in == 0:
-        return []
-    return [f"rule {rule} breaks {n / rows_in:.0%} of its {rows_in} input rows (over {share:.0%}): check it fits "
-            f"this data" for rule, n in broken_by_rule.items() if n / rows_in > share]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from gristmill.common.contract import MESSAGES_DTYPE
+from gristmill.common.contract import MESSAGES_DTYPE, share_warnings
 from gristmill.common.errors import InputError
 from gristmill.curation.instruction_rules import echo, truncation
-from gristmill.curation.rulesets import HeuristicsParams, heuristics, rule_share_warnings
+from gristmill.curation.rulesets import HeuristicsParams, heuristics
 from tests.conftest import make_frame
 
 ANSWER = ("Heat the oven to 200 C. Toss the potatoes with oil, salt and rosemary, spread them on a tray and roast "
@@ -129,13 +129,13 @@ def test_instruction_rules_need_messages() -> None:
 
 
 def test_share_warning_names_the_rule() -> None:
-    assert rule_share_warnings({"a.b": 3, "c.d": 2}, 10) == [
-        "rule a.b breaks 30% of its 10 input rows (over 20%): check it fits this data"]
-    assert rule_share_warnings({"a.b": 3}, 0) == []
+    assert share_warnings({"a.b": 3, "c.d": 2}, 10, "rule") == [
+        "rule a.b hits 3 of 10 input rows (30%, over 20%): check that it fits this data"]
+    assert share_warnings({"a.b": 3}, 0) == []
     frame = _frame({"a": (Q, ""), "b": (Q, ANSWER)})
     stats = heuristics(frame, HeuristicsParams(rule_sets=["instruction"])).stats
-    assert stats["warnings"] == ["rule instruction.min_response_chars breaks 50% of its 2 input rows (over 20%): "
-                                 "check it fits this data"]
+    assert stats["warnings"] == ["rule instruction.min_response_chars hits 1 of 2 input rows (50%, over 20%): "
+                                 "check that it fits this data"]
 
 
 def test_short_turns_are_not_judged_by_document_rules() -> None:

@@ -153,3 +153,21 @@ def split(frame: pl.DataFrame, drop_reason: pl.Series | pl.Expr) -> tuple[pl.Dat
 def no_drops(frame: pl.DataFrame) -> pl.DataFrame:
     """An empty dropped frame with ``frame``'s schema and a ``reason`` column."""
     return frame.clear().with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
+
+
+WARN_SHARE = 0.2
+"""A rule or reason hitting more than this share of a step's input is named in the run summary: one rule removing
+a fifth of the data is more often a rule that does not fit the data than data that is that bad."""
+
+
+def share_warnings(counts: dict[str, int], rows_in: int, what: str = "reason", share: float = WARN_SHARE
+                   ) -> list[str]:
+    """One line per name whose count is over ``share`` of ``rows_in``.
+
+    >>> share_warnings({"gopher_quality.min_words": 48, "c4.curly_bracket": 1}, 100, "rule")
+    ['rule gopher_quality.min_words hits 48 of 100 input rows (48%, over 20%): check that it fits this data']
+    """
+    if rows_in <= 0:
+        return []
+    return [f"{what} {name} hits {n} of {rows_in} input rows ({n / rows_in:.0%}, over {share:.0%}): check that it "
+            "fits this data" for name, n in counts.items() if n > share * rows_in]
