@@ -66,3 +66,48 @@ def clustered_corpus(scale: int = 1, unique: int = 10_000, clusters: int = 24, l
     docs += [_edit_one_word(d, rng) for _ in range(scale - 1) for d in docs]
     rng.shuffle(docs)
     return docs
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def real_sentences(min_words: int = 5, max_words: int = 60) -> list[str]:
+    """Every distinct sentence of ``real_paragraphs``' sources (package metadata, stdlib docstrings), sorted."""
+    found: set[str] = set()
+    for para in real_paragraphs(None, seed=0, min_words=min_words):
+        for sentence in _SENTENCE.split(para):
+            words = len(sentence.split())
+            if min_words <= words <= max_words and sentence[-1:] in ".!?":
+                found.add(sentence)
+    return sorted(found)
+
+
+def recombined_paragraphs(n: int, seed: int = 0, min_chars: int = 600, max_chars: int = 1000,
+                          sentences: list[str] | None = None) -> list[str]:
+    """``n`` distinct paragraphs of real sentences, recombined: variety beyond the machine's ~8k real paragraphs.
+
+    Each paragraph strings sentences drawn (seeded) from ``real_sentences`` until it reaches ``min_chars`` (sentences
+    that would pass ``max_chars`` are skipped); a paragraph already produced is drawn again, so all ``n`` are
+    distinct. Every sentence is real text; the combinations are not (topic drift within a paragraph), which suits
+    throughput benchmarks and near-duplicate statistics (recombined paragraphs share no long word runs by chance),
+    not quality judgements. Deterministic for an environment and seed.
+    """
+    pool = sentences if sentences is not None else real_sentences()
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[str] = []
+    while len(out) < n:
+        parts: list[str] = []
+        size = -1
+        for _ in range(64):  # bounded: a sentence longer than the budget left is skipped
+            if size >= min_chars:
+                break
+            sentence = pool[rng.randrange(len(pool))]
+            if size + 1 + len(sentence) <= max_chars:
+                parts.append(sentence)
+                size += 1 + len(sentence)
+        para = " ".join(parts)
+        if size >= min_chars and para not in seen:
+            seen.add(para)
+            out.append(para)
+    return out

