@@ -75,9 +75,10 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                         "`gristmill train merge RUN_DIR`")
     overrides = {k: v for k, v in (("base_model", args.base_model), ("max_steps", args.max_steps)) if v}
     out = Path(args.out) if args.out else None
-    metrics = retrain(Path(args.run_dir), overrides, out, console=console)
+    metrics = retrain(Path(args.run_dir), overrides, out, console=console, search=args.search)
+    best = f" (best of {args.search} trials: {metrics['search']['best_params']})" if metrics.get("search") else ""
     log.info(f"adapter → {out or Path(args.run_dir) / 'adapter'}: eval loss "
-             f"{metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f}")
+             f"{metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f}{best}")
     return 0
 
 
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", help=argparse.SUPPRESS)  # RUN_DIR after `merge`
     p.add_argument("--base-model")
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--search", type=int, metavar="N", help="optuna search over learning rate, LoRA rank and epochs "
+                   "(N trials, eval loss); keeps the best adapter and records every trial in search.json")
     p.add_argument("--out", help="adapter directory (default: RUN_DIR/adapter, which updates the manifest); "
                                  "with merge: the merged model's directory (default: RUN_DIR/merged)")
     p.set_defaults(func=_train)

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import gristmill
 from gristmill.checkpoint import chain, fingerprint, load_step, replace_dir, save_step, write_json_atomic
-from gristmill.common.contract import StepResult, share_warnings
+from gristmill.common.contract import StepResult
 from gristmill.common.errors import GateFailed, MissingFileError
 from gristmill.export import export_dataset, write_rejects
 from gristmill.ingest import VERSION as ingest_version
@@ -197,9 +197,6 @@ class Runner:
         stats = {"step": step.name, "version": version, "fingerprint": fp,
                  "params": step.params.model_dump(mode="json"), **result.summary(),
                  "seconds": round(seconds, 3), "rows_per_s": round(frame.height / seconds, 1) if seconds else None}
-        own = result.stats.get("warnings", [])  # a step may name its rules itself (heuristics): no second line
-        stats["warnings"] = [*own, *(w for w in share_warnings(stats["dropped_by_reason"], frame.height)
-                                     if not any(w.split()[1] in o for o in own))]
         if result.gate is not None:
             stats["gate"] = {"passed": result.gate.passed, "failures": result.gate.failures}
         if result.report is not None:
@@ -213,8 +210,6 @@ class Runner:
         state = "resumed" if stats.get("resumed") else f"{stats.get('seconds', 0):.1f}s"
         log.info(f"[green]✓[/] {label:<18} {stats['rows_in']:>6} in{added} → {stats['kept']:>6} kept"
                  f"{f'  dropped: {reasons}' if reasons else ''}  [dim]({state})[/]")
-        for warning in stats.get("warnings", []):
-            log.warning(f"[yellow]![/] {label}: {warning}")
 
     def run(self, *, train: bool = True, allow_audit_failure: bool = False) -> RunResult:
         """``allow_audit_failure``: a failed gate is recorded (manifest ``audit_override``, data card) instead of
@@ -271,11 +266,13 @@ class Runner:
         write_json_atomic(self.run_dir / "manifest.json", manifest)
         return RunResult(self.run_dir, manifest, frame, recomputed)
 
-    def train(self, frame: pl.DataFrame, data_fp: str, target: Path | None = None) -> dict[str, Any]:
+    def train(self, frame: pl.DataFrame, data_fp: str, target: Path | None = None,
+              search: int | None = None) -> dict[str, Any]:
         """Train the recipe's adapter on ``frame`` (whose content fingerprint is ``data_fp``) into ``target``
         (default ``<run>/adapter``): skipped when the adapter there has the same fingerprint, else trained in a
         temporary directory and swapped in atomically. Checkpoints go to ``<target's folder>/.train-checkpoints/
         <fingerprint>``, so a killed training resumes where it stopped and a changed recipe starts afresh.
+        ``search``: an optuna study of that many trials keeps the best adapter (``gristmill train --search N``).
         ``gristmill run`` and ``gristmill train`` both come here."""
         from gristmill.models import resolve
         from gristmill.train.qlora import train_qlora
@@ -283,7 +280,7 @@ class Runner:
         assert self.recipe.train is not None
         view = self.recipe.train.model_dump(mode="json")
         params = _resolve_paths(self.recipe, self.recipe.train, view, "train")  # eval_file: absolute + hashed
-        fp = fingerprint(data_fp, "train", view)
+        fp = fingerprint(data_fp, "train", view, *([{"search": search}] if search else []))
         target = target or self.run_dir / "adapter"
         metrics_path = target / "train_metrics.json"
         if metrics_path.exists():
@@ -317,8 +314,14 @@ class Runner:
                 progress.update(tasks[phase], completed=done, total=total, rate=note)
 
             try:
-                metrics = train_qlora(rows, params, model_path=model_path, out_dir=tmp, progress=report,
-                                      checkpoint_dir=checkpoints, eval_rows=eval_rows, card=card)
+                kw = {"model_path": model_path, "out_dir": tmp, "progress": report, "checkpoint_dir": checkpoints,
+                      "eval_rows": eval_rows, "card": card}
+                if search:
+                    from gristmill.train.search import search_qlora
+
+                    metrics = search_qlora(rows, params, search, **kw)
+                else:
+                    metrics = train_qlora(rows, params, **kw)
                 metrics["fingerprint"] = fp
                 (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
                 replace_dir(tmp, target)
@@ -335,7 +338,7 @@ class Runner:
 
 
 def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | None = None,
-            console: Console | None = None) -> dict[str, Any]:
+            console: Console | None = None, search: int | None = None) -> dict[str, Any]:
     """Train (or re-train, with ``overrides`` of the recipe's ``train`` section) the adapter of a finished run,
     through the same code path as ``gristmill run``; the adapter in the run directory updates the manifest."""
     import yaml
@@ -357,7 +360,7 @@ def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | 
     recipe = parse_recipe(yaml.safe_dump(raw), Path(manifest["recipe_path"]))
     runner = Runner(recipe, run_dir, console=console)
     runner.models = dict(manifest.get("models") or {})
-    metrics = runner.train(pl.read_parquet(data), manifest["fingerprint"], target=out)
+    metrics = runner.train(pl.read_parquet(data), manifest["fingerprint"], target=out, search=search)
     if out is None or out.resolve() == (run_dir / "adapter").resolve():
         manifest["train"] = metrics
         manifest["models"] = runner.models

@@ -48,3 +48,20 @@ def test_runner_trains_once_per_fingerprint_with_an_eval_file(tmp_path: Path, sa
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sum_rows(6, start=100)))
     changed = Runner(load_recipe(path), tmp_path / "run").train(frame, "data-fp")
     assert changed["resumed"] is False and changed["eval_rows"] == 6  # the eval file's content is fingerprinted
+
+
+def test_search_keeps_the_best_trial(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    from gristmill.train.params import TrainParams
+    from gristmill.train.search import search_qlora
+
+    tiny = tiny_model_dir(tmp_path)
+    params = TrainParams(max_steps=2, batch_size=4, max_seq_length=128, min_eval_rows=4, report_to=[])
+    metrics = search_qlora(sum_rows(12), params, 3, model_path=str(tiny), out_dir=tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert len(summary["trials"]) == 3 and {"learning_rate", "r"} <= set(summary["trials"][0]["params"])
+    assert summary["best_eval_loss"] == min(t["eval_loss"] for t in summary["trials"])
+    assert metrics["eval_loss_after"] == summary["best_eval_loss"]
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["r"] == summary["best_params"]["r"]
+    assert not (tmp_path / "out" / "trials").exists()
