@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gristmill-installed
 
-.PHONY: install quickstart test test-fast lint imports models clean
+.PHONY: install quickstart test test-fast lint imports models chromium clean
 
 install: $(STAMP)
 
@@ -28,9 +28,15 @@ quickstart: models
 	$(VENV)/bin/gristmill validate recipes/*.yaml
 	$(VENV)/bin/gristmill run recipes/quickstart.yaml
 
-test: models imports
+test: models imports chromium
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# tests/test_report.py renders report.html in Debian's headless chromium. Installed here when missing and apt is
+# ours to use (root, as on CI); otherwise the test fails and names the command.
+chromium:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		(apt-get update && apt-get install -y chromium)
 
 # Stage boundaries (.importlinter). import-linter walks the package on disk, so it checks a regular install of the
 # project (where gristmill.curation really is gristmill/curation), run from outside the source tree.

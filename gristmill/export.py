@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,15 @@ def export_dataset(frame: pl.DataFrame, out: Path, recipe: Any, manifest: dict[s
                 tmp.unlink(missing_ok=True)
     info = {"rows": frame.height, "files": written, "columns": frame.columns}
     write_json_atomic(out / "dataset_info.json", info)
+    _as_umask_allows(out / "dataset_info.json")
     return info
+
+
+def _as_umask_allows(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (a temporary file from mkstemp is 0600, whatever the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def _audit_lines(manifest: dict[str, Any]) -> list[str]:
@@ -133,18 +142,114 @@ def _audit_lines(manifest: dict[str, Any]) -> list[str]:
     return out
 
 
+# Hugging Face's size buckets (the `size_categories` tag).
+_SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+          (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+
+
+def size_category(rows: int) -> str:
+    return next((label for bound, label in _SIZES if rows < bound), "n>1B")
+
+
+def _meta_column(frame: pl.DataFrame, name: str) -> pl.Series | None:
+    if "meta" not in frame.columns or not isinstance(frame.schema["meta"], pl.Struct):
+        return None
+    return frame["meta"].struct.field(name) if name in [f.name for f in frame.schema["meta"].fields] else None
+
+
+def _front_matter(frame: pl.DataFrame, recipe: Any, synthetic: int) -> str:
+    """The card's YAML header in the Hugging Face convention; ``configs`` points ``datasets`` at the data file, so
+    ``load_dataset(<run>/dataset)`` loads the folder as it is."""
+    import yaml
+
+    meta: dict[str, Any] = {
+        # The recipe has no license field yet: a dataset whose terms we do not know says so.
+        "license": getattr(recipe, "license", None) or (getattr(recipe, "raw", None) or {}).get("license") or "unknown",
+        "pretty_name": recipe.name,
+        "size_categories": [size_category(frame.height)],
+        "task_categories": ["text-generation"],
+    }
+    language = _meta_column(frame, "language")
+    if language is not None:
+        codes = language.drop_nulls().value_counts(sort=True)[language.name].to_list()
+        if codes:
+            meta["language"] = [c for c in codes if isinstance(c, str) and c.isalpha() and c.islower()]
+    meta["tags"] = ["gristmill", "curated"] + (["synthetic"] if synthetic else [])
+    formats = recipe.output.formats
+    data = "data.parquet" if "parquet" in formats else "data.jsonl" if "jsonl" in formats else None
+    if data:
+        meta["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": data}]}]
+    meta["source_datasets"] = [str(i.path) for i in recipe.inputs]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---"
+
+
+def _synthetic_lines(frame: pl.DataFrame, synthetic: int, manifest: dict[str, Any]) -> list[str]:
+    share = synthetic / frame.height if frame.height else 0.0
+    out = ["", "## Synthetic share and provenance", "",
+           f"{synthetic} of {frame.height} rows ({share:.1%}) are synthetic (`source` starts with `synth:`)."]
+    synth = _meta_column(frame.filter(pl.col("source").str.starts_with("synth:")), "synth") if synthetic else None
+    if synthetic and synth is not None and isinstance(synth.dtype, pl.Struct):
+        fields = [f for f in ("method", "model", "engine", "template_hash") if f in [x.name for x in synth.dtype.fields]]
+        prov = synth.struct.unnest().select(fields).group_by(fields).len().sort("len", descending=True)
+        out += ["", "| " + " | ".join(fields) + " | rows |", "|" + "---|" * len(fields) + "---:|"]
+        out += ["| " + " | ".join(f"`{v}`" for v in row[:-1]) + f" | {row[-1]} |" for row in prov.iter_rows()]
+        out += ["", "Each synthetic row's `meta.synth` holds its seeds, prompt template hash, sampling, model and engine."]
+    elif synthetic == 0:
+        out += ["", "No synthesis step added rows."]
+    models = manifest.get("models") or {}
+    if models:
+        out += ["", "Models used: " + ", ".join(f"{step}: `{'/'.join(Path(path).parts[-2:])}`" for step, path in models.items()) + "."]
+    return out
+
+
+def _limitations(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any], synthetic: int) -> list[str]:
+    steps = {s["step"] for s in manifest["steps"]}
+    out = ["", "## Known limitations", ""]
+    if "audit" in steps:
+        out.append("- The demographic audit finds groups by lexicon matching in English text: it misses groups that are "
+                   "implied or named otherwise, and counts mentions, not who the text is about.")
+    else:
+        out.append("- No demographic audit was run on this data.")
+    if "decontaminate" not in steps:
+        out.append("- Not decontaminated against any evaluation set: check overlap before benchmarking on it.")
+    else:
+        out.append("- Decontaminated only against the evaluation sets the recipe names (n-gram overlap).")
+    if synthetic:
+        out.append("- Synthetic rows were written by a language model and filtered automatically, not reviewed by "
+                   "people; they can be wrong or repeat the model's biases.")
+    if "quality" in steps:
+        out.append("- Quality scores measure similarity to a small reference set, not correctness.")
+    out.append("- Language detection, filters and deduplication are heuristics; `../rejects.parquet` shows what they "
+               "dropped, `../report.html` shows examples.")
+    return out
+
+
 def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any]) -> str:
+    """``README.md`` of the dataset folder: a Hugging Face dataset card (YAML front matter, then sources, curation
+    steps with counts, synthetic share and provenance, the audit summary, known limitations and how to load it)."""
     synthetic = int(frame["source"].str.starts_with("synth:").sum()) if "source" in frame.columns else 0
     lines = [
+        _front_matter(frame, recipe, synthetic),
+        "",
         f"# {recipe.name}",
         "",
         f"Curated with gristmill {manifest['versions'].get('gristmill')} from recipe `{Path(recipe.path).name}`.",
         "",
         f"- rows: **{frame.height}** ({synthetic} synthetic, {frame.height - synthetic} from inputs)",
-        f"- inputs: {', '.join(f'`{i.path}` ({i.mapping})' for i in recipe.inputs)}",
         "- columns: " + ", ".join(f"`{c}`" for c in frame.columns),
         "",
-        "## Steps",
+        "## Sources",
+        "",
+        "| input | mapping | rows in this dataset |",
+        "|---|---|---:|",
+    ]
+    by_source = (frame.group_by("source").len().to_dicts() if "source" in frame.columns else [])
+    for spec in recipe.inputs:
+        n = sum(r["len"] for r in by_source if r["source"] and Path(str(r["source"])).name == Path(spec.path).name)
+        lines.append(f"| `{spec.path}` | {spec.mapping} | {n} |")
+    lines += [
+        "",
+        "## Curation steps",
         "",
         "| step | in | kept | dropped | reasons |",
         "|---|---:|---:|---:|---|",
@@ -153,17 +258,21 @@ def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any]) -> str
         reasons = ", ".join(f"{k}: {v}" for k, v in s.get("dropped_by_reason", {}).items()) or "-"
         added = f" (+{s['rows_added']} generated)" if s.get("rows_added") else ""
         lines.append(f"| {s['step']} | {s['rows_in']}{added} | {s['kept']} | {s['dropped']} | {reasons} |")
+    lines += ["", "Every dropped row is in `../rejects.parquet` with its step and reason; `../report.html` charts "
+              "the run."]
+    lines += _synthetic_lines(frame, synthetic, manifest)
     lines += _audit_lines(manifest)
+    lines += _limitations(frame, recipe, manifest, synthetic)
     lines += [
-        "",
-        "Every dropped row is in `../rejects.parquet` with its step and reason.",
         "",
         "## Use",
         "",
         "```python",
         "from datasets import load_dataset",
-        'ds = load_dataset("parquet", data_files="data.parquet")["train"]  # or data.jsonl (messages form)',
+        'ds = load_dataset("path/to/this/folder")["train"]  # reads the data file named under configs above',
         "```",
+        "",
+        f"Data fingerprint: `{manifest.get('fingerprint')}`.",
         "",
     ]
     return "\n".join(lines)

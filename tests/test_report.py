@@ -238,3 +238,71 @@ def test_report_renders_in_headless_chromium(quick_run: Path, tmp_path: Path) ->
     assert 'data-resources=""' in dom  # the load handler ran and the page fetched nothing
     assert parser.loads == []
     assert "could not be drawn" not in dom
+
+
+def test_gate_failure_still_writes_the_report(tmp_path: Path, sample_dir: Path) -> None:
+    steps = [{"normalize": {}}, {"audit": {"axes": ["gender"], "gate": {"max_representation_ratio": 1.0}}}]
+    recipe = {"name": "gated", "inputs": [{"path": str(sample_dir / "sample.jsonl"), "mapping": "alpaca",
+                                           "on_error": "skip"}],
+              "steps": steps, "output": {"dir": str(tmp_path / "run")}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "recipe.yaml")]) == 3
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "The audit gate stopped this run" in page and "representation_ratio" in page
+
+
+def _front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_dataset_card_is_a_hugging_face_card_that_datasets_loads(
+    quick_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    folder = quick_run / "dataset"
+    card = (folder / "README.md").read_text()
+    front = _front_matter(card)
+    manifest = json.loads((quick_run / "manifest.json").read_text())
+    assert front["license"] == "unknown" and front["size_categories"] == ["n<1K"]
+    assert front["task_categories"] == ["text-generation"] and front["source_datasets"] == ["data/sample.jsonl"]
+    assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data.parquet"}]}]
+    for section in ("## Sources", "## Curation steps", "## Synthetic share and provenance", "## Demographic audit",
+                    "## Known limitations"):
+        assert section in card
+    assert "| dedup_minhash |" in card and "0 of" in card  # no synthetic rows in this recipe
+    ds = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "hf"))
+    assert ds["train"].num_rows == manifest["rows_final"] == manifest["dataset"]["rows"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "dataset_info.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_dataset_card_front_matter_and_provenance_on_crafted_rows() -> None:
+    from types import SimpleNamespace
+
+    from gristmill.export import data_card, size_category
+
+    synth = pl.struct(pl.lit("self_instruct").alias("method"), pl.lit("tiny").alias("model"),
+                      pl.lit("vllm").alias("engine"), pl.lit("abc").alias("template_hash"))
+    frame = pl.DataFrame({"id": ["1", "2", "3"], "text": ["a", "b", "c"], "source": ["in.jsonl", "in.jsonl", "synth:x"],
+                          "lang": ["en", "de", "en"]}).select(
+        "id", "text", "source", pl.struct(pl.col("lang").alias("language"), synth.alias("synth")).alias("meta"))
+    recipe = SimpleNamespace(name="crafted", path="r.yaml", raw={"license": "cc-by-4.0"},
+                             inputs=[SimpleNamespace(path="in.jsonl", mapping="alpaca")],
+                             output=SimpleNamespace(formats=["jsonl"]))
+    manifest = {"versions": {"gristmill": "0"}, "steps": [{"step": "ingest", "rows_in": 3, "kept": 3, "dropped": 0}],
+                "models": {"synthesize": "/models/tiny"}}
+    card = data_card(frame, recipe, manifest)
+    front = _front_matter(card)
+    assert front["license"] == "cc-by-4.0" and front["language"] == ["en", "de"]
+    assert front["configs"][0]["data_files"][0]["path"] == "data.jsonl" and "synthetic" in front["tags"]
+    assert "1 of 3 rows (33.3%) are synthetic" in card and "| `self_instruct` | `tiny` | `vllm` | `abc` | 1 |" in card
+    assert "No demographic audit was run" in card and "| `in.jsonl` | alpaca | 2 |" in card
+    assert [size_category(n) for n in (999, 1000, 250_000)] == ["n<1K", "1K<n<10K", "100K<n<1M"]
