@@ -50,7 +50,7 @@ def _disparity(report: dict[str, Any], charts: Charts) -> str:
                       f"{s['drop_rate']} overall, {c['rows']} rows" if c else "no rows"
                       for c, s in zip(cells, steps, strict=True)])
     fig = go.Figure(go.Heatmap(z=z, x=[s["step"] for s in steps], y=[f"{a}.{g}" for a, g in groups],
-                               text=hover, hoverinfo="text", colorscale="RdBu_r", zmid=1,
+                               text=hover, hoverinfo="text", colorscale="RdBu_r", zmin=0, zmax=2,  # white at 1; 2x and more saturate
                                colorbar={"title": "× overall"}))
     flagged = (report.get("amplification") or {}).get("flagged", [])
     rows = [[f["step"], f"{f['axis']}.{f['group']}", f["drop_rate"], f["overall"], f["ratio"], f.get("ci95"),
