@@ -54,8 +54,9 @@ class TrainParams(BaseModel):
     fix_eos: bool = False
     """When an assistant turn does not end with the token generation stops on, append it (instead of refusing)."""
     bf16: bool | None = None
-    """bf16 compute (autocast; the 4-bit weights dequantize to bf16): default on CUDA and on CPUs with native
-    bf16 (AVX512-BF16 / AMX, ~2.5x faster steps on SmolLM2), fp32 elsewhere. LoRA weights stay fp32."""
+    """bf16 compute (autocast; the 4-bit weights dequantize to bf16): default on CUDA; on CPU only when set and
+    the CPU has native bf16 (AVX512-BF16 / AMX), since varying batch shapes make oneDNN rebuild bf16 kernels.
+    LoRA weights stay fp32."""
     gradient_checkpointing: bool | None = None
     """Recompute activations in the backward pass to save memory; default on for CUDA, off on CPU."""
     eval_fraction: float = Field(0.1, gt=0, lt=1)
