@@ -9,14 +9,15 @@ eval set) for decontamination to find. The same seed gives the 100k rows as a pr
 
 Recipe (written to a temp dir per size, run by ``gristmill.runner.Runner``): normalize, filter, heuristics
 (gopher_repetition + gopher_quality), dedup_exact, dedup_minhash, decontaminate (500 eval items), audit (4 axes,
-defaults). Each size runs in its own process. Per step: seconds (the runner's stats: the step alone) and peak RSS
+defaults). Each size runs in its own process. Per step: seconds (the runner's stats: the step alone), CPU seconds
+of the process (all threads; less sensitive than wall time to other work on a shared machine) and peak RSS
 (VmHWM, reset before the step through /proc/self/clear_refs, read after its checkpoint is written), and in total:
 wall seconds of ``Runner.run`` (ingest, steps, checkpoints, rejects, export) and the process's peak RSS.
 
 Targets (issue 15): time grows at most 1.2x faster than linear from 100k to 1M rows
 (``(t_1M / t_100k) / 10 <= 1.2``), and peak RSS at 1M stays under 4x the input's parquet size.
 
-Run: python bench/scale.py [--rows 100000,300000,1000000] [--workdir DIR]
+Run: python bench/scale.py [--rows 100000,300000,1000000] [--workdir DIR (corpora there are reused)]
 """
 
 from __future__ import annotations
@@ -83,21 +84,34 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def worker(rows: int, workdir: Path, audit_trace: bool = True) -> dict:
+def build(rows: int, workdir: Path) -> None:
+    """Write the corpus (input.parquet, eval.jsonl, meta.json) unless it is there. Its own process: the Python
+    strings of a 1M-row build would otherwise stay in the measured process's RSS (freed memory is kept by the
+    allocator) and inflate every step's peak."""
     import polars as pl
 
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = workdir / "input.parquet"
+    if not data.exists():
+        texts, evals = build_corpus(rows)
+        pl.DataFrame({"id": [f"r{i}" for i in range(rows)], "text": texts}).write_parquet(data)
+        (workdir / "eval.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in evals))
+    raw = pl.scan_parquet(data).select(pl.col("text").str.len_bytes().sum()).collect().item()
+    (workdir / "meta.json").write_text(json.dumps({"rows": rows, "raw_text_bytes": int(raw)}))
+
+
+def worker(rows: int, workdir: Path, audit_trace: bool = True) -> dict:
     import gristmill.runner
     from gristmill.recipe import load_recipe
     from gristmill.runner import Runner
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    texts, evals = build_corpus(rows)
     data = workdir / "input.parquet"
-    pl.DataFrame({"id": [f"r{i}" for i in range(rows)], "text": texts}).write_parquet(data)
-    (workdir / "eval.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in evals))
-    del texts
-    build_s = time.perf_counter() - started
+    raw_bytes = json.loads((workdir / "meta.json").read_text())["raw_text_bytes"]
+    run_dir = workdir / "run"
+    if run_dir.exists():  # a fresh run every time: no checkpoint may be reused
+        import shutil
+
+        shutil.rmtree(run_dir)
     recipe_path = workdir / "scale.yaml"
     recipe_path.write_text(f"name: scale\ninputs:\n  - path: input.parquet\n    mapping: text\n{STEPS}"
                            f"output: {{dir: {workdir / 'run'}, formats: [parquet]}}\n")
@@ -108,15 +122,19 @@ def worker(rows: int, workdir: Path, audit_trace: bool = True) -> dict:
 
         def _ingest(self):  # type: ignore[no-untyped-def]
             reset_peak()
+            cpu = time.process_time()
             out = super()._ingest()
             steps.append({"step": "ingest", "seconds": out[1]["seconds"], "peak_rss": rss_peak(),
+                          "cpu_s": round(time.process_time() - cpu, 2),
                           "rows_in": out[1]["rows_in"], "kept": out[1]["kept"]})
             return out
 
         def _run_step(self, index, step, frame, prev_fp, progress):  # type: ignore[no-untyped-def]
             reset_peak()
+            cpu = time.process_time()
             out = super()._run_step(index, step, frame, prev_fp, progress)
             steps.append({"step": step.name, "seconds": out[1]["seconds"], "peak_rss": rss_peak(),
+                          "cpu_s": round(time.process_time() - cpu, 2),
                           "rows_in": out[1]["rows_in"], "kept": out[1]["kept"]})
             return out
 
@@ -125,11 +143,11 @@ def worker(rows: int, workdir: Path, audit_trace: bool = True) -> dict:
     runner = MeasuredRunner(load_recipe(recipe_path))
     reset_peak()
     baseline_rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     runner.run(train=False)
-    total_s = time.perf_counter() - started
-    return {"rows": rows, "parquet_bytes": data.stat().st_size, "build_s": round(build_s, 1),
-            "rss_before_run": baseline_rss, "total_s": round(total_s, 2), "steps": steps,
+    total_s, total_cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"rows": rows, "parquet_bytes": data.stat().st_size, "rss_before_run": baseline_rss, "total_s": round(total_s, 2),
+            "total_cpu_s": round(total_cpu, 2), "raw_text_bytes": raw_bytes, "steps": steps,
             "steps_s": round(sum(s["seconds"] for s in steps), 2),
             "peak_rss": max(s["peak_rss"] for s in steps)}
 
@@ -156,13 +174,19 @@ def main() -> None:
     ap.add_argument("--no-audit-trace", action="store_true", help="audit without exclusion amplification (the "
                     "rejects of earlier steps)")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--build", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build:
+        build(args.build, Path(args.workdir))
+        return
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, Path(args.workdir), not args.no_audit_trace)), flush=True)
         return
     root = Path(args.workdir or tempfile.mkdtemp(prefix="gristmill-scale-"))
     results = []
     for rows in [int(r) for r in args.rows.split(",")]:
+        subprocess.run([sys.executable, __file__, "--build", str(rows), "--workdir", str(root / str(rows))],
+                       check=True)
         cmd = [sys.executable, __file__, "--worker", str(rows), "--workdir", str(root / str(rows))]
         proc = subprocess.run(cmd + ["--no-audit-trace"] * args.no_audit_trace, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -184,14 +208,18 @@ def main() -> None:
     first, last = results[0], results[-1]
     growth = (last["total_s"] / first["total_s"]) / (last["rows"] / first["rows"])
     memory_ratio = last["peak_rss"] / last["parquet_bytes"]
+    cpu_growth = (last["total_cpu_s"] / first["total_cpu_s"]) / (last["rows"] / first["rows"])
     print(f"{'total (run)':<16}" + "".join(f"{r['total_s']:>14.1f}{r['peak_rss'] / 2**20:>12,.0f}" for r in results)
           + f"{growth:>12.2f}x")
     print(f"time growth {first['rows']:,} -> {last['rows']:,}: {growth:.2f}x linear (target <= 1.2); peak RSS at "
-          f"{last['rows']:,}: {memory_ratio:.2f}x the parquet input (target < 4)")
+          f"{last['rows']:,}: {memory_ratio:.2f}x the parquet input (target < 4), "
+          f"{last['peak_rss'] / last['raw_text_bytes']:.2f}x its raw text; CPU-seconds growth {cpu_growth:.2f}x")
     print(json.dumps({
         "bench": "scale", "metric": "superlinear_time_growth", "ours": round(growth, 3), "baseline": "linear",
         "baseline_value": 1.0, "ratio": round(growth, 3), "target_ratio": 1.2,
+        "cpu_seconds_growth": round(cpu_growth, 3),
         "memory": {"peak_rss": last["peak_rss"], "parquet_bytes": last["parquet_bytes"],
+                   "raw_text_bytes": last["raw_text_bytes"],
                    "ratio": round(memory_ratio, 2), "target": 4.0},
         "quality": {"rows_final": {str(r["rows"]): r["steps"][-1]["kept"] for r in results}},
         "audit_trace": not args.no_audit_trace, "sizes": results, "env": env(),
