@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import gristmill
 from gristmill.checkpoint import chain, fingerprint, load_step, replace_dir, save_step, write_json_atomic
-from gristmill.common.contract import StepResult
+from gristmill.common.contract import StepResult, share_warnings
 from gristmill.common.errors import GateFailed, MissingFileError
 from gristmill.export import export_dataset, write_rejects
 from gristmill.ingest import VERSION as ingest_version
@@ -198,6 +198,9 @@ class Runner:
         stats = {"step": step.name, "version": version, "fingerprint": fp,
                  "params": step.params.model_dump(mode="json"), **result.summary(),
                  "seconds": round(seconds, 3), "rows_per_s": round(frame.height / seconds, 1) if seconds else None}
+        own = result.stats.get("warnings", [])  # a step may name its rules itself (heuristics): no second line
+        stats["warnings"] = [*own, *(w for w in share_warnings(stats["dropped_by_reason"], frame.height)
+                                     if not any(w.split()[1] in o for o in own))]
         if result.gate is not None:
             stats["gate"] = {"passed": result.gate.passed, "failures": result.gate.failures}
         if result.report is not None:
@@ -211,6 +214,8 @@ class Runner:
         state = "resumed" if stats.get("resumed") else f"{stats.get('seconds', 0):.1f}s"
         log.info(f"[green]✓[/] {label:<18} {stats['rows_in']:>6} in{added} → {stats['kept']:>6} kept"
                  f"{f'  dropped: {reasons}' if reasons else ''}  [dim]({state})[/]")
+        for warning in stats.get("warnings", []):
+            log.warning(f"[yellow]![/] {label}: {warning}")
 
     def run(self, *, train: bool = True, allow_audit_failure: bool = False) -> RunResult:
         """``allow_audit_failure``: a failed gate is recorded (manifest ``audit_override``, data card) instead of
@@ -370,6 +375,7 @@ def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | 
         write_json_atomic(manifest_path, manifest)
     return metrics
 
+
 def _with_trace(step: Step, checkpoints: list[tuple[str, Path]]) -> Step:
     """A step whose params have a ``trace`` field (the audit) gets the checkpoint folders of the steps before it,
     for exclusion amplification; the field is excluded from the params' dump, so it is not fingerprinted (the
@@ -381,3 +387,4 @@ def _with_trace(step: Step, checkpoints: list[tuple[str, Path]]) -> Step:
     trace = [{"name": name, "checkpoint": str(folder)} for name, folder in checkpoints]
     typed = TypeAdapter(type(step.params).model_fields["trace"].annotation).validate_python(trace)
     return dataclasses.replace(step, params=step.params.model_copy(update={"trace": typed}))
+
