@@ -373,6 +373,7 @@ def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | 
         manifest["train"] = metrics
         manifest["models"] = runner.models
         write_json_atomic(manifest_path, manifest)
+        write_report(run_dir)  # the report charts the adapter the manifest now names
     return metrics
 
 
