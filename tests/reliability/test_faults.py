@@ -47,10 +47,10 @@ def _complete_checkpoints(run_dir: Path) -> None:
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs (needs root and mount; skipped otherwise)."""
+    """A 64 MiB tmpfs, filled by each test to what it needs (needs root and mount; skipped otherwise)."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
     try:
