@@ -20,7 +20,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import gristmill
-from gristmill.checkpoint import chain, fingerprint, load_step, replace_dir, save_step, write_json_atomic
+from gristmill.checkpoint import (
+    chain,
+    ensure_dir,
+    fingerprint,
+    load_step,
+    replace_dir,
+    save_step,
+    write_json_atomic,
+)
 from gristmill.common.contract import StepResult, share_warnings
 from gristmill.common.errors import GateFailed, MissingFileError
 from gristmill.export import export_dataset, write_rejects
@@ -221,7 +229,7 @@ class Runner:
         """``allow_audit_failure``: a failed gate is recorded (manifest ``audit_override``, data card) instead of
         stopping the run."""
         started = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.run_dir)
         manifest: dict[str, Any] = {
             "recipe": self.recipe.raw, "recipe_path": str(self.recipe.path), "name": self.recipe.name,
             "versions": versions(), "steps": [], "status": "running",

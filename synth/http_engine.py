@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from gristmill.common.errors import UserError
 from gristmill.synth.engine import PROMPT_TOO_LONG, Generation, SamplingConfig
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -33,8 +34,9 @@ Response = tuple[int, str, float | None]
 """(HTTP status, body text, Retry-After seconds or None)."""
 
 
-class OpenAIEngineError(RuntimeError):
-    """A request failed for good (after retries, or with a non-retryable HTTP status)."""
+class OpenAIEngineError(UserError, RuntimeError):
+    """A request failed for good (after retries, or with a non-retryable HTTP status): the server, its address or
+    its key need fixing (a user error: exit 2, the finished chunks stay in the request cache for the rerun)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
