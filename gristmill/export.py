@@ -163,8 +163,8 @@ def _front_matter(frame: pl.DataFrame, recipe: Any, synthetic: int) -> str:
     import yaml
 
     meta: dict[str, Any] = {
-        # The recipe has no license field yet: a dataset whose terms we do not know says so.
-        "license": getattr(recipe, "license", None) or (getattr(recipe, "raw", None) or {}).get("license") or "unknown",
+        # A dataset whose terms the recipe does not state says so.
+        "license": (getattr(recipe, "raw", None) or {}).get("license") or "unknown",
         "pretty_name": recipe.name,
         "size_categories": [size_category(frame.height)],
         "task_categories": ["text-generation"],

@@ -36,6 +36,9 @@ class _RecipeShape(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Recipe name (letters, digits, _ . -)."""
+    license: str | None = None
+    """License of the curated dataset for its card (an SPDX id such as ``apache-2.0`` or ``cc-by-4.0``); the card
+    says ``unknown`` when unset. It must allow what the inputs' licenses allow."""
     inputs: list[InputSpec] = Field(min_length=1)
     """Input files."""
     steps: list[Any] = []
