@@ -1,4 +1,4 @@
-"""Command line: ``gristmill run | validate | train | models``.
+"""Command line: ``gristmill run | validate | train | ablate | report | models``.
 
 Exit codes: 0 ok, 1 a bug (the traceback is shown), 2 invalid recipe or input (the message says where and how to
 fix it; ``--debug`` adds the traceback), 3 the audit gate stopped the run before training.
@@ -82,6 +82,16 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace, console: Console) -> int:
+    from gristmill.ablation import ablate, render
+    from gristmill.recipe import load_recipe
+
+    summary = ablate(load_recipe(args.recipe), Path(args.out) if args.out else None, mode=args.mode)
+    console.print(render(summary))
+    log.info(f"ablation → {Path(summary['adapters']['raw']).parent.parent / 'ablation.json'}")
+    return 0
+
+
 def _models(args: argparse.Namespace, console: Console) -> int:
     from gristmill import models
 
@@ -141,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="adapter directory (default: RUN_DIR/adapter, which updates the manifest); "
                                  "with merge: the merged model's directory (default: RUN_DIR/merged)")
     p.set_defaults(func=_train)
+    p = sub.add_parser("ablate", help="train on the raw, curated and curated+synthetic rows of a recipe and "
+                                      "evaluate them and the base model on the same held-out rows "
+                                      "(RUN_DIR/ablation.json)")
+    p.add_argument("recipe")
+    p.add_argument("--out", help="run directory (default: the recipe's output.dir)")
+    p.add_argument("--mode", choices=["steps", "tokens"], default="steps",
+                   help="same optimizer steps for every variant (default), or the same training tokens")
+    p.set_defaults(func=_ablate)
     p = sub.add_parser("report", help="(re)write RUN_DIR/report.html: funnel, drop examples, scores, clusters, "
                                       "synthetic yield, audit, training, timings (one file, opens offline)")
     p.add_argument("run_dir")

@@ -1,0 +1,101 @@
+"""``gristmill ablate``: three variants and the base model on the same held-out rows, none of which any variant
+trains on; equal steps (or planned equal tokens); a rerun resumes every adapter."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from tests.test_train_support import tiny_model_dir
+
+pytest.importorskip("torch")
+
+
+def _recipe(tmp_path: Path, sample_dir: Path, model: str) -> Path:
+    recipe = {
+        "name": "ablate", "inputs": [{"path": str(sample_dir / "sample.jsonl"), "mapping": "alpaca",
+                                      "on_error": "skip"}],
+        "steps": [{"normalize": {}}, {"filter": {}}, {"dedup_exact": {}}],
+        "output": {"dir": str(tmp_path / "run"), "formats": ["parquet"]},
+        "train": {"base_model": model, "max_steps": 2, "batch_size": 4, "max_seq_length": 256,
+                  "min_eval_rows": 6, "max_eval_rows": 6, "eval_generate_rows": 2, "eval_max_new_tokens": 4,
+                  "save_steps": None, "report_to": []},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _check(tmp_path: Path, summary: dict) -> None:
+    from gristmill.ablation import VARIANTS, exclude_eval
+
+    run = tmp_path / "run"
+    assert json.loads((run / "ablation.json").read_text()) == summary
+    assert summary["eval"]["source"] == "held_out_from_curated" and summary["eval"]["rows"] == 6
+    for metric in ("loss", "perplexity"):
+        row = summary["metrics"][metric]
+        assert set(row) == {"base", *VARIANTS} and all(math.isfinite(v) for v in row.values())
+    eval_frame = pl.read_parquet(run / "ablation" / "eval.parquet")
+    curated = pl.read_parquet(run / "dataset" / "data.parquet")
+    assert set(eval_frame["id"]) <= set(curated["id"])  # drawn from the curated rows
+    raw = pl.read_parquet(run / "steps" / "00-ingest" / "kept.parquet")
+    for name in VARIANTS:
+        ev = json.loads((run / "ablation" / name / "eval.json").read_text())
+        assert ev["source"] == "eval_file" and ev["rows"] == 6  # every variant scores the same file
+        assert ev["base"]["loss"] == pytest.approx(summary["metrics"]["loss"]["base"], rel=1e-4)
+    # The raw rows carry re-cased copies of curated rows (the sample plants them): the exclusion must catch the
+    # copies of eval rows too, not only their ids; what is left shares no 13-gram with the eval rows.
+    kept, left_out = exclude_eval(raw, eval_frame)
+    assert left_out == summary["data"]["raw"]["excluded_eval"] >= 6
+    assert not set(kept["id"]) & set(eval_frame["id"])
+    assert exclude_eval(kept, eval_frame)[1] == 0
+    assert summary["train_rows"]["raw"] <= kept.height
+    assert summary["data"]["curated_synthetic"]["rows"] == summary["data"]["curated"]["rows"]  # no synth step
+    assert summary["data"]["raw"]["rows"] > summary["data"]["curated"]["rows"]
+    assert summary["data"]["curated"]["dropped_share_by_reason"]["exact_duplicate"] > 0
+
+
+def test_ablation_trains_three_variants_on_one_eval_split_and_resumes(tmp_path: Path, sample_dir: Path) -> None:
+    from gristmill.ablation import ablate
+    from gristmill.recipe import load_recipe
+
+    path = _recipe(tmp_path, sample_dir, str(tiny_model_dir(tmp_path)))
+    summary = ablate(load_recipe(path))
+    assert summary["steps"] == {"raw": 2, "curated": 2, "curated_synthetic": 2}
+    assert not any(summary["resumed"].values())
+    _check(tmp_path, summary)
+    again = ablate(load_recipe(path))
+    assert all(again["resumed"].values()) and again["metrics"] == summary["metrics"]  # nothing retrained
+
+    tokens = ablate(load_recipe(path), mode="tokens")  # planned steps follow each variant's mean row length
+    assert tokens["mode"] == "tokens" and tokens["token_budget"] > 0
+    per_step = 4 * 1
+    for name, n in tokens["steps"].items():
+        mean = tokens["data"][name]["tokens"] / tokens["data"][name]["examples"]
+        assert n == max(1, round(tokens["token_budget"] / (per_step * mean)))
+
+
+def test_cli_ablate_prints_the_table(tmp_path: Path, sample_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from gristmill.cli import main
+
+    path = _recipe(tmp_path, sample_dir, str(tiny_model_dir(tmp_path)))
+    assert main(["-q", "ablate", str(path), "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "ablation.json").is_file()
+
+
+@pytest.mark.slow
+def test_ablation_on_the_real_small_model(tmp_path: Path, sample_dir: Path) -> None:
+    from gristmill.ablation import ablate
+    from gristmill.models import status
+    from gristmill.recipe import load_recipe
+
+    if not any(r["name"] == "smollm2-135m-instruct" and r["state"] == "ready" for r in status()):
+        pytest.skip("smollm2-135m-instruct is not converted (gristmill models pull)")
+    summary = ablate(load_recipe(_recipe(tmp_path, sample_dir, "smollm2-135m-instruct")))
+    assert summary["steps"] == {"raw": 2, "curated": 2, "curated_synthetic": 2}
+    _check(tmp_path, summary)
