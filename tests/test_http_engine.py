@@ -3,78 +3,30 @@ against a real vLLM OpenAI-compatible server with SmolLM2."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gristmill.synth.engine import PROMPT_TOO_LONG, SamplingConfig
 from gristmill.synth.http_engine import OpenAIEngine, OpenAIEngineError
 from gristmill.synth.parse import TASK_SCHEMA, Rejected, parse_task
+from tests.fake_openai import FakeOpenAI
 
 SAMPLING = SamplingConfig(0.7, 0.9, 32, TASK_SCHEMA)
 
 
-class FakeServer:
-    """Replies to POST /v1/chat/completions from a script of (status, delay_s) steps, then with 200.
-
-    Records every request's path, headers and JSON body."""
-
-    def __init__(self, script: list[tuple[int, float]] | None = None, error: str = "scripted {status}") -> None:
-        self.script = list(script or [])
-        self.seen: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._reply(200, {"object": "list", "data": [{"id": "served-model"}]})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with owner.lock:
-                    owner.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    status, delay = owner.script.pop(0) if owner.script else (200, 0.0)
-                time.sleep(delay)
-                if status != 200:
-                    self._reply(status, {"error": {"message": error.format(status=status)}})
-                    return
-                user = body["messages"][-1]["content"]
-                self._reply(200, {"model": "served-model", "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": f"echo: {user}"},
-                     "finish_reason": "stop"}], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
-
-            def _reply(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def FakeServer(script: list[tuple[int, float]] | None = None, error: str = "scripted {status}") -> FakeOpenAI:  # noqa: N802
+    """Replies to POST /v1/chat/completions from a script of (status, delay_s) steps, then 200 with an echo."""
+    return FakeOpenAI(script, answer=lambda user: f"echo: {user}", model="served-model", error=error)
 
 
 @pytest.fixture
@@ -90,12 +42,12 @@ def conv(text: str) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("transport", ["httpx", "urllib"])
 def test_chat_in_order_with_body_usage_and_version(server: FakeServer, transport: str) -> None:
-    engine = OpenAIEngine(server.url + "/v1/", "m", concurrency=3, transport=transport)
+    engine = OpenAIEngine(server.root + "/v1/", "m", concurrency=3, transport=transport)
     assert engine.version() == "served-model"  # from GET /v1/models
     out = engine.chat([conv(f"q{i}") for i in range(7)], SAMPLING)
     assert [g.text for g in out] == [f"echo: q{i}" for i in range(7)]
-    assert all((g.finish_reason, g.prompt_tokens, g.output_tokens) == ("stop", 7, 3) for g in out)
-    req = server.seen[0]
+    assert all((g.finish_reason, g.prompt_tokens, g.output_tokens) == ("stop", 10, 20) for g in out)  # usage as served
+    req = server.requests[0]
     assert req["path"] == "/v1/chat/completions" and "authorization" not in {k.lower() for k in req["headers"]}
     body = req["body"]
     assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "task", "schema": TASK_SCHEMA}}
@@ -108,9 +60,9 @@ def test_chat_in_order_with_body_usage_and_version(server: FakeServer, transport
 def test_retries_500_and_429_then_succeeds(transport: str) -> None:
     srv = FakeServer([(500, 0), (429, 0), (503, 0)])
     try:
-        engine = OpenAIEngine(srv.url, "m", max_retries=3, backoff_s=0.01, transport=transport)
+        engine = OpenAIEngine(srv.root, "m", max_retries=3, backoff_s=0.01, transport=transport)
         assert engine.chat([conv("hi")], SAMPLING)[0].text == "echo: hi"
-        assert len(srv.seen) == engine.requests_sent == 4
+        assert len(srv.requests) == engine.requests_sent == 4
     finally:
         srv.close()
 
@@ -118,12 +70,12 @@ def test_retries_500_and_429_then_succeeds(transport: str) -> None:
 def test_gives_up_after_max_retries_and_fails_fast_on_400() -> None:
     srv = FakeServer([(500, 0)] * 3 + [(400, 0)])
     try:
-        engine = OpenAIEngine(srv.url, "m", max_retries=2, backoff_s=0.01)
+        engine = OpenAIEngine(srv.root, "m", max_retries=2, backoff_s=0.01)
         with pytest.raises(OpenAIEngineError, match=r"after 3 attempts; last: HTTP 500: .*scripted 500"):
             engine.chat([conv("hi")], SAMPLING)
         with pytest.raises(OpenAIEngineError, match="HTTP 400"):  # not retryable: one attempt
             engine.chat([conv("hi")], SAMPLING)
-        assert len(srv.seen) == 4
+        assert len(srv.requests) == 4
     finally:
         srv.close()
 
@@ -132,14 +84,14 @@ def test_prompt_over_the_context_is_answered_prompt_too_long_not_raised() -> Non
     msg = "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens."
     srv = FakeServer([(200, 0), (400, 0)], error=msg)
     try:
-        engine = OpenAIEngine(srv.url, "m", concurrency=1)
+        engine = OpenAIEngine(srv.root, "m", concurrency=1)
         out = engine.chat([conv("short"), conv("very long")], SAMPLING)
         assert out[0].text == "echo: short"
         assert (out[1].text, out[1].finish_reason, out[1].output_tokens) == ("", PROMPT_TOO_LONG, 0)
         with pytest.raises(Rejected) as err:
             parse_task(out[1].text, out[1].finish_reason)
         assert err.value.reason == "prompt_too_long"
-        assert len(srv.seen) == 2  # a 400 is not retried
+        assert len(srv.requests) == 2  # a 400 is not retried
     finally:
         srv.close()
 
@@ -148,13 +100,13 @@ def test_prompt_over_the_context_is_answered_prompt_too_long_not_raised() -> Non
 def test_timeout_is_retried_then_reported(transport: str) -> None:
     srv = FakeServer([(200, 1.0), (200, 1.0)])
     try:
-        engine = OpenAIEngine(srv.url, "m", timeout=0.2, max_retries=1, backoff_s=0.01, transport=transport)
+        engine = OpenAIEngine(srv.root, "m", timeout=0.2, max_retries=1, backoff_s=0.01, transport=transport)
         started = time.perf_counter()
         with pytest.raises(OpenAIEngineError, match=r"after 2 attempts; last: .*[Tt]ime"):
             engine.chat([conv("slow")], SAMPLING)
         assert time.perf_counter() - started < 1.5
         srv.script[:] = [(200, 1.0)]
-        retried = OpenAIEngine(srv.url, "m", timeout=0.3, max_retries=1, backoff_s=0.01, transport=transport)
+        retried = OpenAIEngine(srv.root, "m", timeout=0.3, max_retries=1, backoff_s=0.01, transport=transport)
         assert retried.chat([conv("ok")], SAMPLING)[0].text == "echo: ok"  # the retry is in time
     finally:
         srv.close()
@@ -172,14 +124,14 @@ def test_connection_refused_is_retried() -> None:
 
 def test_api_key_from_env_and_seed(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRISTMILL_TEST_KEY", "sk-test-123")
-    engine = OpenAIEngine(server.url, "m", api_key_env="GRISTMILL_TEST_KEY", seed=5)
+    engine = OpenAIEngine(server.root, "m", api_key_env="GRISTMILL_TEST_KEY", seed=5)
     engine.chat([conv("hi")], SAMPLING)
-    headers = {k.lower(): v for k, v in server.seen[0]["headers"].items()}
-    assert headers["authorization"] == "Bearer sk-test-123" and server.seen[0]["body"]["seed"] == 5
+    headers = {k.lower(): v for k, v in server.requests[0]["headers"].items()}
+    assert headers["authorization"] == "Bearer sk-test-123" and server.requests[0]["body"]["seed"] == 5
 
     monkeypatch.delenv("GRISTMILL_TEST_KEY")
     with pytest.raises(OpenAIEngineError, match="environment variable 'GRISTMILL_TEST_KEY' is not set"):
-        OpenAIEngine(server.url, "m", api_key_env="GRISTMILL_TEST_KEY")
+        OpenAIEngine(server.root, "m", api_key_env="GRISTMILL_TEST_KEY")
 
 
 def test_params_require_base_url_for_openai() -> None:

@@ -18,15 +18,9 @@ from gristmill.cli import main
 from gristmill.recipe import load_recipe
 from gristmill.report import Charts, RunData, build_report
 from gristmill.runner import Runner
+from tests.test_runner import STEPS  # the same five-step run the runner tests use
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = [
-    {"normalize": {}},
-    {"filter": {"min_words": 5, "max_words": 2000}},
-    {"dedup_exact": {}},
-    {"dedup_minhash": {"threshold": 0.8}},
-    {"audit": {"axes": ["gender", "religion"], "label_column": "accepted"}},
-]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--virtual-time-budget=5000"]

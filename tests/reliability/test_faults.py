@@ -17,7 +17,7 @@ import yaml
 
 from gristmill.checkpoint import file_sha256
 from tests.conftest import ROOT
-from tests.reliability.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI
 
 DRIVER = Path(__file__).with_name("driver.py")
 ALPACA = [{"instruction": f"Explain step {i} of making bread at home", "input": "",

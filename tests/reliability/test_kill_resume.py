@@ -25,7 +25,7 @@ import yaml
 
 from gristmill.checkpoint import file_sha256
 from tests.conftest import RECIPES, ROOT
-from tests.reliability.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI
 
 KEY = "sk-planted-3f9a1c0e7b2d4f68a5c1e9b0d7f3a2c4"
 DRIVER = Path(__file__).with_name("driver.py")

@@ -1,7 +1,9 @@
-"""A real local HTTP server speaking the OpenAI chat-completions API, for reliability and fault tests.
+"""A real local HTTP server speaking the OpenAI chat-completions API, for the HTTP engine, reliability and fault
+tests.
 
-Answers are a pure function of the request's last user message (a Self-Instruct-shaped JSON task whose words are
-picked by its hash), so a run's output does not depend on batching, retries or resumes. ``script`` makes it
+Answers are a pure function of the request's last user message (by default a Self-Instruct-shaped JSON task whose
+words are picked by its hash; ``answer`` overrides it), so a run's output does not depend on batching, retries or
+resumes. ``script`` makes it
 misbehave: a list of (status, delay_s) consumed one per POST (429, 500, a slow answer, ...); ``drop`` closes the
 connection without answering. The server runs in a thread of the test process; the run under test is a
 subprocess that reaches it over TCP."""
@@ -13,6 +15,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,7 +36,11 @@ def answer_for(prompt: str) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, script: list[tuple[int, float]] | None = None) -> None:
+    """``url``: the API base (``.../v1``); ``root``: the server itself. ``requests`` records every POST's path,
+    headers and JSON body; a non-200 status answers ``error`` formatted with the status."""
+
+    def __init__(self, script: list[tuple[int, float]] | None = None, *, answer: Callable[[str], str] = answer_for,
+                 model: str = "fake-model", error: str = "scripted {status}") -> None:
         self.script = list(script or [])
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -44,22 +51,22 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self) -> None:
-                self._reply(200, {"object": "list", "data": [{"id": "fake-model"}]})
+                self._reply(200, {"object": "list", "data": [{"id": model}]})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with owner.lock:
-                    owner.requests.append({"headers": dict(self.headers), "body": body})
+                    owner.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                     status, delay = owner.script.pop(0) if owner.script else (200, 0.0)
                 time.sleep(delay)
                 if status == 0:  # drop the connection
                     self.close_connection = True
                     return
                 if status != 200:
-                    self._reply(status, {"error": {"message": f"scripted {status}"}})
+                    self._reply(status, {"error": {"message": error.format(status=status)}})
                     return
-                text = answer_for(body["messages"][-1]["content"])
-                self._reply(200, {"model": "fake-model", "choices": [
+                text = answer(body["messages"][-1]["content"])
+                self._reply(200, {"model": model, "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 20}})
 
@@ -73,7 +80,8 @@ class FakeOpenAI:
                     self.wfile.write(data)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{self.root}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
