@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from gristmill.common.hardware import cpu_has_bf16
 from gristmill.common.identity import model_identity
 from gristmill.common.store import open_store, select_in
 
@@ -54,15 +55,7 @@ def fast_dtype(device: str) -> Any:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     capability = torch.backends.cpu.get_cpu_capability()
-    return torch.bfloat16 if capability in ("AVX512", "AMX") and _cpu_has_bf16() else torch.float32
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return torch.bfloat16 if capability in ("AVX512", "AMX") and cpu_has_bf16() else torch.float32
 
 
 class Embedder:

@@ -8,9 +8,9 @@ head is a fifth of the forward's multiply-adds, and the logits of a full batch a
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Any
 
+from gristmill.common.hardware import cpu_has_bf16
 from gristmill.train.formatting import IGNORE
 from gristmill.train.params import TrainParams
 
@@ -19,15 +19,6 @@ HINT = "pip install 'gristmill[cpu]' (CPU) or 'gristmill[gpu]' (CUDA): torch, tr
 
 def device_of(model: Any) -> Any:
     return next(model.parameters()).device
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 matrix instructions (AVX512-BF16 or AMX); elsewhere bf16 on CPU is emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def use_bf16(params: TrainParams, device: str) -> bool:
