@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import render
 from rich.table import Table
+from rich.text import Text
 
 from gristmill.common.errors import GateFailed, UserError
 
@@ -34,7 +35,8 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
                           + (", train" if recipe.train else ""))
         except RecipeError as err:
             bad += 1
-            console.print(f"[red]invalid[/] {err}", markup=False, highlight=False)
+            # The message is the user's text (file names, YAML) and must not be read as markup.
+            console.print(Text("invalid ", style="red") + Text(str(err)), highlight=False, soft_wrap=True)
     return EXIT_INVALID if bad else 0
 
 
