@@ -92,3 +92,12 @@ def test_synthesize_params_follow_the_method(tmp_path: Path) -> None:
     errors = "\n".join(info.value.errors)
     assert "steps[0].synthesize.method: unknown method 'telepathy'; known methods: self_instruct" in errors
     assert "steps[1].synthesize.n: Input should be greater than or equal to 1" in errors
+
+
+def test_validate_prints_errors_as_text(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ninputs: []\nsteps: [{nope: {}}]\noutput: {dir: out}\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("invalid ") and "[red]" not in err and "[/]" not in err
+    assert f"{bad}:3: steps[0].nope: unknown step" in err  # one unwrapped line per error
