@@ -291,12 +291,13 @@ class Runner:
         ``search``: an optuna study of that many trials keeps the best adapter (``gristmill train --search N``).
         ``gristmill run`` and ``gristmill train`` both come here."""
         from gristmill.models import resolve
+        from gristmill.train.qlora import VERSION as TRAIN_VERSION
         from gristmill.train.qlora import train_qlora
 
         assert self.recipe.train is not None
         view = self.recipe.train.model_dump(mode="json")
         params = _resolve_paths(self.recipe, self.recipe.train, view, "train")  # eval_file: absolute + hashed
-        fp = fingerprint(data_fp, "train", view, *([{"search": search}] if search else []))
+        fp = fingerprint(data_fp, "train", TRAIN_VERSION, view, *([{"search": search}] if search else []))
         target = target or self.run_dir / "adapter"
         metrics_path = target / "train_metrics.json"
         if metrics_path.exists():

@@ -28,6 +28,9 @@ from gristmill.train.packing import collate, plan_epoch
 from gristmill.train.params import LoraParams, TrainParams
 from gristmill.train.tracking import Trackers
 
+VERSION = "2"
+"""Part of the training fingerprint: bump when a change alters the adapter trained from the same data and params."""
+
 __all__ = ["LoraParams", "TrainParams", "train_qlora"]
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, str], None]
