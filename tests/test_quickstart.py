@@ -78,7 +78,12 @@ def test_quickstart_end_to_end(quickstart: tuple[Path, Path, subprocess.Complete
     report = json.loads(next((run / "reports").glob("*-audit.json")).read_text())
     assert report["gate"]["passed"] is True
     assert set(report["axes"]) == {"gender", "race_ethnicity", "religion", "age"}
-    assert "selection_rate" in report["axes"]["gender"]
+    assert set(report["parity"]["gender"]["selection_rate"]) <= set(report["axes"]["gender"]["group_rows"])
+    amplification = {s["step"]: s for s in report["amplification"]["steps"]}
+    for s in manifest["steps"][1:-1]:  # every step before the audit: drop rates per group where it dropped input rows
+        assert s["step"] in amplification
+        if s["dropped"] and s["step"] != "synthesize":  # synthesize drops generated candidates, not input rows
+            assert "axes" in amplification[s["step"]], s["step"]
 
     metrics = json.loads((run / "adapter" / "train_metrics.json").read_text())
     assert (run / "adapter" / "adapter_model.safetensors").exists()
