@@ -70,14 +70,18 @@ def make_frame(texts: list[str], ids: list[str] | None = None, **extra: list[Any
     )
 
 
-@pytest.fixture
-def sample_dir(tmp_path: Path) -> Path:
-    """The quickstart sample data, regenerated into tmp_path by the project's generator."""
+def build_sample(out: Path) -> Path:
+    """The quickstart sample data, regenerated into ``out`` by the project's generator."""
     sys.path.insert(0, str(RECIPES / "data"))
     try:
         import make_sample
     finally:
         sys.path.pop(0)
-    out = tmp_path / "data"
     make_sample.build(out)
     return out
+
+
+@pytest.fixture
+def sample_dir(tmp_path: Path) -> Path:
+    """The quickstart sample data in tmp_path."""
+    return build_sample(tmp_path / "data")

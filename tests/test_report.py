@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from gristmill.cli import main
 from gristmill.recipe import load_recipe
 from gristmill.report import Charts, RunData, build_report
 from gristmill.runner import Runner
+from tests.conftest import build_sample
 from tests.test_runner import STEPS  # the same five-step run the runner tests use
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +30,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A quickstart-like run without synthesis or training (fast): the sample data through five steps."""
     tmp = tmp_path_factory.mktemp("quick")
-    sys.path.insert(0, str(ROOT / "recipes" / "data"))
-    try:
-        import make_sample
-    finally:
-        sys.path.pop(0)
-    make_sample.build(tmp / "data")
+    build_sample(tmp / "data")
     recipe = {"name": "quick", "inputs": [{"path": "data/sample.jsonl", "mapping": "alpaca", "on_error": "skip"}],
               "steps": STEPS, "output": {"dir": str(tmp / "run"), "formats": ["parquet", "jsonl"]}}
     (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))

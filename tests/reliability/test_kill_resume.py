@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from gristmill.checkpoint import file_sha256
-from tests.conftest import RECIPES, ROOT
+from tests.conftest import RECIPES, ROOT, build_sample
 from tests.fake_openai import FakeOpenAI
 
 KEY = "sk-planted-3f9a1c0e7b2d4f68a5c1e9b0d7f3a2c4"
@@ -41,13 +41,7 @@ def server() -> Any:
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory: pytest.TempPathFactory, server: FakeOpenAI) -> Path:
     tmp = tmp_path_factory.mktemp("reliability")
-    sys.path.insert(0, str(RECIPES / "data"))
-    try:
-        import make_sample
-    finally:
-        sys.path.pop(0)
-    data = tmp / "data"
-    make_sample.build(data)
+    data = build_sample(tmp / "data")
     for name in ("seeds.jsonl", "eval_set.jsonl"):
         (data / name).write_bytes((RECIPES / "data" / name).read_bytes())
     path = tmp / "recipe.yaml"
