@@ -69,18 +69,25 @@ def check(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame, stats:
     return new
 
 
+def generate(engine: Any, params: Any) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any], pl.DataFrame]:
+    """Run ``params``' method on ``rows()`` with its post-filter; check what holds for any output. Returns
+    (kept, dropped, stats, new rows)."""
+    frame = rows()
+    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
+                                      screen=build_screen(params.post_filter))
+    return kept, dropped, stats, check(frame, kept, dropped, stats, params.method)
+
+
 def test_self_instruct_and_its_novelty_filter(engine: Any) -> None:
     from gristmill.synth.methods.self_instruct import SelfInstructParams
 
     params = SelfInstructParams(seeds=str(RECIPES / "data" / "seeds.jsonl"), n=3, max_tokens=200, max_rounds=2)
-    frame = rows()
-    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
-                                      screen=build_screen(params.post_filter))
-    new = check(frame, kept, dropped, stats, "self_instruct")
+    kept, dropped, stats, new = generate(engine, params)
     assert new.height >= 1
     assert all(p["rouge_l_max"] < 0.7 and p["seed_ids"] for p in new["meta"].struct.field("synth").to_list())
 
     strict = params.model_copy(update={"max_rouge_l": 0.01, "max_rounds": 1})  # any shared word is too similar
+    frame = rows()
     kept, dropped, stats = run_method(frame, strict, engine=engine, model_name=MODEL)
     new = check(frame, kept, dropped, stats, "self_instruct")
     reasons = stats["dropped_by_reason"]
@@ -93,13 +100,10 @@ def test_self_instruct_and_its_novelty_filter(engine: Any) -> None:
 def test_evolve(engine: Any) -> None:
     from gristmill.synth.methods.evolve import EvolveParams
 
-    frame = rows()
     params = EvolveParams(n=2, max_tokens=96, answer_max_tokens=160, max_rounds=2)
-    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
-                                      screen=build_screen(params.post_filter))
-    new = check(frame, kept, dropped, stats, "evolve")
+    kept, dropped, stats, new = generate(engine, params)
     assert new.height >= 1
-    sources = {r for r in frame["id"].to_list()}
+    sources = set(rows()["id"].to_list())
     for prov in new["meta"].struct.field("synth").to_list():
         assert set(prov["source_ids"]) <= sources and prov["operation"] in params.operations
         assert prov["rouge_l_source"] < params.max_rouge_l
@@ -108,11 +112,8 @@ def test_evolve(engine: Any) -> None:
 def test_paraphrase(engine: Any) -> None:
     from gristmill.synth.methods.paraphrase import ParaphraseParams
 
-    frame = rows()
     params = ParaphraseParams(n=2, max_tokens=160, max_rounds=2)
-    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
-                                      screen=build_screen(params.post_filter))
-    new = check(frame, kept, dropped, stats, "paraphrase")
+    kept, dropped, stats, new = generate(engine, params)
     assert new.height >= 1, stats["dropped_by_reason"]  # zero accepted rows: every check below would be vacuous
     for prov in new["meta"].struct.field("synth").to_list():
         assert params.min_length_ratio <= prov["length_ratio"] <= params.max_length_ratio
@@ -136,14 +137,11 @@ def test_gap_fill_keeps_only_rows_that_mention_the_group(engine: Any) -> None:
     from gristmill.common.lexicon import groups_mentioned
     from gristmill.synth.methods.gap_fill import GapFillParams
 
-    frame = rows()
     # A 135M model often writes about someone without naming the group: ask widely (3 prompts per missing row,
     # up to 4 rounds) so the checks below run on accepted rows.
     params = GapFillParams(gaps_inline=[{"axis": "age", "group": "older_adult", "rows": 2}], n=2, oversample=3,
                            max_tokens=320, max_rounds=4, lexicon=str(builtin_lexicon_path()))
-    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
-                                      screen=build_screen(params.post_filter))
-    new = check(frame, kept, dropped, stats, "gap_fill")
+    kept, dropped, stats, new = generate(engine, params)
     assert new.height >= 1, stats["dropped_by_reason"]  # zero accepted rows: every check below would be vacuous
     lexicon = lexicon_or_builtin(None)["age"]
     assert all("older_adult" in groups_mentioned(t, lexicon) for t in new["text"].to_list())
@@ -153,12 +151,10 @@ def test_gap_fill_keeps_only_rows_that_mention_the_group(engine: Any) -> None:
 def test_multi_turn_extends_conversations(engine: Any) -> None:
     from gristmill.synth.methods.multi_turn import MultiTurnParams
 
-    frame = rows()
     params = MultiTurnParams(n=2, max_tokens=96, answer_max_tokens=160, max_rounds=2)
-    kept, dropped, stats = run_method(frame, params, engine=engine, model_name=MODEL,
-                                      screen=build_screen(params.post_filter))
-    new = check(frame, kept, dropped, stats, "multi_turn")
+    kept, dropped, stats, new = generate(engine, params)
     assert new.height >= 1 and stats["follow_up_requests"] >= new.height
+    frame = rows()
     sources = dict(zip(frame["id"].to_list(), frame["messages"].to_list(), strict=True))
     for msgs, prov in zip(new["messages"].to_list(), new["meta"].struct.field("synth").to_list(), strict=True):
         assert len(msgs) == 4 and msgs[:2] == sources[prov["source_ids"][0]]  # the source, then the two new turns
