@@ -213,22 +213,24 @@ def test_real_vllm_server_structured_output_and_self_instruct(vllm_server: tuple
     from tests.conftest import RECIPES, make_frame
 
     url, model = vllm_server
-    engine = OpenAIEngine(url, model, concurrency=4, timeout=300)
+    # A fixed per-request seed: unseeded sampling let a 135M model run out of tokens on 3 of 4 JSON answers once
+    engine = OpenAIEngine(url, model, concurrency=4, timeout=300, seed=0)
     assert engine.version() == model
     prompt = ("Write one new task for an assistant. Answer as JSON with the keys \"instruction\", \"input\" and "
               "\"output\".")
     convs = [conv(prompt + f" Topic {i}: {t}.") for i, t in enumerate(["cooking", "maths", "travel", "music"])]
     too_long = conv("Summarize: " + "lorem ipsum dolor sit amet " * 600)  # > 2,048 tokens (--max-model-len)
-    out = engine.chat([*convs, too_long], SamplingConfig(0.7, 0.95, 200, TASK_SCHEMA))
+    out = engine.chat([*convs, too_long], SamplingConfig(0.7, 0.95, 400, TASK_SCHEMA))
     assert out[4].finish_reason == PROMPT_TOO_LONG  # answered, not raised: the other requests stand
     out = out[:4]
     for gen in out:
-        assert gen.prompt_tokens > 0 and 0 < gen.output_tokens <= 200 and gen.finish_reason in ("stop", "length")
+        assert gen.prompt_tokens > 0 and 0 < gen.output_tokens <= 400 and gen.finish_reason in ("stop", "length")
         if gen.finish_reason == "stop":
             record = json.loads(gen.text)
             assert set(record) == {"instruction", "input", "output"}
             assert all(isinstance(v, str) for v in record.values())
-    assert sum(g.finish_reason == "stop" for g in out) >= 2
+    finished = [(g.finish_reason, g.output_tokens) for g in out]
+    assert sum(reason == "stop" for reason, _ in finished) >= 2, finished  # seeded: 3 of 4 here
 
     params = SelfInstructParams(seeds=str(RECIPES / "data" / "seeds.jsonl"), n=2, max_tokens=200, max_rounds=2,
                                 engine="openai", base_url=url, model=model)
