@@ -15,9 +15,11 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,12 +134,87 @@ def builtin_path(name: str, *, install: bool = False, convert: bool = True) -> P
     return target
 
 
+# A tokenizer needs at least one of these (fast tokenizer, sentencepiece, BPE or WordPiece vocabulary, tiktoken).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                    "vocab.txt", "tokenizer.tiktoken")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be complete, or None. The format is an 8-byte little-endian header length, a
+    JSON header giving each tensor's ``data_offsets`` into the data that follows, then the data: a complete file is
+    exactly ``8 + header length + the largest end offset`` bytes. Example: a file whose header says one tensor ends
+    at 1,000 bytes and whose header is 100 bytes must hold 1,108 bytes; a copy cut at 600 does not."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, too short for a safetensors header"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return f"header says {length} header bytes but the file holds {size} (truncated)"
+        try:
+            header = json.loads(fh.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "the safetensors header is not JSON (not a safetensors file, or damaged)"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        return f"holds {size} bytes, its header describes {expected} (truncated or partly copied)"
+    return None
+
+
+def check_model_dir(path: Path, *, key: str = "model", kind: str = "causal-lm") -> None:
+    """Raise a ``ModelError`` naming the directory, the file and the fix when ``path`` cannot be a complete model:
+    ``config.json`` missing or not JSON (any ``*.json`` at the top level that is not JSON), no weights, a truncated
+    ``.safetensors`` or ``.bin``, a sharded checkpoint's missing shard, or no tokenizer file. Cheap (headers only),
+    so it runs before every load instead of letting transformers, sentence-transformers or vLLM fail deep inside
+    with a traceback. ``kind`` is a ``Builtin.kind`` (both need config, weights and a tokenizer today)."""
+    if path.is_file():  # a single weights file (the GGUF a built-in is converted from): nothing to cross-check
+        return
+
+    def bad(file: str, problem: str) -> ModelError:
+        return ModelError(f"{key}: the model directory {path} is incomplete or damaged: {file}: {problem}; copy the "
+                          "model again (or, for a built-in model, delete that directory and run `gristmill models "
+                          "pull`)")
+
+    if not (path / "config.json").is_file():
+        raise bad("config.json", "missing (is this a Hugging Face model directory?)")
+    for file in sorted(path.glob("*.json")):
+        try:
+            json.loads(file.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise bad(file.name, f"not valid JSON ({err})") from err
+    shards: set[str] = set()
+    for index in path.glob("*.index.json"):
+        shards |= set(json.loads(index.read_bytes()).get("weight_map", {}).values())
+    for shard in sorted(shards):
+        if not (path / shard).is_file():
+            raise bad(shard, "missing (named by the checkpoint's index file)")
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    if not weights:
+        raise bad("*.safetensors", "no weights file (model.safetensors or pytorch_model.bin) in the directory")
+    for file in weights:
+        if file.suffix == ".safetensors":
+            problem = _safetensors_problem(file)
+        else:  # torch.save files are zip archives: a cut one has no end-of-archive record
+            problem = None if zipfile.is_zipfile(file) else "not a complete torch checkpoint (truncated?)"
+        if problem:
+            raise bad(file.name, problem)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise bad("tokenizer.json", f"no tokenizer file (one of {', '.join(_TOKENIZER_FILES)})")
+
+
 def resolve(name_or_path: str, *, key: str = "model") -> str:
-    """A model name or directory -> a local directory path (converting a built-in on first use)."""
+    """A model name or directory -> a local directory path (converting a built-in on first use), checked to be a
+    complete model (``check_model_dir``)."""
     if name_or_path in BUILTINS:
-        return str(builtin_path(name_or_path))
+        found = builtin_path(name_or_path)
+        check_model_dir(found, key=key, kind=BUILTINS[name_or_path].kind)
+        return str(found)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        check_model_dir(path, key=key)
         return str(path.resolve())
     raise ModelError(
         f"{key}: {name_or_path!r} is neither a registered model ({', '.join(BUILTINS)}) nor a local directory; "
@@ -176,9 +253,11 @@ def identity(name_or_path: str, *, key: str = "model") -> str:
         if pkg is None:
             return f"builtin:{b.name}:{b.pip_args[-1]}"
         if name_or_path == "minilm-l6":
+            check_model_dir(pkg / "model", key=key, kind=b.kind)
             return model_identity(pkg / "model", memo)
         return f"builtin:{b.name}:conversion{_CONVERSION}:{model_identity(pkg / _GGUF, memo)}"
     path = Path(name_or_path).expanduser()
     if not path.exists():
         resolve(name_or_path, key=key)  # raises the registry's message
+    check_model_dir(path, key=key)  # a damaged model fails here, at fingerprinting, before any step runs
     return model_identity(path, memo)
