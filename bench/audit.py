@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--holistic", help="HolisticBias descriptors.json: report lexicon coverage per axis")
     args = ap.parse_args()
+    compile_s = compile_seconds()
     texts = corpus(args.rows)
     plain = plain_lexicon()
     series = pl.Series(texts)
@@ -98,11 +99,25 @@ def main() -> None:
                     ("gristmill (full lexicon, rules)", full_s)]:
         print(f"{name:<34}{len(texts):>9}{s:>10.2f}{len(texts) / s:>12,.0f}")
     print(f"identical per-row groups: {mismatches == 0} ({mismatches} row/axis mismatches)")
+    print(f"lexicon load + compile + first detection (full lexicon, fresh cache): {compile_s:.3f} s")
     print(json.dumps({"bench": "audit", "metric": "rows_per_s", "ours": round(len(texts) / ours_s, 1),
                       "baseline": "flashtext", "baseline_value": round(len(texts) / theirs_s, 1),
                       "ratio": round(theirs_s / ours_s, 3), "ours_full_lexicon": round(len(texts) / full_s, 1),
+                      "compile_s": round(compile_s, 3),
                       "quality": quality, "env": {"python": platform.python_version(), "polars": pl.__version__,
                                                   "cpus": os.cpu_count(), "rows": len(texts)}}))
+
+
+def compile_seconds() -> float:
+    """What a process pays before its first detection: load the built-in lexicon, compile its matchers and detect
+    one short row per axis (the in-process cache cleared first, so nothing compiled earlier counts)."""
+    from gristmill.common import lexicon as lexicon_mod
+
+    lexicon_mod._matcher.cache_clear()
+    t = time.perf_counter()
+    full = lexicon_or_builtin(None)
+    detect(pl.Series(["A black woman and an old man from Peru, a Christian, met a gay teacher."]), full, list(full))
+    return time.perf_counter() - t
 
 
 HB_AXES = {"ability": "disability", "age": "age", "body_type": "physical_appearance", "gender_and_sex": "gender",

@@ -50,3 +50,23 @@ def test_false_positive_rate_and_recall_per_axis() -> None:
     assert len(fp) == 9 and len(recall) == 9
     assert max(fp.values()) <= 0.02, fp
     assert sum(recall.values()) / len(recall) >= 0.8 and min(recall.values()) >= 0.6, recall
+
+
+def test_lazy_group_mapping_equals_trying_every_alternative() -> None:
+    """``group_of`` tries only the alternatives a match can be (by initial and required word) and compiles them
+    lazily; the answer must be the first alternative in scan order that matches in full, as trying all gives."""
+    import re
+
+    from gristmill.common.lexicon import axis_matcher
+
+    lex = lexicon_or_builtin(None)
+    texts = recall_set()["text"]
+    texts = pl.concat([texts, texts.str.to_uppercase(), pl.Series([r[0] for r in _rows("audit_neutral.txt")])])
+    checked = 0
+    for axis in lex:
+        m = axis_matcher(lex[axis])
+        eager = [(re.compile(p, re.IGNORECASE), g) for p, g in m.alternatives]
+        for s in texts.str.extract_all(m.union).explode().drop_nulls().unique().to_list():
+            assert m.group_of(s) == next((g for p, g in eager if p.fullmatch(s)), None), (axis, s)
+            checked += 1
+    assert checked > 800

@@ -170,17 +170,65 @@ def _bounded(term: str, pattern: str) -> str:
 class _Matcher:
     union: str
     """The axis's scan pattern (``(?i)`` + alternatives, longest first)."""
-    alternatives: tuple[tuple[re.Pattern[str], str | None], ...]
-    """Each alternative with its group (``None``: an exclusion), in scan order."""
+    alternatives: tuple[tuple[str, str | None], ...]
+    """Each alternative's regex source with its group (``None``: an exclusion), in scan order."""
+    by_initial: dict[str, tuple[int, ...]]
+    """ASCII letter/digit -> indices of the alternatives a match starting with it can be (ascending): those whose
+    term starts with that character (any case) plus those that can start with anything (a class, a raw regex)."""
+    required: tuple[str | None, ...] = ()
+    """Per alternative, a lowercase ASCII string every match of it contains (its longest literal word part)."""
+    _compiled: dict[int, re.Pattern[str]] = field(default_factory=dict, compare=False, hash=False, repr=False)
     _seen: dict[str, str | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def group_of(self, matched: str) -> str | None:
-        """The group of one scan match: that of the first alternative matching it in full (memoized)."""
+        """The group of one scan match: that of the first alternative matching it in full (memoized).
+
+        Only the alternatives ``by_initial`` and ``required`` allow are tried, each compiled on first use: a
+        process compiles the few alternatives its data hits, not the whole lexicon (the cost that dominated a run's
+        audit start-up). A non-ASCII match tries every alternative (case folding beyond ASCII: the Kelvin sign
+        matches ``k``), so the answer is always the first alternative in scan order that matches in full."""
         if matched not in self._seen:
             if len(self._seen) > 100_000:  # bounded memory on endless distinct matches
                 self._seen.clear()
-            self._seen[matched] = next((g for p, g in self.alternatives if p.fullmatch(matched)), None)
+            if matched.isascii():
+                low = matched.lower()
+                candidates: Any = (i for i in self.by_initial.get(low[:1], self.by_initial.get("", ()))
+                                   if self.required[i] is None or self.required[i] in low)
+            else:
+                candidates = range(len(self.alternatives))
+            self._seen[matched] = next((self.alternatives[i][1] for i in candidates
+                                        if self._pattern(i).fullmatch(matched)), None)
         return self._seen[matched]
+
+    def _pattern(self, i: int) -> re.Pattern[str]:
+        if i not in self._compiled:
+            self._compiled[i] = re.compile(self.alternatives[i][0], re.IGNORECASE)
+        return self._compiled[i]
+
+
+def _required(term: str) -> str | None:
+    """The longest run of ASCII letters/digits in the term's literal words (lowercase): every match contains it.
+
+    >>> _required("{from} new zealand"), _required("o'neil*"), _required("{Cap}")
+    ('zealand', 'neil', None)
+    """
+    body = term[1:] if term.startswith("!") else term
+    if body.startswith("re:"):
+        return None
+    runs = [run.lower() for token in re.split(r"\s+|(?<=\w)-(?=\w)", body.strip()) if not token.startswith("{")
+            for run in re.findall(r"[A-Za-z0-9]+", token)]
+    return max(runs, key=len) if runs else None
+
+
+def _initial(term: str) -> str | None:
+    """The ASCII letter or digit every match of ``term`` starts with (lowercase), or ``None`` when it can start
+    with anything (a class, a raw regex, punctuation, a non-ASCII letter whose case folding is not ASCII's)."""
+    body = term[1:] if term.startswith("!") else term
+    body = body.strip()
+    if body.startswith("re:") or not body:
+        return None
+    first = body[0]
+    return first.lower() if first.isascii() and first.isalnum() else None
 
 
 def _axis_key(axis: dict[str, list[str]]) -> str:
@@ -233,21 +281,38 @@ def _scan_union(terms: list[tuple[int, int, str, bool]], classes: dict[str, list
 
 @lru_cache(maxsize=256)
 def _matcher(key: str) -> _Matcher:
+    """The compiled matcher of one axis (``_axis_key``), cached in the process by content.
+
+    Only the scan pattern is compiled here, by polars' (Rust) engine, which the detection uses: a syntax error
+    surfaces now, naming the term. The per-alternative Python patterns behind ``group_of`` compile lazily."""
     groups, classes, exclude = json.loads(key)
-    alts: list[tuple[int, int, str, str | None]] = []
+    alts: list[tuple[int, int, str, str | None, str | None, str | None]] = []
     scan: list[tuple[int, int, str, bool]] = []
     for order, (group, term) in enumerate([(g, t) for g in sorted(groups) for t in groups[g]]
                                           + [(None, t) for t in exclude]):
         pattern, priority = _compile(term, classes)
+        if term.startswith("re:"):
+            try:  # a raw regex must also be Python's (``groups_mentioned``, ``group_of``)
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"term {term!r}: {err}") from err
         # Longest first; on a tie a term goes before an exclusion (order: terms were listed first).
-        alts.append((-priority, order, _bounded(term, pattern), group))
+        alts.append((-priority, order, _bounded(term, pattern), group, _initial(term), _required(term)))
         scan.append((priority, order, term, group is None))
     alts.sort(key=lambda a: (a[0], a[1]))
     if not alts:
-        return _Matcher(r"(?i)\b\B", ())  # matches nothing
+        return _Matcher(r"(?i)\b\B", (), {})  # matches nothing
     union = _scan_union(scan, classes)
-    re.compile(union)  # a syntax error surfaces here, with Python's message
-    return _Matcher(union, tuple((re.compile(p, re.IGNORECASE), g) for _, _, p, g in alts))
+    try:
+        pl.Series([""], dtype=pl.String).str.contains(union)
+    except pl.exceptions.ComputeError as err:
+        raise ValueError(f"the axis's terms do not compile to a regex: {str(err).splitlines()[0]}") from err
+    anywhere = [i for i, a in enumerate(alts) if a[4] is None]
+    by_initial: dict[str, tuple[int, ...]] = {"": tuple(anywhere)}
+    for initial in {a[4] for a in alts if a[4] is not None}:
+        by_initial[initial] = tuple(sorted([*anywhere, *(i for i, a in enumerate(alts) if a[4] == initial)]))
+    return _Matcher(union, tuple((p, g) for _, _, p, g, _, _ in alts), by_initial,
+                    tuple(r for *_, r in alts))
 
 
 def axis_matcher(axis: dict[str, list[str]]) -> _Matcher:
