@@ -17,8 +17,9 @@ the turn in a multi-turn row). Rules, in order:
 - ``instruction.placeholder`` (flag, any turn): template leakage such as ``<caesar_speech>``, ``{{name}}``,
   ``" + input + "``, ``[Your Name]``, ``<|im_start|>``, ``### Response:``. Fenced and inline code in a response
   are skipped (a Jinja template answer is code, not leakage).
-- ``instruction.min_words_outside_links`` (count, 5): for a response holding a URL or a citation marker, the
-  words left without them; a link-only answer has fewer. Responses without links break nothing.
+- ``instruction.min_words_outside_links`` (count, 5): for a response whose prose holds a URL or a citation
+  marker, the words left without them; a link-only answer has fewer. Responses without links break nothing, nor
+  do links inside code or a tool call (``browse("https://...")``; curation/textstats.py ``prose``).
 
 Worked example: ``[user: "Name a red fruit.", assistant: "  "]`` breaks ``min_response_chars`` with detail
 ``response_chars=0 < 1``; ``[user: "Name a red fruit.", assistant: "Strawberry"]`` breaks nothing.
@@ -34,6 +35,7 @@ import polars as pl
 from gristmill.common.contract import require
 from gristmill.common.errors import InputError
 from gristmill.curation.rulebase import DETAIL_PREFIX, Rule, fmt_number
+from gristmill.curation.textstats import prose_of
 
 INSTRUCTION = (
     Rule("instruction.min_response_chars", "<", 1, "count"),
@@ -117,7 +119,7 @@ def truncation(response: str) -> str | None:
     for open_, close in _PAIRS:
         if prose.count(open_) > prose.count(close):
             return f"unclosed '{open_}' ({prose.count(open_)} opened, {prose.count(close)} closed)"
-    if text[-1] in _TERMINAL:
+    if text[-1] in _TERMINAL or not _WORD.search(prose_of(text)):  # code, a call or JSON: brackets said enough
         return None
     last_line = text.rsplit("\n", 1)[-1].strip()
     tail = re.split(r"[.!?…]+[\"'”’)\]]*\s", last_line)[-1]
@@ -198,8 +200,9 @@ def row_metrics(messages: list[dict[str, Any]] | None, thresholds: dict[str, flo
             break
     t_links = thresholds["instruction.min_words_outside_links"]
     for i, (answer, _) in enumerate(answered):
-        if _LINK.search(answer) or _CITATION.search(answer):
-            left = len(_WORD.findall(_CITATION.sub(" ", _LINK.sub(" ", answer))))
+        text = prose_of(answer)  # a link inside code or a tool call (browse("https://...")) is no citation
+        if _LINK.search(text) or _CITATION.search(text):
+            left = len(_WORD.findall(_CITATION.sub(" ", _LINK.sub(" ", text))))
             if out["instruction.min_words_outside_links"] is None or left < out["instruction.min_words_outside_links"]:
                 out["instruction.min_words_outside_links"] = left
                 details["instruction.min_words_outside_links"] = (

@@ -8,8 +8,10 @@ tables; ``stats["broken_by_rule"]`` counts every rule every row breaks.
 Every dropped row gets a ``detail``: the measured value against the threshold (``alpha_words=0.62 < 0.8``), see
 curation/rulebase.py. ``field`` says what is judged: ``text`` (a document), or each ``assistant`` (or ``user``)
 turn of ``messages`` on its own, so a response is judged as a response and a Lorem-ipsum input inside an English
-task does not make the row Latin; a row breaks a rule when any judged turn does. The ``instruction`` rule set
-(curation/instruction_rules.py) is built for instruction/chat rows and always reads ``messages``.
+task does not make the row Latin; a row breaks a rule when any judged turn does. Turns are judged by their prose
+(``code_aware``): a Python function, ``shell('df -h')``, a JSON object or LaTeX math is not a document with too few
+alphabetic words, a hash ratio or a curly bracket; junk prose beside code still breaks rules. The ``instruction``
+rule set (curation/instruction_rules.py) is built for instruction/chat rows and always reads ``messages``.
 
 Differences from datatrove, all deliberate: words come from one regex instead of NLTK (see curation/textstats.py);
 ``min_alpha_words`` is the share of *words* holding a letter, as Gopher defines it (datatrove divides by all
@@ -34,7 +36,7 @@ from gristmill.curation import textstats as ts
 from gristmill.curation.instruction_rules import INSTRUCTION, instruction_metrics
 from gristmill.curation.rulebase import DETAIL_PREFIX, Rule, breaks, detail
 
-VERSION = "2"  # 2: min_alpha_words over words (was tokens), detail column, field, instruction rule set
+VERSION = "3"  # 3: code_aware (prose view of turns); 2: min_alpha_words over words, detail, field, instruction
 
 RuleSet = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb_quality", "language", "instruction"]
 
@@ -133,6 +135,11 @@ class HeuristicsParams(BaseModel):
     min_words_judged: int = Field(0, ge=0)
     """Texts (or turns) with fewer words than this are not judged by the document rule sets: n-gram shares and
     language scores of a few words are noise ("Paris", "shell('ls -la')"). 0 judges everything."""
+    code_aware: bool | None = None
+    """The document rule sets judge only the prose of each text: code blocks, inline code, LaTeX math and
+    code/shell lines are left out, and a text that is wholly a tool call (``shell('df -h')``), a JSON value or
+    markup is not judged (curation/textstats.py ``prose``). None: on for field assistant/user, off for field
+    text (web documents, where the published rules count code as what it is)."""
     languages: list[str] = Field(default_factory=lambda: ["en"])
     """language rule set: ISO 639-1 codes to keep (e.g. [en, fr]); empty keeps any language."""
     min_language_score: float = Field(0.65, ge=0, le=1)
@@ -176,6 +183,11 @@ class HeuristicsParams(BaseModel):
         if errors:
             raise ValueError("; ".join(errors))
         return value
+
+    @property
+    def judges_prose(self) -> bool:
+        """Whether the document rule sets judge the prose view (``code_aware``, defaulted by ``field``)."""
+        return self.field != "text" if self.code_aware is None else self.code_aware
 
     def threshold(self, name: str) -> float:
         """The threshold in force for ``name``: the override if given, else the published default."""
@@ -344,6 +356,15 @@ def _long_enough(judged: pl.DataFrame, min_words: int) -> pl.DataFrame:
     return judged.filter(ts.word_count(pl.col("text").fill_null("")) >= min_words)
 
 
+def _prose_only(judged: pl.DataFrame) -> pl.DataFrame:
+    """``judged`` with each text replaced by its prose; texts that had words and have no prose (all code, a
+    tool call, JSON) are left out, so they break no document rule. An empty text stays (and is judged empty)."""
+    text = pl.col("text").fill_null("")
+    judged = judged.with_columns(ts.prose(text).alias("_prose"))
+    keep = (ts.word_count(pl.col("_prose")) > 0) | (ts.word_count(text) == 0)
+    return judged.filter(keep).with_columns(pl.col("_prose").alias("text")).drop("_prose")
+
+
 def _per_row(judged: pl.DataFrame, rows: int, flags: pl.DataFrame, details: pl.DataFrame,
              rules: list[str], turns: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Turn-level flags and details -> row-level (a row breaks a rule when any of its turns does)."""
@@ -367,7 +388,10 @@ def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
     """
     rows_in = frame.height
     document_sets = [n for n in params.rule_sets if n != "instruction"]
-    judged = _long_enough(_judged(frame, params.field), params.min_words_judged) if document_sets else None
+    judged = None
+    if document_sets:
+        judged = _judged(frame, params.field)
+        judged = _long_enough(_prose_only(judged) if params.judges_prose else judged, params.min_words_judged)
     flag_parts: dict[str, pl.DataFrame] = {}
     detail_parts: dict[str, pl.DataFrame] = {}
     extra: dict[str, Any] = {}
@@ -378,7 +402,7 @@ def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
         rules = RULES[name]
         flags = metrics.select(breaks(r, _threshold(params, r)).alias(r.name) for r in rules)
         details = metrics.select(detail(r, _threshold(params, r), metrics.columns).alias(r.name) for r in rules)
-        if target is judged and (params.field != "text" or params.min_words_judged):
+        if target is judged and (params.field != "text" or params.min_words_judged or params.judges_prose):
             names = [r.name for r in rules]
             flags, details = _per_row(target, rows_in, flags, details, names, params.field != "text")
             if detected is not None:

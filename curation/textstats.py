@@ -14,6 +14,7 @@ Lines are ``\\n``-separated (a ``\\r`` before it is trailing whitespace); Python
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -184,3 +185,49 @@ def dup_ngram_chars_many(tokens: Sequence[str], ns: Sequence[int]) -> list[int]:
             return out + [0] * (len(ns) - len(out))
         out.append(dup_ngram_chars(tokens, n))
     return out
+
+
+# ---- code-, tool-call- and math-aware prose view ----
+
+CODE_SPANS = (
+    r"```[\s\S]*?(?:```|$)",  # fenced code block (an unclosed one runs to the end)
+    r"~~~[\s\S]*?(?:~~~|$)",
+    r"`[^`\n]*`",  # inline code
+    r"\$\$[\s\S]*?\$\$",  # display math
+    r"\\\[[\s\S]*?\\\]",
+    r"\\\([\s\S]*?\\\)",
+    r"\\begin\{[^}\n]*\}[\s\S]*?\\end\{[^}\n]*\}",  # LaTeX environment
+    r"\$[^$\n]*\\[A-Za-z][^$\n]*\$|\$[^$\n\s][^$\n]{0,40}[=^_][^$\n]{0,40}\$",  # inline math: a command or = ^ _
+)
+"""Spans that are code or math, not prose (one regex syntax for Python ``re`` and polars)."""
+CODE_LINE = "(?m)" + "|".join((
+    r"^(?:[ ]{4}|\t).*$",  # indented block
+    r"^[^\S\n]*(?:\$ |>>> |def |class |import |from \S+ import |return\b|#include|function\b|const |let |var "
+    r"|public |private |SELECT |INSERT |pip |npm |git |sudo |cd |ls\b|@\w).*$",  # keyword or prompt first
+    r"^.*(?:[{};]|\)\s*:)[^\S\n]*$",  # ends in { } ; or "):" (a block opener)
+))
+"""Lines that read as code or a shell command (indented, a keyword or prompt first, a brace or ``;`` last)."""
+WHOLE_CALL = r"^\s*(?:[A-Za-z_][\w.]*\([\s\S]*\)|[\[{][\s\S]*[\]}]|<[A-Za-z][\w-]*[\s\S]*>)\s*$"
+"""A whole text that is one tool/function call (``shell('df -h')``), a JSON object or array, or markup."""
+_SPANS_RE = "|".join(CODE_SPANS)
+
+
+def prose(text: pl.Expr) -> pl.Expr:
+    """The prose of a text, for rules that count words, letters and punctuation: code blocks, inline code, LaTeX
+    math, code/shell lines are replaced by a space, and a text that is wholly one call, JSON value or markup is
+    empty. ``"Run `ls -la` now."`` -> ``"Run   now."``; ``"shell('df -h')"`` -> ``""``; a fenced Python answer
+    with one sentence before it -> that sentence. See :func:`prose_of` for one string.
+    """
+    whole = text.str.contains(WHOLE_CALL)
+    masked = text.str.replace_all(_SPANS_RE, " ").str.replace_all(CODE_LINE, " ")
+    return pl.when(whole).then(pl.lit("")).otherwise(masked)
+
+
+_WHOLE = re.compile(WHOLE_CALL)
+_SPANS = re.compile(_SPANS_RE)
+_LINES = re.compile(CODE_LINE)
+
+
+def prose_of(text: str) -> str:
+    """:func:`prose` of one string (the same regexes): ``prose_of("$x^2 + 1$ is positive.")`` -> ``"  is positive."``."""
+    return "" if _WHOLE.search(text) else _LINES.sub(" ", _SPANS.sub(" ", text))

@@ -141,9 +141,88 @@ def test_share_warning_names_the_rule() -> None:
 def test_short_turns_are_not_judged_by_document_rules() -> None:
     rows = {"paris": ("What is the capital of France?", "Paris"), "tool": ("List files.", "shell('ls -la')"),
             "french": ("Describe your morning.", "Je me lève tôt, je bois un café et je lis le journal du matin.")}
-    assert set(_drops(rows, rule_sets=["language"], field="assistant")) == set(rows)
+    assert set(_drops(rows, rule_sets=["language"], field="assistant", code_aware=False)) == set(rows)
+    assert set(_drops(rows, rule_sets=["language"], field="assistant")) == {"paris", "french"}  # a call: no prose
     got = _drops(rows, rule_sets=["language", "gopher_repetition"], field="assistant", min_words_judged=8)
     assert set(got) == {"french"}
     frame = make_frame(["Paris", "Je me lève tôt, je bois un café et je lis le journal du matin."])
     _, dropped, _ = heuristics(frame, HeuristicsParams(rule_sets=["language"], min_words_judged=8))
     assert dropped["id"].to_list() == ["r1"] and dropped["detail"][0].startswith("language=fr (")
+
+
+# ---- code-, tool-call- and math-aware character classes (code_aware, textstats.prose) ----
+
+PY_ANSWER = ("Here is a function that returns the square of a number:\n\n```python\ndef square(x: float) -> float:\n"
+             "    # multiply the number by itself\n    return x * x\n```\n\nCall it as `square(3)` to get 9.")
+NEAR_MISSES = {  # answers the document rule sets must keep when they judge each assistant turn
+    "python": ("Write a Python function that squares a number.", PY_ANSWER),
+    "python_bare": ("Write a Python function that squares a number.",
+                    "def square(x):\n    # the square, for ints and floats alike\n    return x * x"),
+    "tool": ("Check how much disk space is free.", "shell('df -h')"),
+    "tool_json": ("What is the weather in Paris?",
+                  '{"tool": "get_weather", "arguments": {"city": "Paris", "unit": "celsius", "days": 3}}'),
+    "json": ("Convert the list to a JSON object with counts.", '{"apples": 3, "pears": 5, "plums": [1, 2, {"x": 0}]}'),
+    "shell": ("How do I list hidden files and check disk usage?",
+              "$ ls -la ~\n$ du -sh ~/.cache\n$ df -h /"),
+    "latex": ("Give the quadratic formula.",
+              "The roots of $ax^2 + bx + c = 0$ are\n\n$$x = \\frac{-b \\pm \\sqrt{b^2 - 4ac}}{2a}$$\n\n"
+              "and they are real when the discriminant $b^2 - 4ac \\ge 0$."),
+}
+JUNK = {  # must still drop: junk prose is judged even beside code
+    "symbols": ("Explain recursion.", "### ### ### !!! ??? $$$ %%% &&& *** 123 456 789 000 ... ;;; @@@ +++ === --- 111 "
+                "222 333 444 555 666 777 888 999 12 34 56 78 90 13 24 35 46 57 68 79 80 91 a b c"),
+    "lorem_beside_code": ("Write a Python function that squares a number.",
+                          "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt "
+                          "ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation.\n\n"
+                          "```python\ndef square(x):\n    return x * x\n```"),
+    "repeated_beside_json": ("Convert the list to JSON.", "Here is the JSON you asked for. " * 8 + '\n\n{"a": 1}'),
+}
+DOCUMENT_SETS = ["gopher_quality", "gopher_repetition", "c4", "fineweb_quality", "language"]
+TURNS = {"rule_sets": DOCUMENT_SETS, "field": "assistant", "min_words_judged": 20,
+         "thresholds": {"gopher_quality.min_words": 20, "c4.min_sentences": 1}}
+"""Every document rule set on each answer, as recipes/instruct.yaml judges turns (short texts are not judged)."""
+
+
+def test_prose_view_known_answers() -> None:
+    from gristmill.curation.textstats import prose, prose_of
+
+    cases = {
+        "shell('df -h')": "",
+        '{"a": 1, "b": [1, 2]}': "",
+        "Run `ls -la` now.": "Run   now.",
+        "$x^2 + 1$ is positive.": "  is positive.",
+        "def f(x):\n    return x": " \n ",
+        "The cost is $5 and $10 today.": "The cost is $5 and $10 today.",  # money is no math
+        "Ingredients:\n- flour\n- water": "Ingredients:\n- flour\n- water",
+        "I think (maybe) so.": "I think (maybe) so.",
+    }
+    assert {t: prose_of(t) for t in cases} == cases
+    vectorized = pl.DataFrame({"t": list(cases)}).select(prose(pl.col("t")).alias("t"))["t"].to_list()
+    assert vectorized == list(cases.values())  # one set of regexes, two engines, the same answer
+
+
+def test_code_tool_json_and_math_answers_are_kept_by_document_rules() -> None:
+    raw = _drops(NEAR_MISSES, **TURNS, code_aware=False)  # code counted as prose
+    assert raw == {"python": ("fineweb_quality.min_line_punct_ratio", "turn 2: line_punct_ratio=0.1111 <= 0.12"),
+                   "latex": ("gopher_quality.min_mean_word_length", "turn 2: mean_word_length=2.6667 < 3")}
+    assert _drops(NEAR_MISSES, **TURNS) == {}  # code_aware is the default on turns
+    assert _drops(NEAR_MISSES, **{**TURNS, "min_words_judged": 0, "thresholds": {}}) == {  # judged without a floor,
+        k: ("gopher_quality.min_words", d) for k, d in (  # only the prose answers are judged (and too short):
+            ("python", "turn 2: words=17 < 50"), ("latex", "turn 2: words=11 < 50"))}  # no code, call or JSON
+    assert _drops(NEAR_MISSES, rule_sets=["instruction"]) == {}
+
+
+def test_junk_still_drops_with_code_aware_rules() -> None:
+    assert _drops(JUNK, **TURNS) == {
+        "symbols": ("gopher_quality.min_mean_word_length", "turn 2: mean_word_length=2.3333 < 3"),
+        "lorem_beside_code": ("gopher_quality.min_stop_words", "turn 2: stop_words=0 < 2"),
+        "repeated_beside_json": ("gopher_repetition.max_top_2gram_frac", "turn 2: top_2gram_frac=0.2162 > 0.2")}
+
+
+def test_code_aware_defaults_by_field_and_a_link_inside_code_is_no_link_only_answer() -> None:
+    assert HeuristicsParams(rule_sets=["c4"]).judges_prose is False  # web documents: datatrove's counts
+    assert HeuristicsParams(rule_sets=["c4"], field="assistant").judges_prose is True
+    rows = {"browse": ("Open the Python tutorial.", 'browse("https://docs.python.org/3/tutorial/")'),
+            "link": ("Where is the tutorial?", "See https://docs.python.org/3/tutorial/")}
+    assert {k: v[0] for k, v in _drops(rows, rule_sets=["instruction"]).items()} == {
+        "link": "instruction.min_words_outside_links"}
