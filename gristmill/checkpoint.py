@@ -77,6 +77,21 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: Path) -> None:
+    """Give ``path`` the permissions a plain ``open()``/``mkdir`` would have (``0o666``/``0o777`` less the umask):
+    ``mkstemp``/``mkdtemp`` create private 0600/0700 entries, which would leave a run unreadable to the group that
+    shares it once they are renamed into place."""
+    base = 0o777 if path.is_dir() else 0o666
+    path.chmod(base & ~_umask())
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     ensure_dir(path.parent)
     tmp = None
@@ -84,6 +99,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, default=str)
+        public_mode(Path(tmp))
         os.replace(tmp, path)
     except OSError as err:
         if tmp is not None:
@@ -97,6 +113,7 @@ def replace_dir(tmp: Path, target: Path) -> None:
     if target.exists():
         old = target.with_name(f".old-{target.name}-{os.getpid()}")
         os.replace(target, old)
+    public_mode(tmp)  # made by mkdtemp (0700)
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -154,3 +171,18 @@ def load_step(target: Path, expected_fingerprint: str) -> tuple[pl.DataFrame, di
         log.warning(f"{target}: kept.parquet does not match its recorded hash, recomputing the step")
         return None
     return pl.read_parquet(io.BytesIO(data)), stats
+
+
+def adapter_state(adapter_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:
+    """Which data the adapter in ``adapter_dir`` was trained on, against the run's current data: None when there
+    is no adapter, else ``{"data_fingerprint", "current"}``. A ``--no-train`` run after a trained one leaves the
+    old adapter in place; this is what the manifest records so ``gristmill inspect`` can say it is stale."""
+    metrics_path = adapter_dir / "train_metrics.json"
+    if not metrics_path.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return {"data_fingerprint": None, "current": False}
+    trained_on = metrics.get("data_fingerprint") or (metrics.get("card") or {}).get("data_fingerprint")
+    return {"data_fingerprint": trained_on, "current": trained_on == data_fingerprint}

@@ -29,9 +29,10 @@ Format = Literal["jsonl", "json", "csv", "parquet", "hf_disk"]
 _N, _ERR, _TEXT, _MSGS = "\x00number", "\x00error", "\x00text", "\x00messages"
 
 
-VERSION = "4"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
+VERSION = "5"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
 # not part of the first record (a BOM-prefixed jsonl's first line was rejected), hostile records rejected not crashing;
-# 4: a rejected jsonl line keeps its original text (was its JSON re-encoded, cut at 2000 characters)
+# 4: a rejected jsonl line keeps its original text (was its JSON re-encoded, cut at 2000 characters); 5: `source` is
+# the input path as the recipe gives it (was the machine's absolute path), so a dataset moves between machines
 
 
 class InputSpec(BaseModel):
@@ -161,7 +162,7 @@ def _reject(path: Path, spec: InputSpec, table: readers.Table, bad: readers.Bad)
     # else the record as parsed.
     raw = table.raw(bad.number)
     text = raw if raw is not None else json.dumps(bad.record, default=str) if bad.record is not None else ""
-    return {"id": f"{path.name}:{bad.number}", "text": text, "source": str(path), "reason": "malformed_input",
+    return {"id": f"{path.name}:{bad.number}", "text": text, "source": spec.path, "reason": "malformed_input",
             "detail": msg, "meta": {"source_line": bad.number}}
 
 
@@ -234,7 +235,7 @@ def ingest_counted(spec: InputSpec, path: Path, *, enforce_yield: bool = True
         _id(table.frame, path).alias("id"),
         pl.col(_TEXT).alias("text"),
         pl.col(_MSGS).cast(MESSAGES_DTYPE).alias("messages"),
-        pl.lit(str(path)).alias("source"),
+        pl.lit(spec.path).alias("source"),
         pl.struct(pl.col(_N).alias("source_line")).alias("meta"),
         *passing,
     )

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import gristmill
 from gristmill.checkpoint import (
+    adapter_state,
     chain,
     ensure_dir,
     fingerprint,
@@ -188,14 +189,21 @@ class Runner:
             return cached[0], cached[1] | {"resumed": True}, chain(fp, cached[1]["kept_sha256"])
         task = progress.add_task(f"{index:02d} {step.name}", total=frame.height, rate="")
         started = time.perf_counter()
-
-        done = 0
+        # Off a terminal (a batch job's log) the bar is invisible: plain lines at the start and every 10 s instead.
+        plain = not self.console.is_terminal
+        if plain:
+            log.info(f"→ {index:02d} {step.name}: {frame.height} rows")
+        done, said = 0, started
 
         def advance(n: int) -> None:
-            nonlocal done
+            nonlocal done, said
             done += n
-            rate = done / max(time.perf_counter() - started, 1e-9)
+            now = time.perf_counter()
+            rate = done / max(now - started, 1e-9)
             progress.update(task, completed=done, rate=f"{rate:,.0f} rows/s")
+            if plain and now - said >= 10:
+                said = now
+                log.info(f"  {index:02d} {step.name}: {done}/{frame.height} rows, {rate:,.0f} rows/s")
 
         ctx = Context(cache_dir=self.cache_dir, progress=advance, models=self.models)
         result = definition.run(frame, params, ctx)
@@ -219,7 +227,8 @@ class Runner:
     def _say(self, label: str, stats: dict[str, Any]) -> None:
         reasons = ", ".join(f"{k} {v}" for k, v in stats.get("dropped_by_reason", {}).items())
         added = f" +{stats['rows_added']} generated" if stats.get("rows_added") else ""
-        state = "resumed" if stats.get("resumed") else f"{stats.get('seconds', 0):.1f}s"
+        rate = f", {stats['rows_per_s']:,.0f} rows/s" if stats.get("rows_per_s") else ""
+        state = "resumed" if stats.get("resumed") else f"{stats.get('seconds', 0):.1f}s{rate}"
         log.info(f"[green]✓[/] {label:<18} {stats['rows_in']:>6} in{added} → {stats['kept']:>6} kept"
                  f"{f'  dropped: {reasons}' if reasons else ''}  [dim]({state})[/]")
         for warning in stats.get("warnings", []):
@@ -276,6 +285,10 @@ class Runner:
             manifest["train"] = self.train(frame, fp)
             if not manifest["train"]["resumed"]:
                 recomputed.append("train")
+        manifest["adapter"] = adapter_state(self.run_dir / "adapter", fp)
+        if manifest["adapter"] and not manifest["adapter"]["current"]:
+            log.warning(f"{self.run_dir / 'adapter'} was trained on other data than this run's dataset (a run "
+                        f"without training kept it); retrain with `gristmill train {self.run_dir}` or delete it")
         manifest["status"] = "ok"
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_json_atomic(self.run_dir / "manifest.json", manifest)
@@ -340,6 +353,7 @@ class Runner:
                 else:
                     metrics = train_qlora(rows, params, **kw)
                 metrics["fingerprint"] = fp
+                metrics["data_fingerprint"] = data_fp  # which dataset this adapter belongs to (manifest "adapter")
                 (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
                 replace_dir(tmp, target)
                 shutil.rmtree(checkpoints, ignore_errors=True)
@@ -380,6 +394,7 @@ def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | 
     metrics = runner.train(pl.read_parquet(data), manifest["fingerprint"], target=out, search=search)
     if out is None or out.resolve() == (run_dir / "adapter").resolve():
         manifest["train"] = metrics
+        manifest["adapter"] = adapter_state(run_dir / "adapter", manifest["fingerprint"])
         manifest["models"] = runner.models
         write_json_atomic(manifest_path, manifest)
         write_report(run_dir)  # the report charts the adapter the manifest now names

@@ -81,6 +81,9 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(GOOD)
     bad.write_text(BAD)
+    assert main(["validate", str(good)]) == 2  # validate checks the files too: data.jsonl is not there yet
+    assert main(["validate", "--shape-only", str(good)]) == 0
+    (tmp_path / "data.jsonl").write_text('{"instruction": "Say hi.", "input": "", "output": "Hi there."}\n')
     assert main(["validate", str(good)]) == 0
     assert main(["validate", str(good), str(bad)]) == 2
 
