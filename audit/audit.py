@@ -13,6 +13,7 @@ from pydantic import Field
 
 from gristmill.audit.amplification import TraceStep, amplification
 from gristmill.audit.associations import AssociationParams, associations
+from gristmill.audit.compare import before_after
 from gristmill.audit.detection import (
     DetectionParams,
     audited_axes,
@@ -25,7 +26,7 @@ from gristmill.audit.parity import parity, single_group
 from gristmill.audit.representation import gaps, representation
 from gristmill.common.contract import Gate, StepResult, no_drops, require, with_meta
 
-VERSION = "2"  # 2: nine axes with context rules/exclusions, n/a ratios, CIs, amplification, parity, associations
+VERSION = "3"  # 3: weighted representation (a `weight` column), before/after against an earlier audit
 
 __all__ = ["AuditParams", "GateParams", "TraceStep", "audit_rows"]
 
@@ -49,12 +50,16 @@ class AuditParams(DetectionParams):
     """Judge a group's drop rate at a step only when at least this many of its rows entered the step."""
     associations: AssociationParams = AssociationParams()
     """Group x attribute-word co-occurrence (PMI) settings."""
+    weight_column: str | None = "weight"
+    """A per-row training weight (what ``reweigh`` writes): when the frame has it, each axis also reports the
+    weighted representation (a group's weight sum), which the gate's ratio and divergence checks use."""
     n_boot: int = Field(200, ge=0)
     """Bootstrap resamples for confidence intervals (0: none)."""
     seed: int = 0
     """Seed of the bootstrap."""
     trace: list[TraceStep] | None = Field(None, exclude=True)
-    """Checkpoints of the steps before the audit, set by the runner (exclusion amplification)."""
+    """Checkpoints of the steps before the audit, set by the runner (exclusion amplification, and the earlier
+    audit's report for the before/after comparison)."""
 
 
 def audit_rows(frame: pl.DataFrame, params: AuditParams) -> StepResult:
@@ -64,9 +69,16 @@ def audit_rows(frame: pl.DataFrame, params: AuditParams) -> StepResult:
     axes = [*audited_axes(params, lexicon), *params.sensitive_columns]
     hits = detect_groups(frame, params, lexicon)
     report: dict[str, Any] = {"rows": frame.height, "axes": {}, "gaps": []}
+    weights = None
+    if params.weight_column and params.weight_column in frame.columns:
+        weights = frame[params.weight_column].cast(pl.Float64).fill_null(1.0).to_numpy()
+        report["weight_column"] = params.weight_column
     for axis in axes:
-        entry = representation(hits[axis], group_names(hits, axis, lexicon, params.sensitive_columns),
-                               params.reference.get(axis), params.n_boot, params.seed)
+        names = group_names(hits, axis, lexicon, params.sensitive_columns)
+        entry = representation(hits[axis], names, params.reference.get(axis), params.n_boot, params.seed)
+        if weights is not None:
+            entry["weighted"] = representation(hits[axis], names, params.reference.get(axis), params.n_boot,
+                                               params.seed, weights=weights)
         report["axes"][axis] = entry
         report["gaps"] += gaps(axis, entry["group_rows"], params.gap_ratio)
     if params.label_column:
@@ -82,6 +94,9 @@ def audit_rows(frame: pl.DataFrame, params: AuditParams) -> StepResult:
     table = check(report, params.gate)
     failures = [as_line(row) for row in table]
     report["gate"] = {"passed": not failures, "failures": failures, "table": table}
+    compared = before_after(params.trace, report)
+    if compared is not None:
+        report["before_after"] = compared
     demo = pl.struct([hits[a].alias(a) for a in axes]) if axes else pl.lit(None)
     out = with_meta(frame, demographics=hits.select(demo).to_series() if axes else pl.lit(None))
     stats = {"gate_passed": not failures, "rows_mentioning": {a: report["axes"][a]["rows_with_any"] for a in axes}}

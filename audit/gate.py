@@ -43,19 +43,24 @@ def check(report: dict[str, Any], gate: GateParams) -> list[dict[str, str]]:
     """The violated thresholds of ``report`` (the audit's report without its gate)."""
     rows: list[dict[str, str]] = []
     for axis, entry in report["axes"].items():
-        ratio, limit = entry.get("representation_ratio"), gate.max_representation_ratio
-        counts = entry.get("ratio_counts", {})
+        # With a training weight per row (reweigh) the shares training sees are the weighted ones; a row count
+        # (min_group_rows) cannot be weighted into existence, so that check stays on rows.
+        shown = entry.get("weighted", entry)
+        tag = " (weighted)" if "weighted" in entry else ""
+        ratio, limit = shown.get("representation_ratio"), gate.max_representation_ratio
+        counts = shown.get("ratio_counts", {})
         pair = f"{counts.get('max', {}).get('group')} {counts.get('max', {}).get('rows')} / " \
                f"{counts.get('min', {}).get('group')} {counts.get('min', {}).get('rows')}"
         if limit is not None and ratio is not None and (ratio == "n/a" or ratio > limit):
-            rows.append(failure("representation_ratio", axis, pair, ratio, f"<= {limit}"))
+            rows.append(failure("representation_ratio" + tag, axis, pair, ratio, f"<= {limit}"))
         if gate.min_group_rows is not None:
             for g, c in entry["group_rows"].items():
                 if c < gate.min_group_rows:
                     rows.append(failure("min_group_rows", axis, g, c, f">= {gate.min_group_rows}"))
-        tvd = entry.get("divergence", {}).get("tvd")
+        tvd = shown.get("divergence", {}).get("tvd")
         if gate.max_divergence is not None and tvd is not None and tvd > gate.max_divergence:
-            rows.append(failure("divergence_tvd", axis, entry["divergence"]["reference"], tvd, f"<= {gate.max_divergence}"))
+            rows.append(failure("divergence_tvd" + tag, axis, shown["divergence"]["reference"], tvd,
+                                f"<= {gate.max_divergence}"))
     for key, par in report.get("parity", {}).items():
         rates = par["selection_rate"]
         span = f"{max(rates, key=rates.get)} {max(rates.values())} / {min(rates, key=rates.get)} {min(rates.values())}"

@@ -38,28 +38,44 @@ def divergences(dist: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def representation(col: pl.Series, groups: list[str], reference: dict[str, float] | None = None,
-                   n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
+                   n_boot: int = 200, seed: int = 0, weights: np.ndarray | None = None) -> dict[str, Any]:
     """Counts, shares with 95% bootstrap intervals, max/min ratio and divergence from ``reference`` (uniform
-    over ``groups`` when ``None``) for one axis."""
+    over ``groups`` when ``None``) for one axis.
+
+    With ``weights`` (one per row, e.g. reweigh's ``weight`` column) every figure is weighted: a group's "rows" are
+    the sum of its rows' weights (``group_rows`` then holds floats), as training sees the data. Rows [[a], [a], [b]]
+    with weights [0.75, 0.75, 1.5] give a 1.5, b 1.5: ratio 1.0."""
     m = membership(col, groups)
-    counts = m.sum(axis=0)
-    any_rows = int((m.sum(axis=1) > 0).sum())
+    w = np.ones(len(col)) if weights is None else np.asarray(weights, dtype=float)
+    counts = (m * w[:, None]).sum(axis=0) if weights is not None else m.sum(axis=0)
+    present = m.sum(axis=1) > 0
+    any_rows: float = round(float(w[present].sum()), 4) if weights is not None else int(present.sum())
+
+    def num(value: Any) -> float | int:
+        return round(float(value), 4) if weights is not None else int(value)
+
     entry: dict[str, Any] = {
-        "group_rows": {g: int(c) for g, c in zip(groups, counts, strict=True)},
+        "group_rows": {g: num(c) for g, c in zip(groups, counts, strict=True)},
         "rows_with_any": any_rows,
-        "share_of_rows": round(any_rows / max(len(col), 1), 4),
+        "share_of_rows": round(any_rows / max(float(w.sum()), 1e-12), 4) if len(col) else 0.0,
     }
     if not groups:
         return entry
-    high, low = int(counts.max()), int(counts.min())
+    high, low = num(counts.max()), num(counts.min())
     entry["representation_ratio"] = ratio_or_na(high, low)
     entry["ratio_counts"] = {"max": {"group": groups[int(counts.argmax())], "rows": high},
                              "min": {"group": groups[int(counts.argmin())], "rows": low}}
     entry["shares"] = {g: round(c / any_rows, 4) if any_rows else 0.0 for g, c in zip(groups, counts, strict=True)}
     if any_rows and n_boot:
         rng = np.random.default_rng(seed)
-        idx = np.flatnonzero(m.sum(axis=1) > 0)
-        boots = np.stack([m[rng.choice(idx, size=idx.size)].sum(axis=0) / idx.size for _ in range(n_boot)])
+        idx = np.flatnonzero(present)
+        mw = m * w[:, None]
+
+        def share(sample: np.ndarray) -> np.ndarray:
+            total = w[sample].sum()
+            return mw[sample].sum(axis=0) / total if total else np.zeros(len(groups))
+
+        boots = np.stack([share(rng.choice(idx, size=idx.size)) for _ in range(n_boot)])
         lo, hi = np.quantile(boots, [0.025, 0.975], axis=0)
         entry["share_ci95"] = {g: [round(float(a), 4), round(float(b), 4)] for g, a, b in zip(groups, lo, hi, strict=True)}
     total = counts.sum()
