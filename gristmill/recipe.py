@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gristmill.common.errors import UserError
+from gristmill.eval_params import EVAL_DECONTAM_STEP, EvalSection, EvalSet, eval_decontamination
 from gristmill.ingest import InputSpec
 from gristmill.steps import STEPS
 from gristmill.train.qlora import TrainParams
@@ -47,6 +48,13 @@ class _RecipeShape(BaseModel):
     """Where the run goes."""
     train: TrainParams | None = None
     """Optional QLoRA training on the curated set."""
+    trust_remote_code: bool = False
+    """Let the embedding and synthesis models run Python code shipped in their model directories (Hugging Face
+    `trust_remote_code`). Off by default: such code runs with your permissions; when on, the run warns and the
+    manifest records it."""
+    eval: EvalSection = []
+    """Eval sets scored for the base model and the adapter after training (<run>/eval/); their texts are kept out
+    of the training data (an implicit eval_decontaminate step unless a decontaminate step covers them)."""
 
 
 @dataclass
@@ -64,6 +72,8 @@ class Recipe:
     output: OutputSpec
     train: TrainParams | None
     raw: dict[str, Any] = field(default_factory=dict)
+    eval: list[EvalSet] = field(default_factory=list)
+    trust_remote_code: bool = False
 
     @property
     def base_dir(self) -> Path:
@@ -251,7 +261,12 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         errors.append(f"{where}:{lines.get(('output', 'dir'), '?')}: output.dir: {problem}")
     if errors or shape is None:
         raise RecipeError(path, errors)
-    return Recipe(shape.name, path, shape.inputs, steps, shape.output, shape.train, raw)
+    recipe = Recipe(shape.name, path, shape.inputs, steps, shape.output, shape.train, raw, eval=shape.eval,
+                    trust_remote_code=shape.trust_remote_code)
+    implicit = eval_decontamination([(s.name, s.params) for s in steps], shape.eval, recipe.resolve)
+    if implicit is not None:
+        recipe.steps.insert(implicit[0], Step(EVAL_DECONTAM_STEP, implicit[1]))
+    return recipe
 
 
 def load_recipe(path: str | Path) -> Recipe:

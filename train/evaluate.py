@@ -1,5 +1,5 @@
 """Evaluation: token loss / perplexity over the held-out rows (batched by length) and generated answers scored
-with ROUGE-L and exact match, for the base model (adapter disabled) and the adapter side by side."""
+with ROUGE-L and exact match (``eval_metrics``), for the base model (adapter disabled) and the adapter side by side."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gristmill.train.eval_metrics import generation_scores
 from gristmill.train.formatting import Example
 from gristmill.train.model import autocast, device_of, token_losses
 from gristmill.train.packing import collate, length_batches
@@ -75,21 +76,9 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, Any]]], *,
     return answers
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def score(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-L F1 (rouge-score, stemmed) and exact match (case and whitespace folded)."""
-    try:
-        from rouge_score import rouge_scorer
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("eval generation needs rouge-score: pip install 'gristmill[models]'") from err
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)]
-    exact = [_normalise(p) == _normalise(r) for p, r in zip(predictions, references, strict=True)]
-    n = max(len(predictions), 1)
-    return {"rougeL": sum(rouge) / n, "exact_match": sum(exact) / n}
+    """Mean ROUGE-L F1 and exact match (SQuAD normalisation), as the eval sets score them (``eval_metrics``)."""
+    return generation_scores(predictions, references)
 
 
 def generation_eval(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, max_new_tokens: int,
