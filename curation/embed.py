@@ -74,6 +74,7 @@ class Embedder:
         max_seq_length: int | None = 256,
         precision: Literal["fast", "fp32"] = "fast",
         device: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         try:
             import torch
@@ -81,7 +82,8 @@ class Embedder:
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(f"embeddings need sentence-transformers: {_HINT}") from err
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = SentenceTransformer(model_path, device=device)
+        # Explicit: code in a model directory runs only when the recipe says so (recipe key trust_remote_code).
+        self.model = SentenceTransformer(model_path, device=device, trust_remote_code=trust_remote_code)
         self.dtype = fast_dtype(device) if precision == "fast" else torch.float32
         if self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)

@@ -29,10 +29,11 @@ Format = Literal["jsonl", "json", "csv", "parquet", "hf_disk"]
 _N, _ERR, _TEXT, _MSGS = "\x00number", "\x00error", "\x00text", "\x00messages"
 
 
-VERSION = "5"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
+VERSION = "6"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
 # not part of the first record (a BOM-prefixed jsonl's first line was rejected), hostile records rejected not crashing;
 # 4: a rejected jsonl line keeps its original text (was its JSON re-encoded, cut at 2000 characters); 5: `source` is
-# the input path as the recipe gives it (was the machine's absolute path), so a dataset moves between machines
+# the input path as the recipe gives it (was the machine's absolute path), so a dataset moves between machines;
+# 6: a rejected csv record keeps its text as in the file (was its fields as JSON)
 
 
 class InputSpec(BaseModel):

@@ -81,6 +81,8 @@ class VLLMEngine:
     """vLLM-CPU: run the scheduler and the model in this process (see ``_in_process_engine``). Only for a
     process that has not imported numba: vLLM's kernel-override scan of ``sys.modules`` crashes on llvmlite's
     function wrappers. The worker processes of ``synth.replicas`` set it; ignored on GPUs."""
+    trust_remote_code: bool = False
+    """Run Python code shipped in the model directory (the recipe's ``trust_remote_code``; off unless it is set)."""
     _llm: Any = None
 
     @property
@@ -117,6 +119,7 @@ class VLLMEngine:
                     enable_prefix_caching=True,
                     max_model_len=self.max_model_len,
                     gpu_memory_utilization=util,
+                    trust_remote_code=self.trust_remote_code,
                     **extra,
                 )
         return self._llm

@@ -13,11 +13,28 @@ the engine ends the process, so all of its memory is back before training starts
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gristmill.common.errors import UserError
 from gristmill.synth.engine import Generation, SamplingConfig, VLLMEngine
+
+
+class WorkerDied(UserError, RuntimeError):
+    """A vLLM worker process ended while the run waited on it (killed, out of memory, crashed). Not bad input, but
+    nothing in gristmill to debug either: what it answered before is in the request cache and a rerun resumes."""
+
+
+def _died(proc: Any, doing: str) -> WorkerDied:
+    proc.join(timeout=10)  # its exit code says how it ended
+    code = proc.exitcode
+    how = (f"killed by signal {-code}" + (" (SIGKILL: e.g. the out-of-memory killer)" if code == -9 else "")
+           if code is not None and code < 0 else f"exit code {code}")
+    return WorkerDied(f"synthesize: the vLLM worker process (pid {proc.pid}) died while {doing} ({how}); answers "
+                      "received before are in the request cache: fix the cause (memory?) and rerun the same "
+                      "command to resume")
 
 
 def _worker(conn: Any, kwargs: dict[str, Any]) -> None:
@@ -52,6 +69,8 @@ class ReplicatedEngine:
     gpu_memory_utilization: float | None = None
     """Total across replicas (default: 0.9 of a GPU; one CPU replica uses ``VLLMEngine``'s default)."""
     extra: dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    """Passed to each worker's ``VLLMEngine`` (the recipe's ``trust_remote_code``)."""
     _workers: list[tuple[Any, Any]] = field(default_factory=list)
 
     name = "vllm"
@@ -70,11 +89,18 @@ class ReplicatedEngine:
         for i in range(self.replicas):
             parent, child = ctx.Pipe()
             kwargs = {"model_path": self.model_path, "seed": self.seed + i, "max_model_len": self.max_model_len,
-                      "gpu_memory_utilization": share, "extra": self.extra}
+                      "gpu_memory_utilization": share, "extra": self.extra,
+                      "trust_remote_code": self.trust_remote_code}
             proc = ctx.Process(target=_worker, args=(child, kwargs))  # not daemonic: vLLM spawns children
             proc.start()
+            # Only the worker may hold the child end: then its death closes the pipe and recv raises EOFError
+            # instead of waiting forever.
+            child.close()
             # One at a time: vLLM sizes its KV cache by profiling GPU memory, which concurrent starts would skew.
-            status, payload = parent.recv()
+            try:
+                status, payload = parent.recv()
+            except (EOFError, ConnectionError) as err:
+                raise _died(proc, "loading the model") from err
             if status != "ready":
                 raise RuntimeError(f"vLLM replica {i} failed to start: {payload}")
             self._workers.append((proc, parent))
@@ -85,20 +111,36 @@ class ReplicatedEngine:
         self._start()
         size = -(-len(conversations) // self.replicas)
         shards = [conversations[i : i + size] for i in range(0, len(conversations), size)]
-        for (_, conn), shard in zip(self._workers, shards, strict=False):
-            conn.send((shard, asdict(sampling)))
+        for (proc, conn), shard in zip(self._workers, shards, strict=False):
+            try:
+                conn.send((shard, asdict(sampling)))
+            except (BrokenPipeError, ConnectionError) as err:
+                raise self._lost(proc, "receiving a batch") from err
         out: list[Generation] = []
-        for (_, conn), _shard in zip(self._workers, shards, strict=False):
-            status, payload = conn.recv()
+        for (proc, conn), _shard in zip(self._workers, shards, strict=False):
+            try:
+                status, payload = conn.recv()
+            except (EOFError, ConnectionError) as err:
+                raise self._lost(proc, f"generating a batch of {len(conversations)} prompts") from err
             if status != "ok":
                 raise RuntimeError(f"vLLM replica failed: {payload}")
             out.extend(Generation(**g) for g in payload)
         return out
 
+    def _lost(self, proc: Any, doing: str) -> WorkerDied:
+        """The error for a dead worker; the other workers are stopped (their batch is lost with the run)."""
+        err = _died(proc, doing)
+        self.close()
+        return err
+
     def close(self) -> None:
         for proc, conn in self._workers:
-            conn.send(None)
+            with contextlib.suppress(BrokenPipeError, ConnectionError):  # already dead
+                conn.send(None)
             proc.join(timeout=60)
+            if proc.is_alive():  # stuck: a worker must never outlive the run
+                proc.kill()
+                proc.join(timeout=10)
         self._workers = []
 
     def __enter__(self) -> ReplicatedEngine:
@@ -109,7 +151,8 @@ class ReplicatedEngine:
 
 
 def vllm_engine(model_path: str, *, replicas: int = 1, seed: int = 0, gpu_memory_utilization: float | None = None,
-                extra: dict[str, Any] | None = None) -> VLLMEngine | ReplicatedEngine:
+                extra: dict[str, Any] | None = None, trust_remote_code: bool = False
+                ) -> VLLMEngine | ReplicatedEngine:
     """The engine a synthesize step runs: worker processes on CPU (always) and for ``replicas > 1``; otherwise
     ``VLLMEngine`` in this process (on a GPU its engine core is a separate process anyway)."""
     import torch
@@ -119,5 +162,7 @@ def vllm_engine(model_path: str, *, replicas: int = 1, seed: int = 0, gpu_memory
                          "replicas: 1 (one engine already computes on every core)")
     if replicas > 1 or not torch.cuda.is_available():
         return ReplicatedEngine(model_path, replicas=replicas, seed=seed,
-                                gpu_memory_utilization=gpu_memory_utilization, extra=dict(extra or {}))
-    return VLLMEngine(model_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization, extra=dict(extra or {}))
+                                gpu_memory_utilization=gpu_memory_utilization, extra=dict(extra or {}),
+                                trust_remote_code=trust_remote_code)
+    return VLLMEngine(model_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization, extra=dict(extra or {}),
+                      trust_remote_code=trust_remote_code)

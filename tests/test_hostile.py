@@ -239,3 +239,21 @@ def test_rejected_lines_keep_their_original_text(tmp_path: Path) -> None:
     path.write_text(json.dumps(ALPACA) + "\n" + broken + "\n" + unparsable + "\n", encoding="utf-8")
     _, rejects, _ = ingest_counted(InputSpec(path=str(path), on_error="skip", max_reject_fraction=1.0), path)
     assert rejects["text"].to_list() == [broken, unparsable]
+
+
+def test_rejected_rows_of_every_format_keep_what_the_file_held(tmp_path: Path) -> None:
+    """csv: the record's text as in the file (quotes, commas and an embedded newline included); json items and
+    parquet rows: the record as JSON with its own values (these formats have no line to keep)."""
+    spec = {"on_error": "skip", "max_reject_fraction": 1.0}
+    csv_line = ',"two\nlines","an, answer"'
+    (tmp_path / "in.csv").write_text(f'instruction,input,output\nSay hi,,"hello, there"\n{csv_line}\r\nBye,,see you\n')
+    _, rejects, _ = ingest_counted(InputSpec(path="in.csv", **spec), tmp_path / "in.csv")
+    assert rejects["text"].to_list() == [csv_line] and rejects["id"].to_list() == ["in.csv:3"]
+
+    bad = {"instruction": None, "input": "x", "output": "y", "n": 3}
+    rows = [ALPACA | {"n": 1}, bad, ALPACA | {"n": 2}]
+    (tmp_path / "in.json").write_text(json.dumps(rows, indent=2))
+    pl.DataFrame(rows).write_parquet(tmp_path / "in.parquet")
+    for name in ("in.json", "in.parquet"):
+        _, rejects, _ = ingest_counted(InputSpec(path=name, **spec), tmp_path / name)
+        assert [json.loads(t) for t in rejects["text"]] == [bad], name

@@ -39,8 +39,10 @@ def autocast(model: Any) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def load_base(model_path: str, params: TrainParams, *, device: str | None = None) -> Any:
-    """The frozen base model: NF4 + double quant with ``method: qlora``, else in the compute dtype."""
+def load_base(model_path: str, params: TrainParams, *, device: str | None = None,
+              trust_remote_code: bool = False) -> Any:
+    """The frozen base model: NF4 + double quant with ``method: qlora``, else in the compute dtype. Code in the
+    model directory runs only with ``trust_remote_code`` (off by default)."""
     try:
         import torch
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -50,7 +52,8 @@ def load_base(model_path: str, params: TrainParams, *, device: str | None = None
     bf16 = use_bf16(params, device)
     compute = torch.bfloat16 if bf16 else torch.float32
     # On CPU the unquantized parts (norms, embeddings) stay fp32 and autocast runs the matmuls in bf16.
-    kwargs: dict[str, Any] = {"dtype": compute if device == "cuda" else torch.float32, "device_map": {"": device}}
+    kwargs: dict[str, Any] = {"dtype": compute if device == "cuda" else torch.float32, "device_map": {"": device},
+                              "trust_remote_code": trust_remote_code}
     if device == "cuda":
         # varlen flash attention when installed; sdpa builds the block-diagonal mask from the position ids.
         kwargs["attn_implementation"] = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
@@ -68,12 +71,12 @@ def load_base(model_path: str, params: TrainParams, *, device: str | None = None
     return model
 
 
-def load_model(model_path: str, params: TrainParams) -> tuple[Any, Any]:
+def load_model(model_path: str, params: TrainParams, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Base model + a fresh adapter (peft), and the tokenizer (pad = EOS when the tokenizer has none)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoTokenizer
 
-    model = load_base(model_path, params)
+    model = load_base(model_path, params, trust_remote_code=trust_remote_code)
     on_gpu = device_of(model).type == "cuda"
     checkpointing = on_gpu if params.gradient_checkpointing is None else params.gradient_checkpointing
     if params.method == "qlora":
@@ -92,7 +95,7 @@ def load_model(model_path: str, params: TrainParams) -> tuple[Any, Any]:
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

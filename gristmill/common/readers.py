@@ -16,6 +16,7 @@ enclosed in double quotes at column 2)")].
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from collections.abc import Callable
@@ -71,7 +72,7 @@ class Table:
     """Line-based formats: a record's original line by its ``number`` (rejects keep what the file held)."""
 
     def raw(self, number: int) -> str | None:
-        """The record's text exactly as the file held it (jsonl), else None."""
+        """The record's text exactly as the file held it (jsonl, csv), else None."""
         return self._raw(number) if self._raw is not None else None
 
     def where(self, number: int) -> str:
@@ -203,7 +204,8 @@ def read_json(path: Path, options: ReadOptions) -> Table:
 def read_csv(path: Path, options: ReadOptions) -> Table:
     """A header row then one record per line; a record's number is its line (assuming no embedded newlines)."""
     # Checked UTF-8 (polars' own error names no file or line); line ends left to polars (quoted fields keep theirs).
-    data = io.BytesIO(read_text(path, universal_newlines=False).encode())
+    text = read_text(path, universal_newlines=False)
+    data = io.BytesIO(text.encode())
     try:
         if options.infer_types:
             frame = pl.read_csv(data, has_header=options.has_header, infer_schema_length=None)
@@ -215,8 +217,32 @@ def read_csv(path: Path, options: ReadOptions) -> Table:
     if not options.has_header:
         frame = frame.rename({c: f"column_{i}" for i, c in enumerate(frame.columns, 1)})
     first = 2 if options.has_header else 1
+    records: list[str | None] = []
+
+    def raw(number: int) -> str | None:
+        if not records:  # computed on the first reject only
+            try:
+                spans = _csv_records(text)[1 if options.has_header else 0:]
+            except csv.Error:  # a NUL byte, say: polars read it, Python's csv does not; the row's JSON stands in
+                spans = []
+            records.extend(spans if len(spans) == frame.height else [None] * frame.height)
+        return records[number - first]
+
     return Table(path, frame, pl.int_range(first, first + frame.height, dtype=pl.Int64, eager=True).alias("number"),
-                 "")
+                 "", _raw=raw)
+
+
+def _csv_records(text: str) -> list[str]:
+    """Each CSV record's text as the file holds it, line end excluded; a quoted field may span lines and a blank
+    line is a record (polars reads it as a row of nulls). Example: ``'a,b\n"x\ny",3\n\n'`` gives
+    ``['a,b', '"x\ny",3', '']``."""
+    lines = text.splitlines(keepends=True)
+    reader = csv.reader(lines)
+    out, start = [], 0
+    for _ in reader:
+        out.append("".join(lines[start:reader.line_num]).rstrip("\r\n"))
+        start = reader.line_num
+    return out
 
 
 def read_parquet(path: Path, options: ReadOptions) -> Table:
