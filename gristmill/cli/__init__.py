@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -67,13 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:  # bad input: the message says where and how to fix it
         log.error("%s", err, exc_info=state.debug, extra={"markup": False})
         return EXIT_INVALID
-    except click.exceptions.Exit as err:  # --help, --install-completion
+    except typer.Exit as err:  # --install-completion and other early exits
         return int(err.exit_code)
-    except click.ClickException as err:  # a usage error: unknown option, missing argument (exit 2)
-        err.show()
-        return int(err.exit_code)
-    except click.exceptions.Abort:  # Ctrl-C at a prompt
+    except typer.Abort:  # Ctrl-C at a prompt
         return 130
+    except typer.TyperException as err:  # a usage error: unknown option, missing argument (exit 2)
+        show = getattr(err, "show", None)
+        if show is not None:
+            show()
+        return int(getattr(err, "exit_code", EXIT_INVALID))
     # Anything else is a bug: Python prints its traceback and exits 1.
 
 
