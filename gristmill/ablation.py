@@ -21,6 +21,12 @@ giving each variant ``round(budget / (batch_size * grad_accum * mean tokens per 
 counts come from the trainer's own encoding (tokenizer, chat template, ``max_seq_length``, ``overlength``) and the
 budget is what the curated variant sees in ``steps`` mode. Batches are drawn at random, so the tokens actually
 trained differ by a little; ``ablation.json`` reports them (``tokens_trained``) next to the planned steps.
+
+Eval sets. When the recipe has an ``eval:`` section, its sets are scored for the base model and the three adapters
+in one pass (``gristmill.evaluation``; ``<run>/ablation/eval/``) and ``ablation.json`` holds them under
+``eval_sets``: set -> metric -> base / raw / curated / curated_synthetic. The curated variants never train on the
+eval sets' texts (the recipe's ``eval_decontaminate`` step); the raw variant trains on the ingested rows as they
+are, so an eval leak in the raw data shows in its numbers, as it would for a model trained on the raw set.
 """
 
 from __future__ import annotations
@@ -212,6 +218,13 @@ def ablate(recipe: Recipe, run_dir: Path | None = None, mode: Mode = "steps") ->
         trained[name] = trainer.train(frames[name], data_fp, target=root / name)
         evals[name] = json.loads((root / name / "eval.json").read_text())
 
+    eval_sets: dict[str, dict[str, dict[str, float | None]]] = {}
+    if recipe.eval:
+        from gristmill.evaluation import evaluate
+
+        scored = evaluate(recipe, {n: root / n for n in VARIANTS}, root / "eval")
+        for row in scored["table"]:
+            eval_sets.setdefault(row["set"], {})[row["metric"]] = {c: row[c] for c in ("base", *VARIANTS)}
     base = _metrics(evals["curated"]["base"])  # same model, same eval rows: every variant measures the same base
     table: dict[str, dict[str, float | None]] = {}
     for metric, value in base.items():
@@ -231,6 +244,7 @@ def ablate(recipe: Recipe, run_dir: Path | None = None, mode: Mode = "steps") ->
                  "generation_rows": (evals["curated"].get("generation") or {}).get("rows", 0)},
         "token_budget": budget if mode == "tokens" else None,
         "metrics": table,
+        "eval_sets": eval_sets,
         "steps": {n: trained[n]["steps"] for n in VARIANTS},
         "tokens_trained": {n: trained[n]["tokens_seen"] for n in VARIANTS},
         "train_rows": {n: trained[n]["train_rows"] for n in VARIANTS},
@@ -252,6 +266,9 @@ def render(summary: dict[str, Any]) -> Table:
 
     for metric, row in summary["metrics"].items():
         table.add_row(metric, cell(row["base"]), *(cell(row[n]) for n in VARIANTS))
+    for name, metrics in summary.get("eval_sets", {}).items():
+        for metric, row in metrics.items():
+            table.add_row(f"{name}: {metric}", cell(row["base"]), *(cell(row[n]) for n in VARIANTS))
     for label, key in (("steps", "steps"), ("tokens trained", "tokens_trained"), ("train rows", "train_rows")):
         table.add_row(label, "", *(cell(summary[key][n]) for n in VARIANTS))
     table.add_row("eval rows left out", "", *(cell(summary["data"][n]["excluded_eval"]) for n in VARIANTS))

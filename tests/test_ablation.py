@@ -16,7 +16,18 @@ from tests.test_train_support import tiny_model_dir
 pytest.importorskip("torch")
 
 
-def _recipe(tmp_path: Path, sample_dir: Path, model: str) -> Path:
+def _eval_sets(tmp_path: Path, sample_dir: Path) -> list[dict]:
+    """An alpaca eval set of three sample rows (so the raw rows leak it) and a two-question multiple-choice csv."""
+    leaked = [json.loads(line) for line in (sample_dir / "sample.jsonl").read_text().splitlines()[:3]]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("instruction", "input", "output")})
+                                               + "\n" for r in leaked))
+    (tmp_path / "mc.csv").write_text('question,A,B,answerKey\n"Which helps a job search?",practice,sleep,A\n'
+                                     '"Which room do you pack first?",any one room,none,A\n')
+    return [{"name": "qa", "path": str(tmp_path / "qa.jsonl"), "max_new_tokens": 4},
+            {"name": "mc", "path": str(tmp_path / "mc.csv"), "mapping": "multiple_choice"}]
+
+
+def _recipe(tmp_path: Path, sample_dir: Path, model: str, eval_sets: list[dict] | None = None) -> Path:
     recipe = {
         "name": "ablate", "inputs": [{"path": str(sample_dir / "sample.jsonl"), "mapping": "alpaca",
                                       "on_error": "skip"}],
@@ -25,6 +36,7 @@ def _recipe(tmp_path: Path, sample_dir: Path, model: str) -> Path:
         "train": {"base_model": model, "max_steps": 2, "batch_size": 4, "max_seq_length": 256,
                   "min_eval_rows": 6, "max_eval_rows": 6, "eval_generate_rows": 2, "eval_max_new_tokens": 4,
                   "save_steps": None, "report_to": []},
+        **({"eval": eval_sets} if eval_sets else {}),
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -61,14 +73,23 @@ def _check(tmp_path: Path, summary: dict) -> None:
 
 
 def test_ablation_trains_three_variants_on_one_eval_split_and_resumes(tmp_path: Path, sample_dir: Path) -> None:
-    from gristmill.ablation import ablate
+    from gristmill.ablation import VARIANTS, ablate
     from gristmill.recipe import load_recipe
 
-    path = _recipe(tmp_path, sample_dir, str(tiny_model_dir(tmp_path)))
+    path = _recipe(tmp_path, sample_dir, str(tiny_model_dir(tmp_path)), _eval_sets(tmp_path, sample_dir))
     summary = ablate(load_recipe(path))
     assert summary["steps"] == {"raw": 2, "curated": 2, "curated_synthetic": 2}
     assert not any(summary["resumed"].values())
     _check(tmp_path, summary)
+    # The eval section: every set's metrics for the base model and each variant, scored once for all of them.
+    assert {m: set(row) for m, row in summary["eval_sets"]["mc"].items()} == {
+        "acc": {"base", *VARIANTS}, "acc_norm": {"base", *VARIANTS}}
+    assert set(summary["eval_sets"]["qa"]) == {"loss", "perplexity", "rougeL", "exact_match"}
+    assert all(math.isfinite(v) for v in summary["eval_sets"]["qa"]["loss"].values())
+    scored = json.loads((tmp_path / "run" / "ablation" / "eval" / "summary.json").read_text())
+    assert scored["columns"] == ["set", "metric", "base", *VARIANTS]
+    # The leaked eval rows: out of the curated data (implicit step), still in the raw rows.
+    assert summary["data"]["curated"]["dropped_share_by_reason"]["eval_contamination"] > 0
     again = ablate(load_recipe(path))
     assert all(again["resumed"].values()) and again["metrics"] == summary["metrics"]  # nothing retrained
 
