@@ -253,3 +253,33 @@ def test_a_stale_adapter_is_recorded_and_named(run_dir: Path, tmp_path: Path,
     assert json.loads((run_dir / "manifest.json").read_text())["adapter"]["current"] is False
     assert main(["inspect", str(run_dir)]) == 0
     assert "adapter: STALE" in capsys.readouterr().err
+
+
+def test_explain_a_synthetic_row_shows_its_provenance(tmp_path: Path, sample_dir: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Synthesis through the runner against a local OpenAI-compatible server (tests/fake_openai.py): a generated
+    row's history starts at the synthesize step, with its seeds, template and model."""
+    from tests.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI()
+    try:
+        synth = {"method": "self_instruct", "seeds": "data/seeds.jsonl", "n": 3, "max_rounds": 2, "engine": "openai",
+                 "base_url": server.url, "model": "fake-model", "max_tokens": 64}
+        path = _recipe(tmp_path, steps=[*STEPS[:3], {"synthesize": synth}])
+        assert main(["-q", "run", str(path), "--no-train"]) == 0
+    finally:
+        server.close()
+    run = tmp_path / "run"
+    data = pl.read_parquet(run / "dataset" / "data.parquet")
+    row_id = data.filter(pl.col("source") == "synth:self_instruct")["id"][0]
+    info = explain(run, row_id)
+    assert info["history"] == [{"step": "04-synthesize", "outcome": "kept", "added": True}]
+    assert info["outcome"] == "in the dataset" and info["source"] == "synth:self_instruct"
+    assert info["synth"]["method"] == "self_instruct" and info["synth"]["model"] == "fake-model"
+    assert info["synth"]["seed_ids"] and len(info["synth"]["template_hash"]) == 16
+    made = summary(run)["synthetic"]
+    assert made == [{"step": "04-synthesize", "generated": made[0]["generated"], "kept_by_step": 3,
+                     "in_dataset": 3, "yield": round(3 / made[0]["generated"], 4)}]
+    assert main(["explain", str(run), row_id]) == 0
+    err = capsys.readouterr().err
+    assert "generated here" in err and "fake-model" in err and "template_hash" in err
