@@ -47,13 +47,15 @@ def detect_groups(frame: pl.DataFrame, params: DetectionParams, lexicon: Lexicon
     axes = audited_axes(params, lexicon)
     text = frame["text"] if "text" in frame.columns else pl.Series("text", [""] * frame.height)
     hits = detect(text, lexicon, axes)
+    columns = [hits[a] for a in hits.columns]
     for col in params.sensitive_columns:
         if col not in frame.columns:
             raise InputError(f"audit.sensitive_columns: no column {col!r} (columns: {frame.columns})")
         value = frame[col].cast(pl.String)
-        hits = hits.with_columns(pl.when(value.is_null()).then(pl.lit([], dtype=pl.List(pl.String)))
-                                 .otherwise(pl.concat_list(pl.lit(value))).alias(col))
-    return hits
+        # Built as a series, not added to ``hits``: with no lexicon axis ``hits`` has no rows to broadcast onto.
+        columns.append(pl.select(pl.when(value.is_null()).then(pl.lit([], dtype=pl.List(pl.String)))
+                                 .otherwise(pl.concat_list(pl.lit(value)))).to_series().alias(col))
+    return pl.DataFrame(columns)
 
 
 def group_names(hits: pl.DataFrame, axis: str, lexicon: Lexicon, sensitive: list[str]) -> list[str]:
