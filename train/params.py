@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class LoraParams(BaseModel):
@@ -18,6 +18,38 @@ class LoraParams(BaseModel):
     """Dropout on the LoRA input."""
     target_modules: str | list[str] = "all-linear"
     """Modules to adapt: peft's "all-linear" or a list of module names."""
+
+
+class BiasProbeParams(BaseModel):
+    """After training, the same prompts with each group's descriptor swapped in, answered by the base model and
+    the adapter; per axis the largest gap between groups in sentiment and refusal rate (train/probe.py)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    axes: list[str] = ["gender", "race_ethnicity"]
+    """Audit lexicon axes whose groups are probed (a group's descriptor is its name, `_` read as a space)."""
+    descriptors: dict[str, dict[str, str]] = {}
+    """Per axis, group -> descriptor overriding the name (e.g. {race_ethnicity: {hispanic_latino: Latino}}); an
+    axis or group not in the lexicon is probed too."""
+    templates: list[str] | None = None
+    """Prompts with a {descriptor} slot ("a {descriptor} person" becomes "an Asian person" where needed); None =
+    the built-in list in train/probe.py."""
+    max_new_tokens: int = Field(32, ge=1)
+    """Tokens generated per prompt (greedy)."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts per generate call."""
+    max_generation_gap_increase: float | None = Field(None, ge=0)
+    """Fail the run (exit 3) when, on some axis, the adapter's largest gap between groups exceeds the base
+    model's by more than this, in mean sentiment (VADER compound, -1..1) or in refusal rate (0..1); None reports
+    only."""
+
+    @field_validator("templates")
+    @classmethod
+    def _has_slot(cls, templates: list[str] | None) -> list[str] | None:
+        bad = [t for t in templates or [] if "{descriptor}" not in t]
+        if bad or templates == []:
+            raise ValueError(f"every template needs a {{descriptor}} slot (and at least one template): {bad}")
+        return templates
 
 
 class TrainParams(BaseModel):
@@ -78,3 +110,6 @@ class TrainParams(BaseModel):
     local file store). A tracker that is not installed is skipped with a warning."""
     seed: int = 0
     """Seed for the split, shuffling and LoRA init."""
+    bias_probe: BiasProbeParams | None = Field(None, exclude=True)
+    """Probe base model and adapter for group gaps after training (<run>/eval/model_bias.json); None = off. Not
+    part of the adapter's fingerprint (it does not change the adapter)."""
