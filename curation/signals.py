@@ -7,7 +7,11 @@
   ``meta.ifd``.
 - ``judge``: an LLM scores each row 1-5 against a rubric (helpfulness, correctness, completeness) in JSON; the
   orchestrator hands over the engine as a plain ``judge(prompts) -> answers`` callable. ``meta.judge_score``
-  (null when the answer could not be parsed; such rows are never dropped for it).
+  (null when the answer could not be parsed, with the reason in ``meta.judge_error``; such rows are never dropped
+  for it). The judge's cache counters go into the stats.
+- ``classifier``: P(good) from a logistic regression trained on embeddings of labelled rows (a labels file, review
+  labels by id, or a label column; curation/classifier.py), held-out accuracy/AUC in the stats.
+  ``meta.classifier_score``.
 
 A signal without a threshold is only recorded: thresholds are explicit, never a share of the data. A row failing
 a threshold is dropped with reason ``signals.<threshold>`` and ``detail`` e.g. ``relevance=0.08 < 0.15``.
@@ -22,6 +26,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -31,9 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from gristmill.common.contract import StepResult, require, split, with_meta
 from gristmill.common.embedding import EmbeddingParams
 from gristmill.common.errors import InputError
+from gristmill.curation.classifier import Classifier, ClassifierParams, fit_cached, labelled_rows, parse_label
 from gristmill.curation.rulebase import fmt_number
 
-VERSION = "1"
+VERSION = "2"  # 2: classifier signal, meta.judge_error
 
 Chat = list[dict[str, str]]
 LossFn = Callable[[list[Chat], list[str]], tuple[list[float], list[float]]]
@@ -78,6 +84,8 @@ class SignalsParams(EmbeddingParams):
     """Sequences per small-model forward pass."""
     judge: JudgeParams | None = None
     """An LLM judge's rubric score (meta.judge_score); None skips it."""
+    classifier: ClassifierParams | None = None
+    """A good/bad classifier trained on embeddings of labelled rows (meta.classifier_score); None skips it."""
 
 
 RUBRIC = (
@@ -108,20 +116,50 @@ def parse_judgement(answer: str) -> float | None:
     >>> parse_judgement('{"helpfulness": 9}'), parse_judgement("great answer"), parse_judgement('{"x": 1}')
     (None, None, None)
     """
-    for match in re.finditer(r"\{[^{}]*\}", answer or ""):
+    return judgement(answer)[0]
+
+
+def judgement(answer: str) -> tuple[float | None, str | None]:
+    """(mean rubric score, None) of a judge's answer, or (None, why it holds no usable grade).
+
+    >>> judgement('{"helpfulness": 4, "correctness": 5, "completeness": 3}'), judgement('{"helpfulness": 9}')
+    ((4.0, None), (None, 'helpfulness=9 not a number in 1-5'))
+    """
+    if not (answer or "").strip():
+        return None, "empty answer"
+    for match in re.finditer(r"\{[^{}]*\}", answer):
         try:
             data = json.loads(match.group(0))
         except json.JSONDecodeError:
             continue
         if not isinstance(data, dict):
             continue
-        scores = [data[k] for k in _RUBRIC_KEYS if k in data]
+        scores = {k: data[k] for k in _RUBRIC_KEYS if k in data}
         if not scores:
             continue
-        if any(isinstance(s, bool) or not isinstance(s, int | float) or not 1 <= s <= 5 for s in scores):
-            return None
-        return float(sum(scores) / len(scores))
-    return None
+        for k, v in scores.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 1 <= v <= 5:
+                return None, f"{k}={json.dumps(v)} not a number in 1-5"
+        return float(sum(scores.values()) / len(scores)), None
+    return None, f"no JSON object with a rubric key in {answer.strip()[:60]!r}"
+
+
+def fit_classifier(frame: pl.DataFrame, params: ClassifierParams, *, embed: Callable[[list[str]], np.ndarray],
+                   model_key: str, cache_dir: Path | None) -> Classifier:
+    """The classifier of ``params``: trained (or read from the cache) on the labels file or the label column."""
+    require(frame, ["id", "text"], "signals (classifier)")
+    if params.labels is not None:
+        texts, labels = labelled_rows(Path(params.labels), frame)
+    else:
+        column = params.label_column
+        if column not in frame.columns:
+            raise InputError(f"signals.classifier.label_column: the input has no column {column!r}; columns: "
+                             f"{frame.columns}")
+        pairs = [(t or "", parse_label(v, f"signals.classifier.label_column {column!r}, row {i}"))
+                 for i, (t, v) in enumerate(zip(frame["text"].to_list(), frame[column].to_list(), strict=True))]
+        texts = [t for t, v in pairs if v is not None]
+        labels = np.asarray([v for _, v in pairs if v is not None], dtype=np.int8)
+    return fit_cached(texts, labels, embed, model_key, params, cache_dir)
 
 
 def prompt_response(messages: list[dict[str, Any]] | None) -> tuple[Chat, str]:
@@ -158,9 +196,11 @@ def _reason(values: list[float | None], name: str, bound: float | None, below: b
 
 
 def score_signals(frame: pl.DataFrame, params: SignalsParams, *, embed: Callable[[list[str]], np.ndarray] | None = None,
-                  losses: LossFn | None = None, judge: JudgeFn | None = None) -> StepResult:
-    """Compute the enabled signals; ``embed`` (normalized vectors), ``losses`` (loss with/without the prompt)
-    and ``judge`` are supplied by the orchestrator for the signals the params enable."""
+                  losses: LossFn | None = None, judge: JudgeFn | None = None,
+                  classifier: Classifier | None = None) -> StepResult:
+    """Compute the enabled signals; ``embed`` (normalized vectors), ``losses`` (loss with/without the prompt),
+    ``judge`` and the fitted ``classifier`` (:func:`fit_classifier`) are supplied by the orchestrator for the
+    signals the params enable."""
     require(frame, ["messages"], "signals")
     chats, responses = zip(*(prompt_response(m) for m in frame["messages"].to_list()), strict=True) if frame.height \
         else ((), ())
@@ -190,18 +230,31 @@ def score_signals(frame: pl.DataFrame, params: SignalsParams, *, embed: Callable
         if judge is None:
             raise TypeError("signals: judge needs a judge function")
         answers = judge([judge_prompt(_user_text(c), r) for c, r in zip(chats, responses, strict=True)])
-        scores = [parse_judgement(a) for a in answers]
+        graded = [judgement(a) for a in answers]
+        scores = [g[0] for g in graded]
         meta["judge_score"] = pl.Series(scores, dtype=pl.Float64)
+        meta["judge_error"] = pl.Series([g[1] for g in graded], dtype=pl.String)
         stats["judge_unparsed"] = sum(s is None for s in scores)
         checks.append(_reason(scores, "judge_score", params.judge.min_score, below=True))
+    if params.classifier is not None:
+        if classifier is None or embed is None:
+            raise TypeError("signals: classifier needs the fitted classifier and an embed function")
+        texts = frame["text"].fill_null("").to_list() if "text" in frame.columns else \
+            [_user_text(c) + "\n\n" + r for c, r in zip(chats, responses, strict=True)]
+        probs = [float(p) for p in classifier.score(embed(texts))] if texts else []
+        meta["classifier_score"] = pl.Series(probs, dtype=pl.Float64)
+        stats |= classifier.stats
+        checks.append(_reason(probs, "classifier_score", params.classifier.min_score, below=True))
     if not checks:
-        raise InputError("signals: enable at least one signal (relevance, small_model or judge)")
+        raise InputError("signals: enable at least one signal (relevance, small_model, judge or classifier)")
     scored = with_meta(frame, **meta) if meta else frame
     first = [next((c for c in row if c is not None), None) for row in zip(*checks, strict=True)] if checks else []
     reason = pl.Series([c[0] if c else None for c in first], dtype=pl.String)
     detail = pl.Series([c[1] if c else None for c in first], dtype=pl.String)
     kept, dropped = split(scored.with_columns(detail.alias("detail")), reason)
     for name, series in meta.items():
+        if series.dtype == pl.String:
+            continue
         valid = series.drop_nulls().drop_nans()
         stats[f"{name}_p10_p50_p90"] = [round(float(q), 4) for q in np.quantile(valid, [0.1, 0.5, 0.9])] \
             if valid.len() else []
