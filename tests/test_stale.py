@@ -19,6 +19,7 @@ from gristmill.common.contract import AccountingError, StepResult, no_drops
 from gristmill.common.embedding import EmbeddingParams
 from gristmill.recipe import Step, load_recipe
 from gristmill.runner import Runner, _resolved
+from tests.reliability.test_model_dirs import complete_model_dir
 
 
 def _rows(n: int) -> list[dict[str, str]]:
@@ -106,9 +107,7 @@ def test_request_cache_misses_when_the_weights_change(tmp_path: Path) -> None:
 
 
 def test_step_fingerprint_holds_the_model_identity(tmp_path: Path) -> None:
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    model = complete_model_dir(tmp_path)  # config, weights, tokenizer: the registry checks a model is complete
     recipe = load_recipe(_recipe(tmp_path, [{"normalize": {}}]))
     step = Step("dedup_semantic", EmbeddingParams(model=str(model)))
     _, view = _resolved(recipe, step)

@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 DRIVER = Path(__file__).with_name("driver.py")
 
 
-def _tiny_model(root: Path) -> Path:
+def complete_model_dir(root: Path) -> Path:
     """A complete HF causal-LM directory: config, safetensors weights, a fast tokenizer (no torch needed)."""
     import numpy as np
     from safetensors.numpy import save_file
@@ -56,13 +56,13 @@ DAMAGE = {"truncated_safetensors": _truncate, "config_not_json": _bad_config, "m
 
 
 def test_a_complete_directory_passes(tmp_path: Path) -> None:
-    check_model_dir(_tiny_model(tmp_path))
+    check_model_dir(complete_model_dir(tmp_path))
     check_model_dir(Path(resolve("minilm-l6")))  # the built-in embedding model as installed
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damage_is_named_with_the_file_and_the_fix(damage: str, tmp_path: Path) -> None:
-    model = _tiny_model(tmp_path)
+    model = complete_model_dir(tmp_path)
     file = DAMAGE[damage](model)
     with pytest.raises(ModelError) as err:
         resolve(str(model), key="train.base_model")
@@ -72,7 +72,7 @@ def test_damage_is_named_with_the_file_and_the_fix(damage: str, tmp_path: Path) 
 
 
 def test_truncated_shard_and_missing_shard(tmp_path: Path) -> None:
-    model = _tiny_model(tmp_path)
+    model = complete_model_dir(tmp_path)
     (model / "model.safetensors").rename(model / "model-00001-of-00002.safetensors")
     (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
         "w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors"}}))
@@ -109,7 +109,7 @@ ROLES = {"embedding": "steps.dedup_semantic.model", "synthesis": "steps.synthesi
 @pytest.mark.parametrize("role", list(ROLES))
 def test_each_model_role_stops_with_a_clear_error(role: str, tmp_path: Path) -> None:
     """Through the CLI: exit 2, one line naming the recipe key, the directory and the file; nothing half-written."""
-    model = _tiny_model(tmp_path)
+    model = complete_model_dir(tmp_path)
     shutil.copy(model / "config.json", tmp_path / "config.json.bak")
     file = _truncate(model)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
