@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pydantic import Field
 
@@ -82,7 +83,7 @@ def audit_rows(frame: pl.DataFrame, params: AuditParams) -> StepResult:
         report["axes"][axis] = entry
         report["gaps"] += gaps(axis, entry["group_rows"], params.gap_ratio)
     if params.label_column:
-        report["parity"] = _parity(frame, hits, axes, params)
+        report["parity"] = _parity(frame, hits, axes, params, weights)
     if params.trace:
         def detect(rows: pl.DataFrame) -> pl.DataFrame:
             return detect_groups(rows, params, lexicon).select(axes)
@@ -104,16 +105,24 @@ def audit_rows(frame: pl.DataFrame, params: AuditParams) -> StepResult:
                       gate=Gate(passed=not failures, failures=failures))
 
 
-def _parity(frame: pl.DataFrame, hits: pl.DataFrame, axes: list[str], params: AuditParams) -> dict[str, Any]:
-    """Parity per axis over rows that mention exactly one group, and per requested intersection of two axes."""
+def _parity(frame: pl.DataFrame, hits: pl.DataFrame, axes: list[str], params: AuditParams,
+            weights: np.ndarray | None = None) -> dict[str, Any]:
+    """Parity per axis over rows that mention exactly one group, and per requested intersection of two axes
+    (also weighted when the rows carry a weight)."""
     out: dict[str, Any] = {}
     label, pred = frame[params.label_column], frame[params.prediction_column] if params.prediction_column else None
     known = label.is_not_null()
+    w = pl.Series(weights if weights is not None else np.ones(frame.height)).filter(known)
+
+    def weighted(mask: pl.Series) -> np.ndarray | None:
+        return w.filter(mask).to_numpy() if weights is not None else None
+
     for axis in axes:
         mask, groups = single_group(hits[axis].filter(known))
         if groups.n_unique() >= 2:
             out[axis] = parity(label.filter(known).filter(mask), groups,
-                               pred.filter(known).filter(mask) if pred is not None else None, params.n_boot, params.seed)
+                               pred.filter(known).filter(mask) if pred is not None else None, params.n_boot, params.seed,
+                               weighted(mask))
     for a, b in params.intersections:
         ma, ga = single_group(hits[a].filter(known))
         mb, gb = single_group(hits[b].filter(known))
@@ -122,5 +131,6 @@ def _parity(frame: pl.DataFrame, hits: pl.DataFrame, axes: list[str], params: Au
                                                                      separator="+")).to_series()
         if combo.n_unique() >= 2:
             out[f"{a}+{b}"] = parity(label.filter(known).filter(both), combo,
-                                     pred.filter(known).filter(both) if pred is not None else None, params.n_boot, params.seed)
+                                     pred.filter(known).filter(both) if pred is not None else None, params.n_boot,
+                                     params.seed, weighted(both))
     return out

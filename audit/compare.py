@@ -5,7 +5,8 @@ A recipe may carry several ``audit`` steps. A later audit finds the latest earli
 checkpoint of each step before it, set by the runner), reads that audit's report from the checkpoint
 (``stats.json``, key ``report``) and sets, per axis present in both: the rows (or, when the rows carry a
 ``weight``, the weight) per group, the shares, the max/min ratio and the total-variation distance from the
-reference, before and after, plus the gate verdict and the gaps before and after. "After" is the weighted figure
+reference, before and after, plus the gate verdict, the gaps and the parity (selection rates, demographic parity
+difference and ratio) before and after. "After" is the weighted figure
 when the later audit weighed the rows (``reweigh`` changes no row, only how much each one counts in training).
 
 Worked example: an audit counts f 3, m 1 (ratio 3.0); ``reweigh`` gives f's rows weight 2/3 and m's row 2; the
@@ -60,4 +61,13 @@ def before_after(trace: list[TraceStep] | None, report: dict[str, Any]) -> dict[
             "gate_passed": {"before": earlier.get("gate", {}).get("passed"),
                             "after": report.get("gate", {}).get("passed")},
             "gaps": {"before": earlier.get("gaps", []), "after": report.get("gaps", [])},
-            "axes": axes}
+            "axes": axes,
+            "parity": {key: {"before": _parity_summary(earlier["parity"][key]), "after": _parity_summary(par)}
+                       for key, par in report.get("parity", {}).items() if key in earlier.get("parity", {})}}
+
+
+def _parity_summary(par: dict[str, Any]) -> dict[str, Any]:
+    source = par.get("weighted", par)
+    return {"selection_rate": source["selection_rate"],
+            "demographic_parity_difference": source["demographic_parity_difference"],
+            "demographic_parity_ratio": source["demographic_parity_ratio"], "weighted": "weighted" in par}

@@ -61,16 +61,18 @@ def check(report: dict[str, Any], gate: GateParams) -> list[dict[str, str]]:
         if gate.max_divergence is not None and tvd is not None and tvd > gate.max_divergence:
             rows.append(failure("divergence_tvd" + tag, axis, shown["divergence"]["reference"], tvd,
                                 f"<= {gate.max_divergence}"))
-    for key, par in report.get("parity", {}).items():
+    for key, unweighted in report.get("parity", {}).items():
+        par = unweighted.get("weighted", unweighted)  # the selection rates training sees (reweigh)
+        wtag = " (weighted)" if "weighted" in unweighted else ""
         rates = par["selection_rate"]
         span = f"{max(rates, key=rates.get)} {max(rates.values())} / {min(rates, key=rates.get)} {min(rates.values())}"
         if gate.max_selection_rate_difference is not None and par["demographic_parity_difference"] > gate.max_selection_rate_difference:
-            rows.append(failure("demographic_parity_difference", key, span, par["demographic_parity_difference"],
+            rows.append(failure("demographic_parity_difference" + wtag, key, span, par["demographic_parity_difference"],
                                 f"<= {gate.max_selection_rate_difference}"))
         dpr = par["demographic_parity_ratio"]
         if gate.min_demographic_parity_ratio is not None and dpr != "n/a" and dpr < gate.min_demographic_parity_ratio:
-            rows.append(failure("demographic_parity_ratio", key, span, dpr, f">= {gate.min_demographic_parity_ratio}"))
-        eod = par.get("equalized_odds_difference")
+            rows.append(failure("demographic_parity_ratio" + wtag, key, span, dpr, f">= {gate.min_demographic_parity_ratio}"))
+        eod = unweighted.get("equalized_odds_difference")
         if gate.max_equalized_odds_difference is not None and eod is not None and eod > gate.max_equalized_odds_difference:
             rows.append(failure("equalized_odds_difference", key, "all", eod, f"<= {gate.max_equalized_odds_difference}"))
     if gate.max_drop_rate_ratio is not None:

@@ -28,8 +28,11 @@ def _binary(values: pl.Series, name: str) -> np.ndarray:
 
 
 def parity(labels: pl.Series, groups: pl.Series, predictions: pl.Series | None = None, n_boot: int = 200,
-           seed: int = 0) -> dict[str, Any]:
-    """Selection rate per group (with 95% CI), DP difference/ratio and, with ``predictions``, equalized odds."""
+           seed: int = 0, weights: np.ndarray | None = None) -> dict[str, Any]:
+    """Selection rate per group (with 95% CI), DP difference/ratio and, with ``predictions``, equalized odds.
+
+    With ``weights`` (reweigh's ``weight``) also ``weighted``: the selection rates as training sees them,
+    sum(w y) / sum(w) per group, and their DP difference/ratio (Kamiran–Calders weights make the difference 0)."""
     from fairlearn.metrics import MetricFrame, equalized_odds_difference, selection_rate
 
     y = _binary(labels, "label_column")
@@ -46,6 +49,13 @@ def parity(labels: pl.Series, groups: pl.Series, predictions: pl.Series | None =
     if n_boot:
         ci = group_rate_ci(y, g, n_boot, seed)
         out["selection_rate_ci95"] = {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in ci.items()}
+    if weights is not None:
+        wmf = MetricFrame(metrics=selection_rate, y_true=y, y_pred=y, sensitive_features=g,
+                          sample_params={"sample_weight": np.asarray(weights, dtype=float)})
+        wrates = {str(k): round(float(v), 4) for k, v in wmf.by_group.items()}
+        whigh, wlow = max(wrates.values()), min(wrates.values())
+        out["weighted"] = {"selection_rate": wrates, "demographic_parity_difference": round(whigh - wlow, 4),
+                           "demographic_parity_ratio": ratio_or_na(wlow, whigh) if whigh else "n/a"}
     if predictions is not None:
         p = _binary(predictions, "prediction_column")
         out["equalized_odds_difference"] = round(float(equalized_odds_difference(y, p, sensitive_features=g)), 4)

@@ -138,8 +138,9 @@ def test_counterfactual_rows_are_added_marked_and_counted() -> None:
 
 
 def _write_rows(path: Path, texts: list[str]) -> None:
-    path.write_text("".join(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": f"Question {i}?"},
-                                                                     {"role": "assistant", "content": t}]}) + "\n"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "label": i % 2,
+                                        "messages": [{"role": "user", "content": f"Question {i}?"},
+                                                     {"role": "assistant", "content": t}]}) + "\n"
                             for i, t in enumerate(texts)))
 
 
@@ -156,8 +157,9 @@ def _recipe(tmp_path: Path, steps: list[dict]) -> Path:
 
 
 def test_a_second_audit_shows_before_and_after_with_weighted_shares(tmp_path: Path) -> None:
-    audit = {"audit": {"axes": ["gender"], "n_boot": 0, "associations": {"enabled": False}}}
-    steps = [audit, {"counterfactual_augment": {"max_rows": 1}}, {"reweigh": {"axis": "gender"}}, audit]
+    audit = {"audit": {"axes": ["gender"], "label_column": "label", "n_boot": 0, "associations": {"enabled": False}}}
+    steps = [audit, {"counterfactual_augment": {"max_rows": 1}},
+             {"reweigh": {"axis": "gender"}}, audit]
     assert main(["-q", "run", str(_recipe(tmp_path, steps)), "--no-train"]) == 0
     run = tmp_path / "run"
     first = json.loads((run / "reports" / "01-audit.json").read_text())
@@ -175,6 +177,10 @@ def test_a_second_audit_shows_before_and_after_with_weighted_shares(tmp_path: Pa
     assert before["group_rows"] == {"female": 6, "male": 1, "nonbinary": 0, "transgender": 0} and not before["weighted"]
     assert second["before_after"]["steps_between"] == ["counterfactual_augment", "reweigh"]
     assert second["before_after"]["rows"] == {"before": 9, "after": 10}
+    # Parity before (rows) and after (weighted selection rates: the rows' labels weighed as training sees them).
+    parity = second["before_after"]["parity"]["gender"]
+    assert not parity["before"]["weighted"] and parity["after"]["weighted"]
+    assert parity["after"]["selection_rate"] == second["parity"]["gender"]["weighted"]["selection_rate"]
     data = pl.read_parquet(run / "dataset" / "data.parquet")
     assert data["weight"].sum() == pytest.approx(10.0)
 
@@ -213,3 +219,22 @@ def test_the_gate_judges_weighted_shares_and_row_counts_stay_rows() -> None:
     assert entry["group_rows"] == {"F": 3, "M": 1} and entry["weighted"]["group_rows"] == {"F": 2.0, "M": 2.0}
     assert entry["weighted"]["representation_ratio"] == 1.0
     assert [f.split(" | ")[0] for f in weighted.gate.failures] == ["min_group_rows"]  # M still has one row
+
+
+def test_kamiran_calders_weights_close_the_weighted_parity_gap() -> None:
+    from gristmill.audit.audit import AuditParams, audit_rows
+
+    frame = make_frame(TEXTS, label=LABELS)
+    params = AuditParams(axes=["gender"], label_column="label", n_boot=0,
+                         gate={"max_selection_rate_difference": 0.1})
+    before = audit_rows(frame, params)
+    # Single-group rows: female labels 1 1 1 0 (rate 0.75), male 1 0 0 0 (0.25): difference 0.5, ratio 1/3.
+    par = before.report["parity"]["gender"]
+    assert par["selection_rate"] == {"female": 0.75, "male": 0.25} and par["demographic_parity_difference"] == 0.5
+    assert [f.split(" | ")[0] for f in before.gate.failures] == ["demographic_parity_difference"]
+    after = audit_rows(reweigh(frame, ReweighParams(axis="gender", label_column="label")).kept, params)
+    par = after.report["parity"]["gender"]
+    assert par["selection_rate"] == {"female": 0.75, "male": 0.25}  # the rows did not change
+    assert par["weighted"] == {"selection_rate": {"female": 0.5, "male": 0.5}, "demographic_parity_difference": 0.0,
+                               "demographic_parity_ratio": 1.0}
+    assert after.gate.passed
