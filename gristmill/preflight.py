@@ -5,7 +5,7 @@ problem at once, each naming the recipe key, the file and the fix:
 
 - each input exists and its first records parse under its ``mapping`` (the whole file up to ``SAMPLE_BYTES``,
   else its first ``SAMPLE_RECORDS`` lines);
-- every file a step or ``train`` names exists (gold sets, eval sets, seeds, lexicons, earlier datasets) and has
+- every file a step, ``train`` or an ``eval`` set names exists (gold sets, eval sets, seeds, lexicons, earlier datasets) and has
   the columns the recipe names (``decontaminate.text_fields``, ``quality.label_column`` with the classifier,
   ``audit.label_column``/``prediction_column`` among the inputs' columns, ``id``/``text`` of
   ``dedup_minhash.against``, ``messages``/``text`` of ``train.eval_file``);
@@ -85,15 +85,21 @@ def _check_inputs(recipe: Recipe, errors: list[str]) -> set[str]:
 
 def _check_files(recipe: Recipe, errors: list[str]) -> None:
     """Every path field (steps, nested models, train) names an existing file."""
-    sections: list[tuple[str, BaseModel]] = [(f"steps[{i}].{s.name}", s.params) for i, s in enumerate(recipe.steps)]
+    # eval sets first: the implicit eval_decontaminate step names the same files, reported once under eval[i]
+    sections: list[tuple[str, BaseModel]] = [(f"eval[{i}]", spec)
+                                             for i, spec in enumerate(getattr(recipe, "eval", None) or [])]
+    sections += [(f"steps[{i}].{s.name}", s.params) for i, s in enumerate(recipe.steps)]
     if recipe.train is not None:
         sections.append(("train", recipe.train))
+    reported: set[Path] = set()
     for where, params in sections:
         for key, model in _walk(params, where):
             for name in path_fields(model):
                 value = getattr(model, name)
                 for item in value if isinstance(value, list) else [] if value is None else [value]:
-                    if not recipe.resolve(item).exists():
+                    path = recipe.resolve(item)
+                    if not path.exists() and path not in reported:
+                        reported.add(path)
                         errors.append(f"{key}.{name}: {recipe.resolve(item)} does not exist (paths are relative to "
                                       f"the recipe file {recipe.path})")
 

@@ -63,6 +63,13 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--help"]) == 0 and "--adapter" in capsys.readouterr().out
 
 
+def test_eval_runs_the_evaluation_module(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command reaches gristmill.evaluation (scoring itself is covered by its own, model-loading tests): a run
+    whose recipe has no eval sets is a user error naming the fix."""
+    assert main(["eval", str(run_dir)]) == 2
+    assert "has no `eval:` section" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run"]) == 2
     assert main(["no-such-command"]) == 2
@@ -283,3 +290,12 @@ def test_explain_a_synthetic_row_shows_its_provenance(tmp_path: Path, sample_dir
     assert main(["explain", str(run), row_id]) == 0
     err = capsys.readouterr().err
     assert "generated here" in err and "fake-model" in err and "template_hash" in err
+
+
+def test_validate_names_a_missing_eval_set_once(tmp_path: Path, sample_dir: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = _recipe(tmp_path, steps=STEPS[:1])
+    path.write_text(path.read_text() + "eval:\n- {name: qa, path: data/nope.jsonl, mapping: alpaca}\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "eval[0].path:" in err and err.count("nope.jsonl does not exist") == 1

@@ -27,7 +27,15 @@ def eval_command(
     from gristmill.evaluation import eval_run
 
     result = eval_run(run_dir, adapter)
-    state.console.print(dict_table(result, title=f"eval {run_dir}"))
+    columns, rows = result.get("columns"), result.get("table")
+    if not (isinstance(columns, list) and isinstance(rows, list)):
+        state.console.print(dict_table(result, title=f"eval {run_dir}"))
+        return 0
+    table = Table(*columns, title=f"eval {run_dir}")
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
+                        for v in (row.get(c) for c in columns)))
+    state.console.print(table)
     return 0
 
 
