@@ -178,9 +178,15 @@ def counterfactual_augment(frame: pl.DataFrame, params: CounterfactualParams) ->
     swaps = load_swaps(params.pairs, params.name_pairs)
     has_messages = "messages" in frame.columns
     rows = frame.select(["id", "text", *(["messages"] if has_messages else [])]).to_dicts()
+    # A row that is itself a swapped copy, or whose copy is already in the frame (a second counterfactual_augment
+    # step), gets none: the swap of a swap is the original.
+    ids = set(frame["id"].cast(pl.String).to_list())
+    skip = {r["id"] for r in rows if str(r["id"]).startswith("cf:") or f"cf:{r['id']}" in ids}
     swapped: list[dict[str, Any]] = []
     per_word: dict[str, int] = {}
     for i, row in enumerate(rows):
+        if row["id"] in skip:
+            continue
         total = 0
         counts: list[dict[str, int]] = []
         messages = None
@@ -221,6 +227,6 @@ def counterfactual_augment(frame: pl.DataFrame, params: CounterfactualParams) ->
     if "demographics" in [f.name for f in out.schema["meta"].fields]:  # an earlier audit's groups: stale once swapped
         out = with_meta(out, demographics=pl.when(marks.is_not_null()).then(None)
                         .otherwise(pl.col("meta").struct.field("demographics")))
-    stats = {"rows_with_swaps": len(swapped), "rows_augmented": len(picked), "swaps": sum(r["swaps"] for r in picked),
+    stats = {"rows_with_swaps": len(swapped), "rows_augmented": len(picked), "rows_already_augmented": len(skip), "swaps": sum(r["swaps"] for r in picked),
              "swaps_by_word": dict(sorted(per_word.items(), key=lambda kv: (-kv[1], kv[0])))}
     return StepResult(out, no_drops(out), stats, rows_in=frame.height, added=len(picked))

@@ -238,3 +238,11 @@ def test_kamiran_calders_weights_close_the_weighted_parity_gap() -> None:
     assert par["weighted"] == {"selection_rate": {"female": 0.5, "male": 0.5}, "demographic_parity_difference": 0.0,
                                "demographic_parity_ratio": 1.0}
     assert after.gate.passed
+
+
+def test_a_second_counterfactual_step_adds_nothing_twice() -> None:
+    frame = make_frame(["He ran.", "She sat.", "A table."])
+    once = counterfactual_augment(frame, CounterfactualParams()).kept
+    twice = counterfactual_augment(once, CounterfactualParams())
+    twice.check("counterfactual_augment", once)
+    assert once.height == 5 and twice.added == 0 and twice.stats["rows_already_augmented"] == 4
