@@ -59,6 +59,7 @@ from gristmill.common.text import messages_text
 log = logging.getLogger(__name__)
 
 KINDS = ("eval_low_score", "near_threshold", "audit_flagged")
+DEFAULT_LIMIT = 200
 LOW_SCORE = 0.5
 """Eval answers with ROUGE-L below this are candidates."""
 NEAR = 0.5
@@ -307,10 +308,12 @@ def _task(c: dict[str, Any], run: str) -> dict[str, Any]:
     return {"data": data}
 
 
-def export_tasks(run_dir: Path, out: Path | None = None, limit: int = 200) -> dict[str, Any]:
+def export_tasks(run_dir: Path, out: Path | None = None, limit: int | None = DEFAULT_LIMIT) -> dict[str, Any]:
     """Write Label Studio tasks for the run's doubtful rows (see the module docstring) to ``out`` (default
-    ``<run>/review/tasks.json``) and the labeling config beside it; returns the counts per kind."""
+    ``<run>/review/tasks.json``) and the labeling config beside it; returns the counts per kind. ``limit``: at
+    most this many tasks (None: ``DEFAULT_LIMIT``)."""
     run_dir = Path(run_dir)
+    limit = DEFAULT_LIMIT if limit is None else limit
     if not (run_dir / "steps").is_dir():
         raise MissingFileError(f"{run_dir} is not a run directory (no steps/): give the output.dir of a run")
     if limit < 1:

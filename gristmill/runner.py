@@ -286,7 +286,7 @@ class Runner:
             if not manifest["train"]["resumed"]:
                 recomputed.append("train")
         manifest["adapter"] = adapter_state(self.run_dir / "adapter", fp)
-        if manifest["adapter"] and not manifest["adapter"]["current"]:
+        if manifest["adapter"] and manifest["adapter"]["current"] is False:
             log.warning(f"{self.run_dir / 'adapter'} was trained on other data than this run's dataset (a run "
                         f"without training kept it); retrain with `gristmill train {self.run_dir}` or delete it")
         manifest["status"] = "ok"

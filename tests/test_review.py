@@ -322,3 +322,21 @@ def test_export_from_a_real_audited_run(tmp_path: Path, sample_dir: Path) -> Non
         axis, group = re.match(r"(\w+): (\w+)", d["detail"]).groups()  # type: ignore[union-attr]
         assert (axis, group) in flagged and group in demo[d["row_id"]][axis]
         assert d["step"] == "02-audit" and d["instruction"] and d["response"]
+
+
+def test_cli_review_export_and_import(tmp_path: Path) -> None:
+    from gristmill.cli import main
+
+    run = build_run(tmp_path)
+    assert main(["review", "export", str(run)]) == 0  # no --limit: the default
+    assert len(json.loads((run / "review" / "tasks.json").read_text())) == 7
+    assert main(["review", "export", str(run), "--out", str(tmp_path / "t.json"), "--limit", "2"]) == 0
+    tasks = json.loads((tmp_path / "t.json").read_text())
+    assert len(tasks) == 2
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(_ls_json_export(tasks, {tasks[1]["data"]["task_key"]: [
+        _annotation("accept", "2026-11-02T10:00:00Z")]})))
+    assert main(["review", "import", str(run), str(export)]) == 0
+    assert set(_jsonl(run / "review" / "accepted.jsonl")) == {"q2"}
+    export.write_text("[1]")
+    assert main(["review", "import", str(run), str(export)]) == 2  # a user error: exit 2
