@@ -172,7 +172,7 @@ class _Matcher:
     """The axis's scan pattern (``(?i)`` + alternatives, longest first)."""
     alternatives: tuple[tuple[str, str | None], ...]
     """Each alternative's regex source with its group (``None``: an exclusion), in scan order."""
-    by_initial: dict[str, tuple[int, ...]]
+    by_initial: dict[str, tuple[int, ...]] = field(compare=False, hash=False)
     """ASCII letter/digit -> indices of the alternatives a match starting with it can be (ascending): those whose
     term starts with that character (any case) plus those that can start with anything (a class, a raw regex)."""
     required: tuple[str | None, ...] = ()
