@@ -175,14 +175,14 @@ def load_step(target: Path, expected_fingerprint: str) -> tuple[pl.DataFrame, di
 
 def adapter_state(adapter_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:
     """Which data the adapter in ``adapter_dir`` was trained on, against the run's current data: None when there
-    is no adapter, else ``{"data_fingerprint", "current"}``. A ``--no-train`` run after a trained one leaves the
-    old adapter in place; this is what the manifest records so ``gristmill inspect`` can say it is stale."""
+    is no adapter, else ``{"data_fingerprint", "current"}`` (``current`` None when the adapter does not record its
+    data: trained by an older gristmill). A ``--no-train`` run after a trained one leaves the old adapter in place;
+    this is what the manifest records so ``gristmill inspect`` can say it is stale."""
     metrics_path = adapter_dir / "train_metrics.json"
     if not metrics_path.is_file():
         return None
     try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError):
-        return {"data_fingerprint": None, "current": False}
-    trained_on = metrics.get("data_fingerprint") or (metrics.get("card") or {}).get("data_fingerprint")
-    return {"data_fingerprint": trained_on, "current": trained_on == data_fingerprint}
+        trained_on = json.loads(metrics_path.read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        trained_on = None
+    return {"data_fingerprint": trained_on, "current": None if trained_on is None else trained_on == data_fingerprint}

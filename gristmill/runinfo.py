@@ -59,7 +59,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
                           "yield": round(in_final / stats["rows_added"], 4) if in_final is not None else None})
     adapter = manifest.get("adapter")
     if adapter is None and (run_dir / "adapter" / "train_metrics.json").is_file():
-        adapter = {"data_fingerprint": None, "current": False}  # a manifest older than the adapter record
+        adapter = {"data_fingerprint": None, "current": None}  # a manifest older than the adapter record
     gate: dict[str, Any] = {"status": manifest.get("status")}
     if manifest.get("gate_failures"):
         gate["failures"] = manifest["gate_failures"]

@@ -299,3 +299,16 @@ def test_validate_names_a_missing_eval_set_once(tmp_path: Path, sample_dir: Path
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "eval[0].path:" in err and err.count("nope.jsonl does not exist") == 1
+
+
+def test_adapter_state_known_answers(tmp_path: Path) -> None:
+    from gristmill.checkpoint import adapter_state
+
+    assert adapter_state(tmp_path / "adapter", "fp") is None  # no adapter
+    (tmp_path / "adapter").mkdir()
+    metrics = tmp_path / "adapter" / "train_metrics.json"
+    metrics.write_text(json.dumps({"fingerprint": "t"}))  # an adapter of an older gristmill: its data is unknown
+    assert adapter_state(tmp_path / "adapter", "fp") == {"data_fingerprint": None, "current": None}
+    metrics.write_text(json.dumps({"fingerprint": "t", "data_fingerprint": "fp"}))
+    assert adapter_state(tmp_path / "adapter", "fp") == {"data_fingerprint": "fp", "current": True}
+    assert adapter_state(tmp_path / "adapter", "other") == {"data_fingerprint": "fp", "current": False}

@@ -48,7 +48,11 @@ def inspect(run_dir: RunDir) -> int:
         t = info["train"]
         console.print(Text(f"train: {t['steps']} steps, eval loss {t['eval_loss_before']} → {t['eval_loss_after']}"))
     adapter = info["adapter"]
-    if adapter and not adapter["current"]:
+    if adapter and adapter["current"] is None:
+        console.print(Text(f"adapter: {run_dir / 'adapter'} does not record which data it was trained on (an older "
+                           f"gristmill); retrain with `gristmill train {run_dir}` to be sure it fits this dataset",
+                           style="yellow"))
+    elif adapter and not adapter["current"]:
         console.print(Text(f"adapter: STALE — {run_dir / 'adapter'} was trained on other data (fingerprint "
                            f"{str(adapter['data_fingerprint'])[:12]}) than this run's dataset; retrain with "
                            f"`gristmill train {run_dir}` or delete it", style="yellow"))
