@@ -6,7 +6,8 @@ back as a recorded input of the next run, recorded rejects and labels for the qu
 - ``eval_low_score``: generated eval answers whose ROUGE-L against the reference is below ``LOW_SCORE`` (0.5),
   lowest first: the eval sets' answers (``<run>/eval/<set>.json`` "examples", written by ``gristmill eval`` and
   by a run with an ``eval:`` section; the prompts are read again from the set's file) and the held-out answers
-  of training (``<run>/adapter/eval_predictions.parquet``; prompts from ``<run>/dataset/data.parquet``).
+  of training (``<run>/adapter/eval_predictions.parquet``; prompts from ``<run>/dataset/data.parquet``). An
+  answer whose prompt cannot be found is left out: it can be neither judged nor trained on.
 - ``near_threshold``: rows a ``quality`` or ``signals`` step scored against a threshold (a ``min_<x>``/``max_<x>``
   param, nested ones such as ``judge.min_score`` -> ``meta.judge_score``; ``quality``'s ``keep`` ->
   ``meta.quality_score``, its ``top_fraction`` cut taken as the lowest kept score), kept or dropped, whose score
@@ -250,6 +251,8 @@ def _eval_low_score(run_dir: Path) -> list[dict[str, Any]]:
         prompts = _prompts_of_eval_set(result)
         name = result.get("name", path.stem)
         for e in examples:
+            if prompts.get(str(e["id"])) is None:  # an answer cannot be judged (nor trained on) without its prompt
+                continue
             for side, score in e["rougeL"].items():
                 if side == "base" or score is None or score >= LOW_SCORE:
                     continue
@@ -267,9 +270,9 @@ def _eval_low_score(run_dir: Path) -> list[dict[str, Any]]:
             if data.is_file() and "messages" in pl.read_parquet_schema(data) else {}
         for r in pl.read_parquet(held_out).to_dicts():
             score = rouge_l(tokens(r["adapter"] or ""), tokens(r["reference"] or ""))
-            if score >= LOW_SCORE:
+            prompt = known.get(str(r["id"]))  # the recorded prompt is chat-templated text: not a training turn
+            if score >= LOW_SCORE or prompt is None:
                 continue
-            prompt = known.get(str(r["id"])) or [{"role": "user", "content": r.get("prompt") or ""}]
             out.append(_candidate(
                 "eval_low_score", {"id": r["id"], "source": str(held_out)}, step="adapter/eval_predictions",
                 reason="eval_low_rougeL", detail=f"ROUGE-L {score:.3f} < {LOW_SCORE} (adapter answer to a held-out "
@@ -390,6 +393,13 @@ def _records(items: list[Any]) -> tuple[list[tuple[int, dict[str, Any], dict[str
         if not data.get("task_key") or not data.get("row_id"):
             problems.append(f"task {i}: data has no task_key/row_id, so it did not come from `gristmill review "
                             "export` (import the tasks file it wrote into the Label Studio project, label, export)")
+            continue
+        prompt = data.get("prompt_messages")
+        if prompt is not None and not (isinstance(prompt, list) and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in prompt)):
+            problems.append(f"task {i} ({data['row_id']}): data.prompt_messages is not a list of {{role, content}} "
+                            "turns; re-export the tasks with `gristmill review export`")
             continue
         if verdict is not None:
             if verdict["decision"] not in CHOICES:

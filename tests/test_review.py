@@ -117,6 +117,11 @@ def test_export_picks_ranks_and_interleaves_the_kinds(tmp_path: Path) -> None:
     assert [t["data"]["task_key"] for t in json.loads((tmp_path / "few.json").read_text())] == keys[:4]
     assert Path(short["labeling_config"]) == tmp_path / "few.labeling_config.xml"
 
+    # An answer whose prompt is gone (eval set file deleted, held-out row not in the dataset) is not exported.
+    (tmp_path / "qa.jsonl").unlink()
+    pl.DataFrame({"id": ["d2"], "messages": [_chat("q", "a")]}).write_parquet(run / "dataset" / "data.parquet")
+    assert export_tasks(run)["by_kind"] == {"eval_low_score": 0, "near_threshold": 3, "audit_flagged": 2}
+
 
 def test_labeling_config_is_valid_xml_over_the_task_fields(tmp_path: Path) -> None:
     run = build_run(tmp_path)
@@ -280,14 +285,17 @@ def test_bad_exports_are_clear_errors(tmp_path: Path) -> None:
                                          tasks[2]["data"]["task_key"]: [_annotation("accept", "2026-11-02")]})
     export.append({"id": 9, "data": {"text": "a task from elsewhere"}, "annotations": []})
     export.append("not a task")
+    export.append({"id": 10, "data": {**tasks[3]["data"], "prompt_messages": "what is 1 plus 2 ?"},
+                   "annotations": [_annotation("accept", "2026-11-02")]})
     bad.write_text(json.dumps(export))
     with pytest.raises(UserError) as err:
         import_labels(run, bad)
     msg = str(err.value)
-    assert "4 task(s) cannot be imported" in msg  # every problem at once, each with its task index
+    assert "5 task(s) cannot be imported" in msg  # every problem at once, each with its task index
     assert "task 0 (e1): decision 'maybe' is not one of ['accept', 'reject', 'corrected']" in msg
     assert "task 1 (q2): decision 'corrected' without a corrected_answer" in msg
     assert "task 3: data has no task_key/row_id" in msg and "task 4: not a JSON object" in msg
+    assert "task 5 (d1): data.prompt_messages is not a list of {role, content} turns" in msg
     assert not (run / "review" / "accepted.jsonl").exists()  # nothing recorded from a bad file
     with pytest.raises(UserError, match="--limit must be at least 1"):
         export_tasks(run, limit=0)
