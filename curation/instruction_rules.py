@@ -63,12 +63,18 @@ _PAIRS = (("(", ")"), ("[", "]"), ("{", "}"), ("“", "”"))
 _REFUSALS = tuple(re.compile(p, re.I | re.M) for p in (
     r"\bas an ai(?:-powered)? (?:language )?model\b",
     r"\bas a (?:large )?language model\b",
-    r"\bas an ai(?: assistant)?,? i (?:do not|don't|cannot|can't|am unable|am not able|have no)\b",
+    r"\bas an? (?:ai|artificial intelligence)(?: assistant| system| model)?,? i (?:do not|don't|cannot|can't|"
+    r"am unable|am not able|have no)\b",
     r"\bi(?:'m| am) (?:just |only )?an ai(?: assistant| language model)?\b[^.]{0,60}\b(?:can't|cannot|don't|do not)\b",
     r"^\W*(?:i'm sorry|i am sorry|i apologi[sz]e|sorry|unfortunately)[,.!]?\s*(?:but\s*)?,?\s*i (?:can't|cannot|"
     r"can not|am unable to|am not able to|won't|will not|must decline)\b",
-    r"^\W*i (?:can't|cannot|am unable to|am not able to|won't|must decline to) (?:help|assist|comply|fulfill|"
-    r"provide|create|generate|write|answer|do that|engage|complete)\b",
+    r"^\W*i(?:'m| am)? (?:can't|cannot|unable to|not able to|won't|won't be able to|will not be able to|must "
+    r"decline to) (?:help|assist|comply|fulfill|provide|create|generate|write|answer|do that|engage|complete|"
+    r"take part|participate)\b(?! but\b)",  # "I can't help but smile" is no refusal
+    r"^\W*(?:as much as|much as|while|though|although) i(?:'d| would) (?:like|love) to,? (?:but )?i (?:can't|"
+    r"cannot|won't|am unable to|am not able to)\b",
+    r"^\W*(?:that's|that is|this is|it's|it is) not something i(?: can| could|'m able to| am able to) "
+    r"(?:help|assist|do|write|provide|create|answer)\b",
     r"\bmy (?:knowledge|training data) (?:cutoff|cut-off)\b",
 ))
 _PERSONA = 4
@@ -79,6 +85,7 @@ _PLACEHOLDERS = tuple(re.compile(p, re.I if i >= 2 else 0) for i, p in enumerate
     r"\{\{\s*[\w.]+\s*\}\}|\{(?:input|instruction|output|question|answer|context|text|query|prompt|response)\}",
     r"\"\s*\+\s*\w+\s*\+\s*\"|'\s*\+\s*\w+\s*\+\s*'",  # " + input + "
     r"\[(?:insert|your|placeholder|name of|enter)\b[^\]\n]{0,40}\]",  # [Your Name], [insert date]
+    r"(?-i:\[(?:[A-Z][a-z]+ ){0,3}(?:Name|Date|Address|Company|Email|Phone Number|Signature|Recipient)\])",
     r"<(?:insert|your|placeholder)\b[^<>\n]{0,40}>",
     r"<\|[a-z_]+\|>|\[/?INST\]|^\s*#{2,3}\s*(?:instruction|response|input)\s*:",
 )))

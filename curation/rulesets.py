@@ -36,7 +36,7 @@ from gristmill.curation import textstats as ts
 from gristmill.curation.instruction_rules import INSTRUCTION, instruction_metrics
 from gristmill.curation.rulebase import DETAIL_PREFIX, Rule, breaks, detail
 
-VERSION = "3"  # 3: code_aware (prose view of turns); 2: min_alpha_words over words, detail, field, instruction
+VERSION = "4"  # 4: more refusal/placeholder wordings; 3: code_aware turns; 2: alpha words, detail, field
 
 RuleSet = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb_quality", "language", "instruction"]
 

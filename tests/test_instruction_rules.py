@@ -226,3 +226,26 @@ def test_code_aware_defaults_by_field_and_a_link_inside_code_is_no_link_only_ans
             "link": ("Where is the tutorial?", "See https://docs.python.org/3/tutorial/")}
     assert {k: v[0] for k, v in _drops(rows, rule_sets=["instruction"]).items()} == {
         "link": "instruction.min_words_outside_links"}
+
+
+def test_refusal_and_placeholder_wordings_beyond_the_evaluation_set() -> None:
+    """Wordings the bench's held-out split showed the first patterns missed (curation_quality.py heldout)."""
+    defects = {
+        "wont": (Q, "I won't be able to take part in this role-play."),
+        "not_able": (Q, "I'm not able to help with this one."),
+        "like_to": (Q, "As much as I'd like to, I can't write that for you."),
+        "not_something": (Q, "That's not something I can help with, sorry."),
+        "artificial": (Q, "As an artificial intelligence, I do not have a kitchen, but roast them at 200 C."),
+        "customer": ("Write a reply to a customer.", "Hi [Customer Name],\n\nThank you for your order."),
+        "astronaut": ("Greet the aliens.", "Greetings from Earth.\n\nSincerely,\n[Astronaut Name]"),
+    }
+    near = {
+        "help_but": ("Imagine you see the sea.", "I can't help but smile at the sight of the waves."),
+        "stage": ("Act out a scene.", "[Sighs] Well then, let us begin the long journey home."),
+        "in_character": ("Role play as a guard.", "You cannot pass, traveler, the gate is closed at night."),
+    }
+    got = _drops(defects | near, rule_sets=["instruction"])
+    assert {k: v[0] for k, v in got.items()} == {
+        **{k: "instruction.refusal" for k in ("wont", "not_able", "like_to", "not_something", "artificial")},
+        "customer": "instruction.placeholder", "astronaut": "instruction.placeholder"}
+    assert got["customer"][1] == "placeholder '[Customer Name]' in assistant turn 2"
