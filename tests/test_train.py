@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gristmill.train.formatting import IGNORE, EncodeStats, Example, TemplateError, encode_row, encode_rows
-from gristmill.train.packing import collate_packed, collate_padded, length_batches, plan_epoch
+from gristmill.train.packing import collate_packed, collate_padded, length_batches, plan_epoch, widen
 from gristmill.train.params import TrainParams
 from tests.conftest import ROOT
 from tests.test_train_support import NO_EOS, sum_rows, tiny_model_dir, tiny_tokenizer
@@ -100,6 +100,18 @@ def test_collate_packed_restarts_positions_and_masks_boundaries() -> None:
     assert padded["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, 9, IGNORE]]
 
 
+def test_widen_pads_to_a_multiple_with_a_block_nobody_learns_from() -> None:
+    a, b = Example([5, 6, 7], [IGNORE, 6, 7], 2.0), Example([8, 9], [IGNORE, 9], 1.0)
+    packed = widen(collate_packed([a, b]), 4, pad_id=0)
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
+    assert packed["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, 9, IGNORE, IGNORE, IGNORE]]
+    assert packed["weights"].tolist() == [[2.0, 2.0, 2.0, 1.0, 1.0, 0.0, 0.0, 0.0]]
+    padded = widen(collate_padded([a, b], pad_id=0), 4, pad_id=0)
+    assert padded["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    assert widen(padded, 4, pad_id=0)["input_ids"].shape == (2, 4)  # already a multiple: unchanged
+
+
 def test_batch_plans_are_reproducible_and_length_grouped() -> None:
     lengths = [10, 200, 12, 190, 11, 210, 9, 205]
     assert plan_epoch(lengths, 2, seed=3, epoch=1, by_length=True) == \
@@ -135,11 +147,13 @@ def test_packed_and_padded_batches_give_the_same_token_losses(tiny: Path, method
         alone = torch.cat([token_losses(model, collate([e], tok.pad_token_id, packing=False))[0] for e in examples])
         rows = collate(examples, tok.pad_token_id, packing=True, max_row=40)  # several rows + padding blocks
         multi, _ = token_losses(model, rows)
+        wide, _ = token_losses(model, collate(examples, tok.pad_token_id, packing=True, max_row=40, pad_multiple=128))
     assert rows["input_ids"].shape[0] > 1
     assert packed.shape == padded.shape == alone.shape == (sum(e.n_targets for e in examples),)
     # Per example: token losses are in example order in packed/padded/alone; rows reorder examples.
     assert torch.allclose(packed, alone, atol=2e-4) and torch.allclose(padded, alone, atol=2e-4)
     assert torch.allclose(multi.sort().values, alone.sort().values, atol=2e-4)
+    assert torch.allclose(wide, multi, atol=2e-4)  # train.compile's padding to 128 changes no loss
 
 
 def test_weights_scale_the_loss_as_the_formula_says(tiny: Path) -> None:

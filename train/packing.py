@@ -91,12 +91,38 @@ def collate_padded(batch: list[Example], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
 
 
+def widen(batch: dict[str, Any], multiple: int, pad_id: int) -> dict[str, Any]:
+    """Pad every row on the right to a width that is a multiple of ``multiple`` (a compiled model then meets few
+    shapes). The added tokens are a block nobody attends to and nothing learns from: pad ids, label -100, weight
+    0, attention mask 0, and position ids restarting at 0 (a separate packed "example").
+
+    Worked example: width 5, multiple 4 -> width 8; a packed row's position ids ``[0, 1, 2, 0, 1]`` become
+    ``[0, 1, 2, 0, 1, 0, 1, 2]``.
+    """
+    import torch
+
+    rows, width = batch["input_ids"].shape
+    extra = (-width) % multiple
+    if not extra or "cu_seq_lens_q" in batch:  # varlen flash kwargs describe the exact flattened row
+        return batch
+    fill = {"input_ids": pad_id, "labels": IGNORE, "weights": 0.0, "attention_mask": 0}
+    out = dict(batch)
+    for key, value in fill.items():
+        if key in batch:
+            out[key] = torch.cat([batch[key], torch.full((rows, extra), value, dtype=batch[key].dtype)], 1)
+    if "position_ids" in batch:
+        out["position_ids"] = torch.cat([batch["position_ids"], torch.arange(extra).repeat(rows, 1)], 1)
+    return out
+
+
 def collate(batch: list[Example], pad_id: int, packing: bool, *, max_row: int | None = None,
-            flash_kwargs: bool = False) -> dict[str, Any]:
-    """Packed (rows of at most ``max_row`` tokens, or one row) or padded."""
+            flash_kwargs: bool = False, pad_multiple: int | None = None) -> dict[str, Any]:
+    """Packed (rows of at most ``max_row`` tokens, or one row) or padded; widths rounded up to ``pad_multiple``."""
     if packing:
-        return collate_packed(batch, max_row=max_row, pad_id=pad_id, flash_kwargs=flash_kwargs)
-    return collate_padded(batch, pad_id)
+        out = collate_packed(batch, max_row=max_row, pad_id=pad_id, flash_kwargs=flash_kwargs)
+    else:
+        out = collate_padded(batch, pad_id)
+    return widen(out, pad_multiple, pad_id) if pad_multiple else out
 
 
 def plan_epoch(lengths: list[int], batch_size: int, *, seed: int, epoch: int, by_length: bool) -> list[list[int]]:

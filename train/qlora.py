@@ -153,7 +153,8 @@ def train_qlora(
                                   by_length=not params.packing)
             micro.append([train_set[i] for i in plan[state["batch"]]])
             state["batch"] += 1
-        batches = [collate(b, pad, params.packing, max_row=max_row, flash_kwargs=varlen) for b in micro]
+        batches = [collate(b, pad, params.packing, max_row=max_row, flash_kwargs=varlen,
+                           pad_multiple=128 if params.compile else None) for b in micro]
         n_step = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         weighted, plain = 0.0, 0.0
         for batch in batches:
