@@ -95,6 +95,11 @@ def load_model(model_path: str, params: TrainParams, *, trust_remote_code: bool 
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    if params.compile:
+        # Regional compilation: one graph per decoder layer, reused by every layer of the same shape, compiles in
+        # a fraction of a whole-model compile; dynamic shapes because packed batches change size every step.
+        for layer in model.get_decoder().layers:
+            layer.compile(dynamic=True)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
