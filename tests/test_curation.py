@@ -212,3 +212,28 @@ def test_classifier_scorer_known_answer() -> None:
     )
     assert kept["id"].to_list() == ["r0"] and dropped["reason"].to_list() == ["low_quality"]
     assert stats["classifier_rows"] == {"good": 2, "bad": 2}
+
+
+def test_curation_bench_heldout_split_is_seeded_disjoint_and_labelled(tmp_path: object) -> None:
+    """bench/curation_quality.py's held-out set: same seed, same file; every kind planted; no in-sample row."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("curation_quality", root / "bench" / "curation_quality.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a, b, c = (Path(str(tmp_path)) / n for n in ("a.jsonl", "b.jsonl", "c.jsonl"))
+    assert bench.build_heldout(a, 7) == bench.build_heldout(b, 7) == 500 and a.read_text() == b.read_text()
+    bench.build_heldout(c, 8)
+    assert a.read_text() != c.read_text()
+    rows = [json.loads(line) for line in a.read_text().splitlines()]
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kinds[r["defect"]] = kinds.get(r["defect"], 0) + 1
+    assert kinds == {"": 390, **dict.fromkeys(bench.KINDS, 10)}
+    in_sample = {json.loads(line)["instruction"] for line in (root / "recipes/data/instruct_eval.jsonl").open()}
+    real = [r for r in rows if r["defect"] or r["instruction"] not in {q for q, _, _ in bench.HELDOUT_NEAR_MISSES}]
+    assert not {r["instruction"] for r in real} & in_sample  # no row of the set the recipe was tuned on
