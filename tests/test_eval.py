@@ -235,7 +235,7 @@ def test_multiple_choice_on_the_real_small_model_matches_transformers() -> None:
 # --- a run with eval sets: base and adapter, resumed, eval_run ---------------------------------------------------
 
 def test_run_evaluates_base_and_adapter_and_eval_run_reuses_or_rescores(tmp_path: Path) -> None:
-    from gristmill.evaluation import eval_run
+    from gristmill.evaluation import eval_run, evaluate
     from gristmill.recipe import load_recipe
     from gristmill.runner import Runner
 
@@ -272,6 +272,9 @@ def test_run_evaluates_base_and_adapter_and_eval_run_reuses_or_rescores(tmp_path
     assert again["resumed"] == {"qa": True, "arc": False}  # the file changed: rescored
     assert [r for r in again["table"] if r["set"] == "arc"] == [r for r in summary["table"] if r["set"] == "arc"]
     assert json.loads((run / "manifest.json").read_text())["eval"] == again
+    base_only = evaluate(load_recipe(path), {}, tmp_path / "base_only")  # no adapter: the base model alone
+    assert base_only["columns"] == ["set", "metric", "base"]
+    assert [r["base"] for r in base_only["table"]] == pytest.approx([r["base"] for r in again["table"]], rel=1e-4)
 
 
 def test_eval_run_refuses_a_run_without_eval_sets(tmp_path: Path) -> None:

@@ -170,10 +170,12 @@ def answers(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, max_new_t
 def side(model: Any, adapter: str | None) -> Iterator[Any]:
     """The model as the base (``adapter`` None: every adapter disabled) or with the named adapter active."""
     if adapter is None:
-        if hasattr(model, "disable_adapter"):
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):
             with model.disable_adapter():
                 yield model
-        else:
+        else:  # a bare transformers model (its own disable_adapter is for adapters loaded into it)
             yield model
         return
     model.set_adapter(adapter)
