@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,7 +40,20 @@ def _died(proc: Any, doing: str) -> WorkerDied:
                       "command to resume")
 
 
-def _worker(conn: Any, kwargs: dict[str, Any]) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the run's process is gone (SIGKILLed: no ``close()``): otherwise it would finish its
+    batch, or its model load, for nobody, holding a core and the model's memory. Orphans are re-parented, so a
+    changed parent pid means the run died."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="gristmill-parent-watch").start()
+
+
+def _worker(conn: Any, kwargs: dict[str, Any], parent: int) -> None:
+    _exit_with_parent(parent)
     engine = VLLMEngine(**kwargs, single_process=True)
     try:
         try:
@@ -91,7 +107,7 @@ class ReplicatedEngine:
             kwargs = {"model_path": self.model_path, "seed": self.seed + i, "max_model_len": self.max_model_len,
                       "gpu_memory_utilization": share, "extra": self.extra,
                       "trust_remote_code": self.trust_remote_code}
-            proc = ctx.Process(target=_worker, args=(child, kwargs))  # not daemonic: vLLM spawns children
+            proc = ctx.Process(target=_worker, args=(child, kwargs, os.getpid()))  # not daemonic: vLLM spawns children
             proc.start()
             # Only the worker may hold the child end: then its death closes the pipe and recv raises EOFError
             # instead of waiting forever.
