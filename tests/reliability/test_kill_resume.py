@@ -7,8 +7,8 @@ checkpoints it reused) and produce a dataset byte-identical to an uninterrupted 
 by a killed run is complete (its kept file matches the hash in its stats), the same recipe gives the same bytes
 twice over fresh caches, and a planted API key appears in no output, cache or log.
 
-Training is not part of this recipe: the trainer's own SIGKILL-resume test (tests/test_train.py) covers it with a
-real 4-bit model, which is too slow to repeat per kill point here.
+Training is not part of this recipe (too slow to repeat per kill point): ``test_train_kill.py`` SIGKILLs a run inside
+training after its first checkpoint, and ``test_vllm_worker.py`` kills the real vLLM worker mid-batch.
 """
 
 from __future__ import annotations
