@@ -94,8 +94,10 @@ def parse_label(value: Any, where: str) -> int | None:
     raise InputError(f"{where}: label {value!r} is not one of 1/0, true/false, good/bad, accept/reject")
 
 
-def labelled_rows(labels_path: Path, frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
-    """(texts, 0/1 labels) of a labels file (see the module docstring); ``id`` rows take their text from ``frame``."""
+def labelled_rows(labels_path: Path, frame: pl.DataFrame) -> tuple[list[str], np.ndarray, int]:
+    """(texts, 0/1 labels, unmatched) of a labels file (see the module docstring). ``id`` rows take their text from
+    ``frame``; ids that are not rows of it (a review label of a row an earlier step dropped) are skipped and
+    counted in ``unmatched``, and it is an error only when no labelled row is left."""
     table = read_table(labels_path, options=None)
     data = table.frame
     if "label" not in data.columns:
@@ -130,10 +132,10 @@ def labelled_rows(labels_path: Path, frame: pl.DataFrame) -> tuple[list[str], np
             raise InputError(f"{where}: a labelled row needs text, id or instruction + response")
         texts.append(text)
         labels.append(label)
-    if unknown:
-        raise InputError(f"signals.classifier.labels: {labels_path}: {len(unknown)} id(s) are not rows of this "
-                         f"step's input, e.g. {unknown[:3]}; label rows of this recipe's input (review import)")
-    return texts, np.asarray(labels, dtype=np.int8)
+    if unknown and not texts:
+        raise InputError(f"signals.classifier.labels: {labels_path}: none of its {len(unknown)} id(s) is a row of "
+                         f"this step's input, e.g. {unknown[:3]}; label rows of this recipe's input (review import)")
+    return texts, np.asarray(labels, dtype=np.int8), len(unknown)
 
 
 def cache_key(texts: list[str], labels: np.ndarray, model_key: str, params: ClassifierParams) -> str:

@@ -148,8 +148,9 @@ def fit_classifier(frame: pl.DataFrame, params: ClassifierParams, *, embed: Call
                    model_key: str, cache_dir: Path | None) -> Classifier:
     """The classifier of ``params``: trained (or read from the cache) on the labels file or the label column."""
     require(frame, ["id", "text"], "signals (classifier)")
+    unmatched = 0
     if params.labels is not None:
-        texts, labels = labelled_rows(Path(params.labels), frame)
+        texts, labels, unmatched = labelled_rows(Path(params.labels), frame)
     else:
         column = params.label_column
         if column not in frame.columns:
@@ -159,7 +160,9 @@ def fit_classifier(frame: pl.DataFrame, params: ClassifierParams, *, embed: Call
                  for i, (t, v) in enumerate(zip(frame["text"].to_list(), frame[column].to_list(), strict=True))]
         texts = [t for t, v in pairs if v is not None]
         labels = np.asarray([v for _, v in pairs if v is not None], dtype=np.int8)
-    return fit_cached(texts, labels, embed, model_key, params, cache_dir)
+    fitted = fit_cached(texts, labels, embed, model_key, params, cache_dir)
+    fitted.stats["classifier_unmatched_ids"] = unmatched
+    return fitted
 
 
 def prompt_response(messages: list[dict[str, Any]] | None) -> tuple[Chat, str]:

@@ -86,7 +86,8 @@ def test_review_labels_by_id_csv_and_a_label_column_and_the_cache(tmp_path: Path
     rows = {f"g{i}": r for i, r in enumerate(GOOD)} | {f"b{i}": r for i, r in enumerate(BAD)}
     frame = _frame(rows)
     csv = tmp_path / "review.csv"  # what a review import writes: id,label
-    csv.write_text("id,label\n" + "".join(f"{k},{1 if k[0] == 'g' else 0}\n" for k in rows))
+    csv.write_text("id,label\n" + "".join(f"{k},{1 if k[0] == 'g' else 0}\n" for k in rows)
+                   + "dropped-earlier,0\n")  # a review label of a row this step never sees: skipped, counted
     by_id = ClassifierParams(labels=str(csv))
     column = ClassifierParams(label_column="label")
     framed = frame.with_columns(pl.Series("label", [1 if k[0] == "g" else 0 for k in rows]))
@@ -99,6 +100,7 @@ def test_review_labels_by_id_csv_and_a_label_column_and_the_cache(tmp_path: Path
     first = fit_classifier(frame, by_id, embed=embed, model_key="bow", cache_dir=tmp_path)
     again = fit_classifier(frame, by_id, embed=embed, model_key="bow", cache_dir=tmp_path)
     assert calls == [16] and again.stats["classifier_cached"] is True  # the second fit read the cache
+    assert first.stats["classifier_unmatched_ids"] == 1
     assert np.allclose(first.coef, again.coef) and first.intercept == pytest.approx(again.intercept)
     from_column = fit_classifier(framed, column, embed=embed, model_key="bow", cache_dir=tmp_path)
     assert from_column.stats["classifier_cached"] is True  # same texts and labels: the same cached model
@@ -113,7 +115,7 @@ def test_label_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no `label` column"):
         fit_classifier(frame, ClassifierParams(labels=no_label), embed=_bow, model_key="m", cache_dir=None)
     unknown = _labels_file(tmp_path / "b.jsonl", [{"id": "zzz", "label": 1}])
-    with pytest.raises(InputError, match="not rows of this step's input"):
+    with pytest.raises(InputError, match="none of its 1 id"):
         fit_classifier(frame, ClassifierParams(labels=unknown), embed=_bow, model_key="m", cache_dir=None)
     one_class = _labels_file(tmp_path / "c.jsonl", [{"text": t, "label": 1} for t in ("a", "b", "c")])
     with pytest.raises(InputError, match="2 good and 2 bad"):
