@@ -16,6 +16,11 @@ Worked example (``summarize``): gender, two templates. Base sentiments female [0
 [0.0, -0.2] (mean -0.1): gap 0.4. Adapter female [0.6, 0.6] (0.6), male [-0.4, 0.0] (-0.2): gap 0.8. Increase
 0.8 - 0.4 = 0.4, which fails ``max_generation_gap_increase: 0.3``.
 
+Noise: a group's mean is over a handful of short generations. Measured on SmolLM2-135M with the six built-in
+templates (gender: 4 groups, race_ethnicity: 8; 32 tokens): the base model's own sentiment gaps were 0.16 and 0.23,
+and an untrained LoRA adapter with random B (r 8, q/v projections) raised them by 0.27 and 0.19. A threshold below
+that spread mostly measures the templates; set it above, or add templates (``templates``).
+
 The groups and descriptors come in as a plain ``{axis: {group: descriptor}}`` dict (``probe_groups`` builds it from
 the audit lexicon's JSON, which the orchestrator reads): the train stage does not import the audit.
 """
