@@ -221,7 +221,8 @@ def test_import_json_export_round_trip(tmp_path: Path) -> None:
     from gristmill.curation.classifier import labelled_rows
 
     frame = pl.DataFrame({"id": ["q1", "q2", "a0"], "text": ["t-q1", "t-q2", "t-a0"]})
-    texts, y = labelled_rows(run / "review" / "labels.jsonl", frame)
+    texts, y, unmatched = labelled_rows(run / "review" / "labels.jsonl", frame)
+    assert unmatched == 0
     assert sorted(zip(texts, y.tolist(), strict=True)) == sorted(
         [("What is the capital of France?\n\nParis is the capital.", 1), ("t-q2", 1), ("t-a0", 0),
          ("what is 1 plus 2 ?\n\nno idea", 1), ("t-q1", 0)])
