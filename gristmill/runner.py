@@ -107,7 +107,7 @@ def _resolve_paths(recipe: Recipe, params: BaseModel, view: dict[str, Any], wher
     ``base_url`` are all we can know of it)."""
     updates: dict[str, Any] = {}
     for name, value in params:
-        if isinstance(value, BaseModel):
+        if isinstance(value, BaseModel) and name in view:  # a field excluded from the dump is not fingerprinted
             updates[name] = _resolve_paths(recipe, value, view[name], f"{where}.{name}")
         elif name in _MODEL_FIELDS and isinstance(value, str) and getattr(params, "engine", None) != "openai":
             view[name] = {"name": value, "model_identity": model_identity(value, key=f"{where}.{name}")}
@@ -205,7 +205,8 @@ class Runner:
                 said = now
                 log.info(f"  {index:02d} {step.name}: {done}/{frame.height} rows, {rate:,.0f} rows/s")
 
-        ctx = Context(cache_dir=self.cache_dir, progress=advance, models=self.models)
+        ctx = Context(cache_dir=self.cache_dir, progress=advance, models=self.models,
+                      trust_remote_code=self.recipe.trust_remote_code)
         result = definition.run(frame, params, ctx)
         seconds = time.perf_counter() - started
         progress.update(task, completed=frame.height)
@@ -243,6 +244,10 @@ class Runner:
             "recipe": self.recipe.raw, "recipe_path": str(self.recipe.path), "name": self.recipe.name,
             "versions": versions(), "steps": [], "status": "running",
         }
+        if self.recipe.trust_remote_code:
+            manifest["trust_remote_code"] = True
+            log.warning("[yellow]![/] trust_remote_code: true: Python code in the embedding, synthesis and base "
+                        "model directories may run with your permissions")
         frame, stats, fp = self._ingest()
         self._say("00 ingest", stats)
         manifest["steps"].append(stats)
@@ -285,6 +290,21 @@ class Runner:
             manifest["train"] = self.train(frame, fp)
             if not manifest["train"]["resumed"]:
                 recomputed.append("train")
+            if self.recipe.eval:  # the eval sets for the base model and this adapter: <run>/eval/
+                from gristmill.evaluation import evaluate
+
+                manifest["eval"] = evaluate(self.recipe, {"adapter": self.run_dir / "adapter"}, self.run_dir / "eval")
+            if self.recipe.train.bias_probe is not None:
+                manifest["bias_probe"] = self.bias_probe(manifest["train"])
+                failures = manifest["bias_probe"]["gate"]["failures"]
+                if failures and allow_audit_failure:
+                    manifest.setdefault("audit_override", []).append({"step": "bias_probe", "failures": failures})
+                    log.warning("bias probe gate failed; continuing (--allow-audit-failure)")
+                elif failures:
+                    manifest.update(status="gate_failed", gate_failures=failures)
+                    write_json_atomic(self.run_dir / "manifest.json", manifest)
+                    write_report(self.run_dir)
+                    raise GateFailed("bias_probe (after training)", failures)
         manifest["adapter"] = adapter_state(self.run_dir / "adapter", fp)
         if manifest["adapter"] and manifest["adapter"]["current"] is False:
             log.warning(f"{self.run_dir / 'adapter'} was trained on other data than this run's dataset (a run "
@@ -345,7 +365,7 @@ class Runner:
 
             try:
                 kw = {"model_path": model_path, "out_dir": tmp, "progress": report, "checkpoint_dir": checkpoints,
-                      "eval_rows": eval_rows, "card": card}
+                      "eval_rows": eval_rows, "card": card, "trust_remote_code": self.recipe.trust_remote_code}
                 if search:
                     from gristmill.train.search import search_qlora
 
@@ -366,6 +386,26 @@ class Runner:
             log.info(f"  {metrics['overlength_rows']} rows longer than train.max_seq_length were "
                      f"{'dropped' if params.overlength == 'drop' else 'truncated'}")
         return metrics | {"resumed": False}
+
+    def bias_probe(self, train_metrics: dict[str, Any]) -> dict[str, Any]:
+        """``train.bias_probe``: the base model and the adapter answer the same prompts for each audit-lexicon group
+        (gristmill.train.probe) into ``<run>/eval/model_bias.json``; measurements are reused while the adapter and
+        the probe's settings are unchanged. Returns the gate and the largest gap increases (for the manifest)."""
+        from gristmill.audit.lexicon import builtin_lexicon_path
+        from gristmill.models import resolve
+        from gristmill.train.probe import probe_groups, probe_key, run_probe
+
+        params = self.recipe.train
+        assert params is not None and params.bias_probe is not None
+        groups = probe_groups(json.loads(builtin_lexicon_path().read_text()), params.bias_probe)
+        out = self.run_dir / "eval" / "model_bias.json"
+        result = run_probe(resolve(params.base_model, key="train.base_model"), self.run_dir / "adapter", groups,
+                           params.bias_probe, train=params, out=out,
+                           key=probe_key(train_metrics.get("fingerprint"), groups, params.bias_probe))
+        worst = result["gate"]["max_increase"]
+        log.info(f"[green]✓[/] bias probe         largest gap increase: sentiment {worst['sentiment']:+.3f}, refusal "
+                 f"rate {worst['refusal_rate']:+.3f} → {out}{' [dim](resumed)[/]' if result['resumed'] else ''}")
+        return {"path": str(out), "gate": result["gate"], "resumed": result["resumed"], "seconds": result["seconds"]}
 
 
 def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | None = None,
@@ -396,6 +436,10 @@ def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | 
         manifest["train"] = metrics
         manifest["adapter"] = adapter_state(run_dir / "adapter", manifest["fingerprint"])
         manifest["models"] = runner.models
+        if recipe.eval:  # the new adapter's eval sets (unchanged ones are read back)
+            from gristmill.evaluation import evaluate
+
+            manifest["eval"] = evaluate(recipe, {"adapter": run_dir / "adapter"}, run_dir / "eval")
         write_json_atomic(manifest_path, manifest)
         write_report(run_dir)  # the report charts the adapter the manifest now names
     return metrics

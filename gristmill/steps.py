@@ -7,7 +7,7 @@ tasks, models from the registry, the embedding cache) and hand it over as plain 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,8 @@ import polars as pl
 from pydantic import BaseModel
 
 from gristmill.audit import audit as audit_mod
+from gristmill.audit import counterfactual as counterfactual_mod
+from gristmill.audit import reweigh as reweigh_mod
 from gristmill.common.contract import StepResult
 from gristmill.common.embedding import EmbeddingParams
 from gristmill.common.errors import InputError
@@ -35,6 +37,8 @@ class Context:
     progress: Callable[[int], None] = lambda n: None
     models: dict[str, str] = field(default_factory=dict)
     """Filled by steps: model role -> resolved local path (recorded in the manifest)."""
+    trust_remote_code: bool = False
+    """The recipe's ``trust_remote_code``: passed to every model this step loads (off unless the recipe sets it)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ def _embedder(role: str, params: EmbeddingParams, ctx: Context) -> Embedder:
     model_path = resolve(params.model, key=f"{role}.model")
     ctx.models[role] = model_path
     return Embedder(model_path, cache_path=ctx.cache_dir / "embeddings.sqlite", batch_size=params.batch_size,
-                    max_seq_length=params.max_seq_length, precision=params.precision)
+                    max_seq_length=params.max_seq_length, precision=params.precision,
+                    trust_remote_code=ctx.trust_remote_code)
 
 
 def _quality(frame: pl.DataFrame, params: quality.QualityParams, ctx: Context) -> StepResult:
@@ -98,7 +103,7 @@ def _signals(frame: pl.DataFrame, params: signals_mod.SignalsParams, ctx: Contex
     """Hand the signals stage its models as plain callables: the embedder, the small LM's losses, the judge."""
     from contextlib import ExitStack
 
-    embedder = _embedder("signals", params, ctx) if params.relevance else None
+    embedder = _embedder("signals", params, ctx) if params.relevance or params.classifier else None
     losses = None
     if params.small_model is not None:
         from gristmill.curation.lm_loss import response_losses
@@ -110,30 +115,40 @@ def _signals(frame: pl.DataFrame, params: signals_mod.SignalsParams, ctx: Contex
         def losses(prompts: list[Any], responses: list[str]) -> tuple[list[float], list[float]]:
             return response_losses(lm_path, prompts, responses, max_tokens=params.lm_max_tokens,
                                    batch_size=params.lm_batch_size)
+    embed = (lambda texts: embedder.encode(texts, ctx.progress)) if embedder else None
+    classifier = None
+    if params.classifier is not None:
+        assert embedder is not None and embed is not None
+        classifier = signals_mod.fit_classifier(frame, params.classifier, embed=embed, model_key=embedder.model_key,
+                                                cache_dir=ctx.cache_dir)
     with ExitStack() as stack:
-        judge = _judge(params.judge, ctx, stack) if params.judge is not None else None
-        result = signals_mod.score_signals(
-            frame, params, embed=(lambda texts: embedder.encode(texts, ctx.progress)) if embedder else None,
-            losses=losses, judge=judge)
+        judge, cached = _judge(params.judge, ctx, stack) if params.judge is not None else (None, None)
+        result = signals_mod.score_signals(frame, params, embed=embed, losses=losses, judge=judge,
+                                           classifier=classifier)
+        if cached is not None:
+            result.stats |= {f"judge_{k}": v for k, v in cached.stats().items()}
     if embedder is not None:
         result.stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
     return result
 
 
-def _judge(params: signals_mod.JudgeParams, ctx: Context, stack: Any) -> Callable[[list[Any]], list[str]]:
-    """The synthesis engine as a judge callable, through the request cache (greedy, JSON-schema output)."""
+def _judge(params: signals_mod.JudgeParams, ctx: Context, stack: Any, engine: Any = None
+           ) -> tuple[Callable[[list[Any]], list[str]], Any]:
+    """The synthesis engine (or ``engine``) as a judge callable through the request cache (greedy, JSON-schema
+    output), and the cached engine (its hit/miss counters)."""
     from gristmill.synth.cache import CachedEngine
     from gristmill.synth.engine import SamplingConfig
 
     if params.engine == "openai" and params.base_url is None:
         raise InputError("signals.judge.base_url: engine openai needs the server's base URL")
-    engine = _engine("signals.judge", ctx, engine=params.engine, model=params.model, base_url=params.base_url,
-                     api_key_env=params.api_key_env)
-    stack.callback(engine.close)
+    if engine is None:
+        engine = _engine("signals.judge", ctx, engine=params.engine, model=params.model, base_url=params.base_url,
+                         api_key_env=params.api_key_env)
+        stack.callback(engine.close)
     cached = stack.enter_context(CachedEngine(engine, ctx.cache_dir / "synth_requests.sqlite"))
     sampling = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=params.max_tokens,
                               json_schema=signals_mod.JUDGE_SCHEMA)
-    return lambda prompts: [g.text for g in cached.chat(prompts, sampling)]
+    return (lambda prompts: [g.text for g in cached.chat(prompts, sampling)]), cached
 
 
 def _dedup_minhash(frame: pl.DataFrame, params: minhash.MinhashParams, ctx: Context) -> StepResult:
@@ -153,6 +168,13 @@ def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, c
     result = semdedup.dedup_semantic(frame, params, embed=lambda texts: embedder.encode(texts, ctx.progress))
     result.stats |= {"embeddings_computed": embedder.computed, "embeddings_cached": embedder.cached}
     return result
+
+
+def _eval_decontaminate(frame: pl.DataFrame, params: decontam.DecontamParams, ctx: Context) -> StepResult:
+    """The decontaminate step against the recipe's eval sets (added by the recipe, ``gristmill.eval_params``); its
+    drops say why in their own words: ``eval_contamination``."""
+    result = decontam.decontaminate(frame, params)
+    return replace(result, dropped=result.dropped.with_columns(reason=pl.lit("eval_contamination")))
 
 
 def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> StepResult:
@@ -213,7 +235,7 @@ def _engine(role: str, ctx: Context, *, engine: str, model: str, base_url: str |
 
     model_path = resolve(model, key=f"{role}.model")
     ctx.models[role] = model_path
-    return vllm_engine(model_path, replicas=replicas, seed=seed)
+    return vllm_engine(model_path, replicas=replicas, seed=seed, trust_remote_code=ctx.trust_remote_code)
 
 
 STEPS: dict[str, StepDef] = {
@@ -226,7 +248,11 @@ STEPS: dict[str, StepDef] = {
     "quality": StepDef(quality.QualityParams, quality.VERSION, adapter=_quality),
     "signals": StepDef(signals_mod.SignalsParams, signals_mod.VERSION, adapter=_signals),
     "decontaminate": StepDef(decontam.DecontamParams, decontam.VERSION, stage=decontam.decontaminate),
+    "eval_decontaminate": StepDef(decontam.DecontamParams, decontam.VERSION, adapter=_eval_decontaminate),
     "synthesize": StepDef(GenerationParams, methods.version_for, adapter=_synthesize, select=methods.params_for),
     "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, stage=audit_mod.audit_rows),
+    "reweigh": StepDef(reweigh_mod.ReweighParams, reweigh_mod.VERSION, stage=reweigh_mod.reweigh),
+    "counterfactual_augment": StepDef(counterfactual_mod.CounterfactualParams, counterfactual_mod.VERSION,
+                                      stage=counterfactual_mod.counterfactual_augment),
     "scrub_pii": StepDef(pii_mod.PiiParams, pii_mod.VERSION, stage=pii_mod.scrub_pii),
 }

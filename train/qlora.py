@@ -59,10 +59,12 @@ def train_qlora(
     checkpoint_dir: Path | None = None,
     eval_rows: list[dict[str, Any]] | None = None,
     card: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Train an adapter on ``rows``; returns (and writes) the metrics. ``progress(phase, done, total, note)``
     reports loading, eval, generation and training. With ``checkpoint_dir`` a checkpoint is written every
-    ``save_steps`` and a killed run with the same arguments resumes from the last one."""
+    ``save_steps`` and a killed run with the same arguments resumes from the last one. ``trust_remote_code``: the
+    recipe's setting, for the base model's own Python code (off by default)."""
     import torch
 
     say = progress or _quiet
@@ -70,7 +72,7 @@ def train_qlora(
     random.seed(params.seed)
     torch.manual_seed(params.seed)
     say("load model", 0, 1, "")
-    model, tokenizer = load_model(model_path, params)
+    model, tokenizer = load_model(model_path, params, trust_remote_code=trust_remote_code)
     say("load model", 1, 1, "")
     on_gpu = model.device.type == "cuda"
     stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
@@ -117,7 +119,7 @@ def train_qlora(
             state, resumed_from = saved, saved["step"]
             log.info(f"train: resuming from {ckpt.name} (step {state['step']} of {total_steps})")
         else:  # another configuration's checkpoint: start afresh
-            model, tokenizer = load_model(model_path, params)
+            model, tokenizer = load_model(model_path, params, trust_remote_code=trust_remote_code)
             trainable = [p for p in model.parameters() if p.requires_grad]
             opt = make_optimizer(trainable, params.learning_rate, on_gpu)
             sched = torch.optim.lr_scheduler.LambdaLR(
