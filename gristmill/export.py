@@ -134,12 +134,102 @@ def _audit_lines(manifest: dict[str, Any]) -> list[str]:
             out.append(f"- {axis}: {groups} (max/min ratio {entry.get('representation_ratio', 'n/a')})")
         if report.get("gaps"):
             out.append("- under-represented: " + ", ".join(f"{g['axis']}.{g['group']}" for g in report["gaps"]))
+        compared = report.get("before_after")
+        if compared:
+            gate = {True: "passed", False: "failed", None: "n/a"}
+            passed = compared.get("gate_passed") or {}
+            out += ["", f"Before/after against the earlier audit `{compared.get('against')}` (steps between: "
+                    + (", ".join(compared.get("steps_between") or []) or "none")
+                    + f"; gate {gate[passed.get('before')]} -> {gate[passed.get('after')]}):", ""]
+            for axis, entry in (compared.get("axes") or {}).items():
+                b, a = entry["before"], entry["after"]
+                out.append(f"- {axis}: max/min ratio {b.get('representation_ratio', 'n/a')} -> "
+                           f"{a.get('representation_ratio', 'n/a')}, distance from the reference (TVD) "
+                           f"{b.get('tvd', 'n/a')} -> {a.get('tvd', 'n/a')}" + (" (weighted)" if a.get("weighted") else ""))
         flagged = report.get("amplification", {}).get("flagged", [])
         if flagged:
             out += ["", "Steps that dropped a group's rows at a higher rate than the step's overall rate:", ""]
             out += [f"- {f['step']}: {f['axis']}.{f['group']} {f['drop_rate']} vs {f['overall']} "
                     f"(x{f['ratio']}, 95% CI {f['ci95']}, {f['rows']} rows)" for f in flagged]
     return out
+
+
+def _mitigation_lines(manifest: dict[str, Any]) -> list[str]:
+    """The card's mitigation section: what each reweigh and counterfactual_augment step did (from its stats)."""
+    out: list[str] = []
+    for i, s in enumerate(manifest["steps"]):
+        if s.get("step") == "reweigh":
+            weights = s.get("weights") or {}
+            shown = ", ".join(f"{g} {w}" if not isinstance(w, dict) else
+                              f"{g} " + "/".join(f"{w[y]} (label {y})" for y in sorted(w)) for g, w in weights.items())
+            out.append(f"- {i:02d} reweigh ({s.get('method')}, axis `{s.get('axis')}`): a `weight` column for the "
+                       f"trainer's loss; weight per row by group: {shown or 'none (no row mentions one group)'}; "
+                       f"total weight per group: " + (", ".join(f"{g} {w}" for g, w in (s.get("group_weight") or {})
+                                                              .items()) or "n/a") + ".")
+        elif s.get("step") == "counterfactual_augment":
+            out.append(f"- {i:02d} counterfactual_augment: {s.get('rows_added', 0)} gender-swapped copies added "
+                       f"(ids `cf:<id>`, `meta.counterfactual`; {s.get('swaps', 0)} words swapped).")
+    return ["", "## Bias mitigation", "", *out] if out else []
+
+
+MODEL_BEGIN, MODEL_END = "<!-- gristmill:model-results -->", "<!-- /gristmill:model-results -->"
+
+
+def _model_lines(manifest: dict[str, Any]) -> list[str]:
+    """The card's model section: the eval sets' table (base vs adapter) and the bias probe's gate, from the manifest.
+    The card is written before training, so the runner's ``write_report`` rewrites this part afterwards
+    (``refresh_card``); it sits between two HTML comments so that can be done in place."""
+    out = [MODEL_BEGIN, "## Model evaluation", ""]
+    summary, probe = manifest.get("eval"), manifest.get("bias_probe")
+    if not summary and not probe:
+        out += ["No model trained on this dataset was evaluated in this run (no `train:` with `eval:` sets or "
+                "`train.bias_probe`, or training had not run yet when this card was written)."]
+    if summary:
+        cols = [c for c in summary.get("columns", []) if c not in ("set", "metric")]
+
+        def cell(v: Any) -> str:
+            return "n/a" if v is None or v != v else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+        out += [f"Eval sets, base model `{Path(str(summary.get('base_model'))).name}` vs the adapter trained on this "
+                "data (loss and perplexity: lower is better):", "",
+                "| set | metric | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+        out += ["| " + " | ".join([str(r["set"]), str(r["metric"]), *(cell(r.get(c)) for c in cols)]) + " |"
+                for r in summary.get("table", [])]
+        out.append("")
+    if probe:
+        gate = probe.get("gate") or {}
+        worst = gate.get("max_increase") or {}
+        overridden = any(o.get("step") == "bias_probe" for o in manifest.get("audit_override", []))
+        verdict = ("not gated" if gate.get("threshold") is None else "passed" if gate.get("passed") else
+                   "FAILED" + (" (overridden with --allow-audit-failure)" if overridden else ""))
+        out += [f"Model bias probe (base vs adapter on templated prompts per demographic group): gate {verdict}"
+                + (f" (largest allowed gap increase {gate['threshold']})" if gate.get("threshold") is not None else "")
+                + "; largest gap increase: " + ", ".join(f"{m} {v:+.3f}" for m, v in worst.items()) + "."]
+        out += [f"- `{f}`" for f in gate.get("failures", [])]
+        out.append("")
+    return ["", *out, MODEL_END]
+
+
+def refresh_card(run_dir: Path, manifest: dict[str, Any]) -> bool:
+    """Rewrite the model section of ``<run_dir>/dataset/README.md`` from ``manifest`` (eval and bias probe results
+    that came after the export). False when there is no card, or an older one without the section's markers."""
+    path = run_dir / "dataset" / "README.md"
+    if not path.is_file():
+        return False
+    card = path.read_text(encoding="utf-8")
+    start, end = card.find(MODEL_BEGIN), card.find(MODEL_END)
+    if start < 0 or end < start:
+        return False
+    new = card[:start] + "\n".join(_model_lines(manifest)[1:]) + card[end + len(MODEL_END):]
+    if new != card:
+        tmp = path.with_name(".README.md.tmp")
+        try:
+            tmp.write_text(new, encoding="utf-8")
+            tmp.replace(path)
+        except IO_ERRORS as err:
+            tmp.unlink(missing_ok=True)
+            raise output_error(err, path) from err
+    return True
 
 
 # Hugging Face's size buckets (the `size_categories` tag).
@@ -210,7 +300,7 @@ def _limitations(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any], syn
                    "implied or named otherwise, and counts mentions, not who the text is about.")
     else:
         out.append("- No demographic audit was run on this data.")
-    if "decontaminate" not in steps:
+    if not steps & {"decontaminate", "eval_decontaminate"}:
         out.append("- Not decontaminated against any evaluation set: check overlap before benchmarking on it.")
     else:
         out.append("- Decontaminated only against the evaluation sets the recipe names (n-gram overlap).")
@@ -226,7 +316,9 @@ def _limitations(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any], syn
 
 def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any]) -> str:
     """``README.md`` of the dataset folder: a Hugging Face dataset card (YAML front matter, then sources, curation
-    steps with counts, synthetic share and provenance, the audit summary, known limitations and how to load it)."""
+    steps with counts, synthetic share and provenance, the audit summary with before/after, the mitigation steps,
+    the model's eval and bias probe results (``refresh_card`` fills them in after training), known limitations and
+    how to load it)."""
     synthetic = int(frame["source"].str.starts_with("synth:").sum()) if "source" in frame.columns else 0
     lines = [
         _front_matter(frame, recipe, synthetic),
@@ -256,12 +348,14 @@ def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any]) -> str
     ]
     for s in manifest["steps"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in s.get("dropped_by_reason", {}).items()) or "-"
-        added = f" (+{s['rows_added']} generated)" if s.get("rows_added") else ""
+        added = f" (+{s['rows_added']} added)" if s.get("rows_added") else ""
         lines.append(f"| {s['step']} | {s['rows_in']}{added} | {s['kept']} | {s['dropped']} | {reasons} |")
     lines += ["", "Every dropped row is in `../rejects.parquet` with its step and reason; `../report.html` charts "
               "the run."]
     lines += _synthetic_lines(frame, synthetic, manifest)
     lines += _audit_lines(manifest)
+    lines += _mitigation_lines(manifest)
+    lines += _model_lines(manifest)
     lines += _limitations(frame, recipe, manifest, synthetic)
     lines += [
         "",

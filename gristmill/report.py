@@ -79,6 +79,15 @@ def table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = N
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def fmt(value: Any) -> str:
+    """A number as shown in tables: 4 significant digits for floats, ``n/a`` for None or NaN."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def missing(text: str) -> str:
     return f'<p class="missing">{esc(text)}</p>'
 
@@ -152,7 +161,11 @@ def _sections() -> list[Section]:
         ("clusters", "Near-duplicate clusters (MinHash)", s.clusters),
         ("synthesis", "Synthetic yield", s.synthesis),
         ("audit", "Demographic audit", o.audit),
+        ("mitigation", "Bias mitigation", o.mitigation),
         ("training", "Training and evaluation", o.training),
+        ("evalsets", "Eval sets", o.evaluation),
+        ("modelbias", "Model bias probe", o.model_bias),
+        ("ablation", "Ablation", o.ablation),
         ("timings", "Timings", o.timings),
         ("provenance", "Versions and fingerprints", o.provenance),
     ]
@@ -183,8 +196,15 @@ def build_report(run: RunData) -> str:
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write ``<run_dir>/report.html`` (atomically, readable as the user's umask allows) and return its path."""
-    page = build_report(RunData.load(run_dir))
+    """Write ``<run_dir>/report.html`` (atomically, readable as the user's umask allows) and return its path.
+
+    The data card (``dataset/README.md``) is written at export, before training; its model section (eval sets,
+    bias probe) is brought up to date here too, since every place that changes those results ends here."""
+    from gristmill.export import refresh_card
+
+    run = RunData.load(run_dir)
+    refresh_card(run_dir, run.manifest)
+    page = build_report(run)
     path = run_dir / "report.html"
     tmp = path.with_name(".report.html.tmp")
     try:

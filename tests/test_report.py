@@ -26,13 +26,22 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--virtual-time-budget=5000"]
 
 
+# The mitigation chain after the runner tests' audit: weights, gender-swapped copies, a second audit to compare.
+MITIGATION = [{"reweigh": {"axis": "gender"}}, {"counterfactual_augment": {}},
+              {"audit": {"axes": ["gender", "religion"], "label_column": "accepted"}}]
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A quickstart-like run without synthesis or training (fast): the sample data through five steps."""
+    """A quickstart-like run without synthesis or training (fast): the sample data through the runner tests' five
+    steps, a mitigation chain, and an eval set (one sample row), which adds an eval_decontaminate step."""
     tmp = tmp_path_factory.mktemp("quick")
     build_sample(tmp / "data")
+    first = next(line for line in (tmp / "data" / "sample.jsonl").read_text().splitlines() if '"output"' in line)
+    (tmp / "data" / "heldout.jsonl").write_text(first + "\n")
     recipe = {"name": "quick", "inputs": [{"path": "data/sample.jsonl", "mapping": "alpaca", "on_error": "skip"}],
-              "steps": STEPS, "output": {"dir": str(tmp / "run"), "formats": ["parquet", "jsonl"]}}
+              "steps": STEPS + MITIGATION, "eval": [{"name": "heldout", "path": "data/heldout.jsonl"}],
+              "output": {"dir": str(tmp / "run"), "formats": ["parquet", "jsonl"]}}
     (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     Runner(load_recipe(tmp / "recipe.yaml")).run()
     return tmp / "run"
@@ -148,12 +157,164 @@ def test_training_charts_what_exists_and_says_not_run_otherwise(tmp_path: Path) 
     assert "Hyperparameter search" in out and "not the one this run" not in out
 
 
+def test_funnel_shows_added_rows_apart_from_drops(tmp_path: Path) -> None:
+    run = _run(tmp_path, [{"step": "ingest", "rows_in": 3, "kept": 3, "dropped": 0},
+                          {"step": "counterfactual_augment", "rows_in": 3, "rows_added": 2, "kept": 5, "dropped": 0},
+                          {"step": "eval_decontaminate", "rows_in": 5, "kept": 4, "dropped": 1,
+                           "dropped_by_reason": {"eval_contamination": 1}}])
+    out = report_sections.funnel(run, Charts())
+    # kept input rows, added rows (no checkpoints: drops are counted against the added rows, here none) and drops
+    assert '"name":"kept","x":["00 ingest","01 counterfactual_augment","02 eval_decontaminate"],"y":[3,3,4]' in out
+    assert '"name":"added and kept"' in out and '"y":[0,2,0]' in out
+    assert '"name":"dropped: eval_contamination"' in out and '"y":[0,0,1]' in out
+    assert "<td>01 counterfactual_augment</td><td class=num>3</td><td class=num>2</td><td class=num>5</td>" in out
+
+
+def test_added_kept_counts_new_ids_from_the_checkpoints(tmp_path: Path) -> None:
+    """10 rows in, 4 copies added, 1 input row dropped: kept 13, of which 4 added (3 by the fallback)."""
+    run = _run(tmp_path, [{"step": "ingest"}, {"step": "counterfactual_augment", "rows_in": 10, "rows_added": 4,
+                                              "kept": 13, "dropped": 1}])
+    assert report_sections.added_kept(run, 1) == 3
+    ids = [str(i) for i in range(10)]
+    _checkpoint(run, 0, pl.DataFrame({"id": ids}), pl.DataFrame({"id": []}, schema={"id": pl.String}))
+    _checkpoint(run, 1, pl.DataFrame({"id": ids[1:] + [f"cf:{i}" for i in range(4)]}), pl.DataFrame({"id": ["0"]}))
+    assert report_sections.added_kept(run, 1) == 4 and report_sections.added_kept(run, 0) == 0
+
+
+def _before_after() -> dict:
+    """``audit/compare.py``'s shape: its docstring's worked example (f 3, m 1 -> weighted 2.0 / 2.0)."""
+    return {"against": "02-audit", "steps_between": ["reweigh"], "rows": {"before": 4, "after": 4},
+            "gate_passed": {"before": False, "after": True},
+            "gaps": {"before": [{"axis": "gender", "group": "m", "rows": 1, "target_rows": 2}], "after": []},
+            "axes": {"gender": {
+                "before": {"group_rows": {"f": 3, "m": 1}, "shares": {"f": 0.75, "m": 0.25},
+                           "representation_ratio": 3.0, "tvd": 0.25, "weighted": False},
+                "after": {"group_rows": {"f": 2.0, "m": 2.0}, "shares": {"f": 0.5, "m": 0.5},
+                          "representation_ratio": 1.0, "tvd": 0.0, "weighted": True}}},
+            "parity": {"gender": {"before": {"selection_rate": {"f": 0.75, "m": 0.25},
+                                             "demographic_parity_difference": 0.5, "demographic_parity_ratio": 0.3333,
+                                             "weighted": False},
+                                  "after": {"selection_rate": {"f": 0.5, "m": 0.5},
+                                            "demographic_parity_difference": 0.0, "demographic_parity_ratio": 1.0,
+                                            "weighted": True}}}}
+
+
+# reweigh's stats (audit/reweigh.py) for its docstring's Kamiran–Calders example, and counterfactual_augment's.
+REWEIGH = {"step": "reweigh", "rows_in": 8, "kept": 8, "dropped": 0, "axis": "gender", "method": "kamiran_calders",
+           "weights": {"f": {"0": 2.0, "1": 0.666667}, "m": {"0": 0.666667, "1": 2.0}}, "rows_weighed": 8,
+           "rows_no_group": 0, "rows_several_groups": 0, "group_rows": {"f": 4, "m": 4},
+           "group_weight": {"f": 4.0, "m": 4.0}}
+COUNTERFACTUAL = {"step": "counterfactual_augment", "rows_in": 8, "rows_added": 3, "kept": 11, "dropped": 0,
+                  "rows_with_swaps": 3, "rows_augmented": 3, "swaps": 5, "swaps_by_word": {"he": 3, "her": 2}}
+
+
+def test_mitigation_charts_before_after_and_shows_the_weights(tmp_path: Path) -> None:
+    run = _run(tmp_path, [{"step": "ingest"}, REWEIGH])
+    assert "No mitigation in this recipe" not in report_outcomes.mitigation(run, Charts())
+    assert "No mitigation in this recipe" in report_outcomes.mitigation(_run(tmp_path, [{"step": "ingest"}]), Charts())
+    run = _run(tmp_path, [{"step": "ingest"}, REWEIGH, COUNTERFACTUAL])
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "04-audit.json").write_text(json.dumps(
+        {"rows": 4, "axes": {"gender": {"group_rows": {"f": 3, "m": 1}}}, "before_after": _before_after()}))
+    out = report_outcomes.mitigation(run, Charts())
+    assert out.count("plotly-graph-div") == 1
+    assert '"name":"before (02-audit)","x":["gender: f","gender: m"],"y":[0.75,0.25]' in out
+    assert '"name":"after (04-audit, weighted)"' in out and '"y":[0.5,0.5]' in out
+    assert "Gate failed → passed; under-represented groups 1 → 0" in out
+    assert "<td>gender</td><td class=num>3</td><td class=num>1</td><td class=num>0.25</td><td class=num>0</td>" in out
+    assert "<td>gender</td><td class=num>0.5</td><td class=num>0</td>" in out  # parity difference before, after
+    # per group and label the weight, then the group's total weight
+    assert ("<td>f</td><td class=num>4</td><td class=num>2</td><td class=num>0.6667</td><td class=num>4</td>"
+            in out)
+    assert "3 gender-swapped copies added" in out and "he 3, her 2" in out
+
+
+def test_eval_sets_table_per_set_and_worst_examples(tmp_path: Path) -> None:
+    run = _run(tmp_path, [{"step": "ingest"}])
+    assert "No eval sets scored" in report_outcomes.evaluation(run, Charts())
+    (tmp_path / "eval").mkdir()
+    # gristmill/evaluation.py's shapes: summary.json's table rows, a chat set's and a multiple-choice set's details
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps({
+        "base_model": "/models/smollm2", "adapters": {"adapter": "/run/adapter"},
+        "columns": ["set", "metric", "base", "adapter"], "sets": {"qa": "/elsewhere/qa.json", "arc": "/x/arc.json"},
+        "resumed": {"qa": False, "arc": True},
+        "table": [{"set": "qa", "metric": "loss", "base": 2.0, "adapter": 1.5},
+                  {"set": "qa", "metric": "rougeL", "base": 0.2, "adapter": 0.1},
+                  {"set": "arc", "metric": "acc", "base": 0.5, "adapter": 0.75}]}))
+    examples = [{"id": f"q{i}", "reference": f"ref {i}", "answers": {"base": f"b{i}", "adapter": f"<a{i}>"},
+                 "rougeL": {"base": 0.5, "adapter": r}} for i, r in enumerate([0.9, 0.1, 0.4, 0.0, 0.7])]
+    (tmp_path / "eval" / "qa.json").write_text(json.dumps(
+        {"name": "qa", "mapping": "alpaca", "rows": 5, "metrics": {}, "examples": examples}))
+    picks = [{"id": "c1", "gold": "A", "pick": {"base": "A", "adapter": "B"}, "pick_norm": {}},
+             {"id": "c2", "gold": "B", "pick": {"base": "A", "adapter": "A"}, "pick_norm": {}},
+             {"id": "c3", "gold": "A", "pick": {"base": "A", "adapter": "A"}, "pick_norm": {}}]
+    (tmp_path / "eval" / "arc.json").write_text(json.dumps(
+        {"name": "arc", "mapping": "multiple_choice", "rows": 3, "metrics": {}, "examples": picks}))
+    out = report_outcomes.evaluation(run, Charts())
+    assert out.index("<h3>qa</h3>") < out.index("<h3>arc</h3>")
+    assert "<td>loss</td><td class=num>2</td><td class=num>1.5</td><td class=num>-0.5 (better)</td>" in out
+    assert "<td>rougeL</td><td class=num>0.2</td><td class=num>0.1</td><td class=num>-0.1 (worse)</td>" in out
+    assert "<td>acc</td><td class=num>0.5</td><td class=num>0.75</td><td class=num>+0.25 (better)</td>" in out
+    # the three lowest adapter ROUGE-L answers, lowest first, escaped
+    assert "3 lowest-ROUGE-L answers of adapter (of 5)" in out and "<a3>" not in out
+    assert out.index("&lt;a3&gt;") < out.index("&lt;a1&gt;") < out.index("&lt;a2&gt;") and "&lt;a0&gt;" not in out
+    # wrong picks, the one the base got right first
+    assert "2 questions adapter got wrong (of 2)" in out and out.index("<td>c1</td>") < out.index("<td>c2</td>")
+
+
+def test_model_bias_grouped_bars_and_a_failed_gate(tmp_path: Path) -> None:
+    from gristmill.train.probe import check_gate, summarize
+
+    run = _run(tmp_path, [{"step": "ingest"}])
+    assert "No bias probe" in report_outcomes.model_bias(run, Charts())
+    # the probe module's worked example: gender sentiment gap 0.4 -> 0.8, no refusals
+    records = [{"axis": "gender", "group": g, "base_sentiment": b, "adapter_sentiment": a, "base_refused": False,
+                "adapter_refused": False}
+               for g, b, a in (("female", 0.5, 0.6), ("female", 0.1, 0.6), ("male", 0.0, -0.4), ("male", -0.2, 0.0))]
+    axes = summarize(records)
+    failures = check_gate(axes, 0.3)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "model_bias.json").write_text(json.dumps(
+        {"templates": ["t1", "t2"], "max_new_tokens": 32, "axes": axes, "generations": records,
+         "gate": {"threshold": 0.3, "passed": False, "failures": failures,
+                  "max_increase": {"sentiment": 0.4, "refusal_rate": 0.0}}}))
+    out = report_outcomes.model_bias(run, Charts())
+    assert out.count("plotly-graph-div") == 1
+    assert '"name":"base model","x":["gender: sentiment","gender: refusal_rate"],"y":[0.4,0.0]' in out
+    assert '"name":"adapter"' in out and '"y":[0.8,0.0]' in out
+    assert "FAILED</span>: a gap grew by more than 0.3" in out and "generation_gap_increase | gender" in out
+    assert "<td>gender</td><td>sentiment</td><td>0.4 (female / male)</td><td>0.8 (female / male)</td>" in out
+    assert "<td class=num>+0.4</td>" in out
+
+
+def test_ablation_table_when_present(tmp_path: Path) -> None:
+    run = _run(tmp_path, [{"step": "ingest"}], fingerprint="fp")
+    assert "No ablation" in report_outcomes.ablation(run, Charts())
+    variants = ("raw", "curated", "curated_synthetic")
+    (tmp_path / "ablation.json").write_text(json.dumps({  # gristmill/ablation.py's shape
+        "mode": "steps", "run_fingerprint": "fp", "eval": {"source": "held_out_from_curated", "rows": 12},
+        "metrics": {"eval_loss": {"base": 2.5, "raw": 2.0, "curated": 1.8, "curated_synthetic": 1.7}},
+        "eval_sets": {"qa": {"rougeL": {"base": 0.1, "raw": 0.2, "curated": 0.3, "curated_synthetic": None}}},
+        "steps": dict.fromkeys(variants, 30), "tokens_trained": dict.fromkeys(variants, 900),
+        "train_rows": {"raw": 300, "curated": 250, "curated_synthetic": 270},
+        "data": {v: {"excluded_eval": 12} for v in variants}}))
+    out = report_outcomes.ablation(run, Charts())
+    assert "<th class=num>curated_synthetic</th>" in out and "other data" not in out
+    assert ("<td>eval_loss</td><td class=num>2.5</td><td class=num>2</td><td class=num>1.8</td><td class=num>1.7"
+            "</td>") in out
+    assert "<td>qa: rougeL</td><td class=num>0.1</td><td class=num>0.2</td><td class=num>0.3</td><td class=num>n/a" in out
+    assert "<td>train rows</td><td class=num></td><td class=num>300</td>" in out
+    run.manifest["fingerprint"] = "changed"
+    assert "run on other data" in report_outcomes.ablation(run, Charts())
+
+
 def test_missing_inputs_never_break_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = _run(tmp_path, [{"step": "ingest", "rows_in": 3, "kept": 3, "dropped": 0}], status="gate_failed",
                gate_failures=["min_group_rows | gender | male | 0 | 1"])
     page = build_report(run)
     for text in ("No rejects.parquet", "No quality step", "No dedup_minhash step", "No synthesize step",
-                 "No audit report", "Training not run", "stopped this run"):
+                 "No audit report", "No mitigation", "Training not run", "No eval sets scored", "No bias probe",
+                 "No ablation", "stopped this run"):
         assert text in page
     assert page.count("plotly.js v") == 1 and "could not be drawn" not in page
 
@@ -215,14 +376,14 @@ def test_report_renders_in_headless_chromium(quick_run: Path, tmp_path: Path) ->
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180,
                          check=True).stdout
     shot = tmp_path / "report.png"
-    subprocess.run([*flags, "--window-size=1280,6000", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+    subprocess.run([*flags, "--window-size=1280,9000", f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=180, check=True)
     assert shot.stat().st_size > 50_000  # a page with charts, not a blank one
     parser = _Charts()
     parser.feed(dom)
-    # funnel, cluster sizes, representation, drop-rate disparity, timings; synthesis, quality and training say
-    # "not in this recipe" / "not run"
-    assert parser.charts == 5 and len(parser.rendered) == parser.charts
+    # funnel, cluster sizes, representation and drop-rate disparity of both audits, before/after, timings;
+    # synthesis, quality, training, eval sets, bias probe and ablation say "not in this recipe" / "not run"
+    assert parser.charts == 8 and len(parser.rendered) == parser.charts
     assert 'data-errors=""' in dom  # no JS error, console error or blocked load
     assert 'data-resources=""' in dom  # the load handler ran and the page fetched nothing
     assert parser.loads == []
@@ -295,3 +456,87 @@ def test_dataset_card_front_matter_and_provenance_on_crafted_rows() -> None:
     assert "1 of 3 rows (33.3%) are synthetic" in card and "| `self_instruct` | `tiny` | `vllm` | `abc` | 1 |" in card
     assert "No demographic audit was run" in card and "| `in.jsonl` | alpaca | 2 |" in card
     assert [size_category(n) for n in (999, 1000, 250_000)] == ["n<1K", "1K<n<10K", "100K<n<1M"]
+
+
+EVAL_SUMMARY = {"base_model": "/models/smollm2-135m-instruct", "adapters": {"adapter": "/run/adapter"},
+                "columns": ["set", "metric", "base", "adapter"], "sets": {"qa": "/run/eval/qa.json"},
+                "resumed": {"qa": False}, "table": [{"set": "qa", "metric": "loss", "base": 2.25, "adapter": 1.5},
+                                                    {"set": "qa", "metric": "rougeL", "base": 0.1, "adapter": None}]}
+PROBE = {"path": "/run/eval/model_bias.json", "resumed": False, "seconds": 3.0,
+         "gate": {"threshold": 0.3, "passed": False, "max_increase": {"sentiment": 0.4, "refusal_rate": 0.0},
+                  "failures": ["generation_gap_increase | gender | sentiment: female 0.6 / male -0.2 | +0.4 | <= 0.3"]}}
+
+
+def test_dataset_card_audit_before_after_mitigation_and_model_results(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from gristmill.export import data_card, refresh_card
+
+    report = {"rows": 4, "axes": {"gender": {"group_rows": {"f": 3, "m": 1}, "representation_ratio": 3.0}},
+              "gate": {"passed": True, "failures": []}, "before_after": _before_after()}
+    (tmp_path / "04-audit.json").write_text(json.dumps(report))
+    frame = pl.DataFrame({"id": ["1"], "text": ["a"], "source": ["in.jsonl"]})
+    recipe = SimpleNamespace(name="crafted", path="r.yaml", raw={}, inputs=[SimpleNamespace(path="in.jsonl",
+                                                                                           mapping="alpaca")],
+                             output=SimpleNamespace(formats=["parquet"]))
+    steps = [{"step": "ingest", "rows_in": 8, "kept": 8, "dropped": 0}, REWEIGH, COUNTERFACTUAL,
+             {"step": "eval_decontaminate", "rows_in": 11, "kept": 10, "dropped": 1,
+              "dropped_by_reason": {"eval_contamination": 1}}]
+    manifest = {"versions": {"gristmill": "0"}, "steps": steps, "reports": {"04-audit": str(tmp_path / "04-audit.json")}}
+    card = data_card(frame, recipe, manifest)
+    assert "Before/after against the earlier audit `02-audit` (steps between: reweigh; gate failed -> passed)" in card
+    assert "- gender: max/min ratio 3.0 -> 1.0, distance from the reference (TVD) 0.25 -> 0.0 (weighted)" in card
+    assert "## Bias mitigation" in card and "f 2.0 (label 0)/0.666667 (label 1)" in card
+    assert "total weight per group: f 4.0, m 4.0" in card and "3 gender-swapped copies added" in card
+    assert "| counterfactual_augment | 8 (+3 added) | 11 | 0 | - |" in card
+    assert "| eval_decontaminate | 11 | 10 | 1 | eval_contamination: 1 |" in card
+    assert "Decontaminated only against the evaluation sets" in card
+    assert "No model trained on this dataset was evaluated in this run" in card
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "README.md").write_text(card)
+    assert refresh_card(tmp_path, manifest | {"eval": EVAL_SUMMARY, "bias_probe": PROBE})
+    refreshed = (tmp_path / "dataset" / "README.md").read_text()
+    assert "| set | metric | base | adapter |" in refreshed and "| qa | loss | 2.25 | 1.5 |" in refreshed
+    assert "| qa | rougeL | 0.1 | n/a |" in refreshed and "`smollm2-135m-instruct`" in refreshed
+    assert "bias probe (base vs adapter on templated prompts per demographic group): gate FAILED" in refreshed
+    assert "sentiment +0.400, refusal_rate +0.000" in refreshed and "No model trained" not in refreshed
+    # only the model section changed, and refreshing again with the same manifest changes nothing
+    assert refreshed.split("<!-- gristmill:model-results -->")[0] == card.split("<!-- gristmill:model-results -->")[0]
+    assert refreshed.split("<!-- /gristmill:model-results -->")[1] == card.split("<!-- /gristmill:model-results -->")[1]
+    assert refresh_card(tmp_path, manifest | {"eval": EVAL_SUMMARY, "bias_probe": PROBE})
+    assert (tmp_path / "dataset" / "README.md").read_text() == refreshed
+    assert _front_matter(refreshed)["pretty_name"] == "crafted"
+    assert not refresh_card(tmp_path / "nowhere", manifest)  # no card: nothing to do
+
+
+def test_write_report_brings_the_card_up_to_date_and_datasets_still_loads_it(
+    quick_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quickstart-like run after an eval and a bias probe (their files written by hand): the report shows
+    them, the card's model section is rewritten, and ``datasets`` loads the folder with the new card."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    from gristmill.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    before = (run / "dataset" / "README.md").read_text()
+    # what the real run put in the card: the second audit against the first, the mitigation steps
+    assert "Before/after against the earlier audit `05-audit` (steps between: reweigh, counterfactual_augment" in before
+    assert "- 06 reweigh (representation, axis `gender`)" in before and "gender-swapped copies added" in before
+    assert "| eval_decontaminate |" in before and "No model trained on this dataset was evaluated" in before
+    (run / "eval").mkdir()
+    (run / "eval" / "summary.json").write_text(json.dumps(EVAL_SUMMARY))
+    (run / "eval" / "model_bias.json").write_text(json.dumps({"axes": {}, "gate": PROBE["gate"]}))
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps(manifest | {"eval": EVAL_SUMMARY, "bias_probe": PROBE}))
+    page = write_report(run).read_text()
+    assert "<h3>qa</h3>" in page and "-0.75 (better)" in page and "a gap grew by more than 0.3" in page
+    card = (run / "dataset" / "README.md").read_text()
+    assert "| qa | loss | 2.25 | 1.5 |" in card and "gate FAILED" in card
+    assert _front_matter(card) == _front_matter(before)
+    ds = datasets.load_dataset(str(run / "dataset"), cache_dir=str(tmp_path / "hf"))
+    assert ds["train"].num_rows == manifest["rows_final"]
