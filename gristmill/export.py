@@ -212,13 +212,15 @@ def _model_lines(manifest: dict[str, Any]) -> list[str]:
 
 def refresh_card(run_dir: Path, manifest: dict[str, Any]) -> bool:
     """Rewrite the model section of ``<run_dir>/dataset/README.md`` from ``manifest`` (eval and bias probe results
-    that came after the export). False when there is no card, or an older one without the section's markers."""
+    that came after the export). False, leaving the file alone, when there is no card, an older one without the
+    section's markers, or one this manifest did not export (a run stopped by the audit gate before exporting
+    leaves the previous run's card, which describes other data)."""
     path = run_dir / "dataset" / "README.md"
-    if not path.is_file():
+    if not path.is_file() or not manifest.get("dataset"):
         return False
     card = path.read_text(encoding="utf-8")
     start, end = card.find(MODEL_BEGIN), card.find(MODEL_END)
-    if start < 0 or end < start:
+    if start < 0 or end < start or f"Data fingerprint: `{manifest.get('fingerprint')}`." not in card:
         return False
     new = card[:start] + "\n".join(_model_lines(manifest)[1:]) + card[end + len(MODEL_END):]
     if new != card:

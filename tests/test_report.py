@@ -482,8 +482,10 @@ def test_dataset_card_audit_before_after_mitigation_and_model_results(tmp_path: 
     steps = [{"step": "ingest", "rows_in": 8, "kept": 8, "dropped": 0}, REWEIGH, COUNTERFACTUAL,
              {"step": "eval_decontaminate", "rows_in": 11, "kept": 10, "dropped": 1,
               "dropped_by_reason": {"eval_contamination": 1}}]
-    manifest = {"versions": {"gristmill": "0"}, "steps": steps, "reports": {"04-audit": str(tmp_path / "04-audit.json")}}
+    manifest = {"versions": {"gristmill": "0"}, "steps": steps, "reports": {"04-audit": str(tmp_path / "04-audit.json")},
+                "fingerprint": "fp1"}
     card = data_card(frame, recipe, manifest)
+    manifest["dataset"] = {"rows": 1}  # exported
     assert "Before/after against the earlier audit `02-audit` (steps between: reweigh; gate failed -> passed)" in card
     assert "- gender: max/min ratio 3.0 -> 1.0, distance from the reference (TVD) 0.25 -> 0.0 (weighted)" in card
     assert "## Bias mitigation" in card and "f 2.0 (label 0)/0.666667 (label 1)" in card
@@ -507,6 +509,11 @@ def test_dataset_card_audit_before_after_mitigation_and_model_results(tmp_path: 
     assert (tmp_path / "dataset" / "README.md").read_text() == refreshed
     assert _front_matter(refreshed)["pretty_name"] == "crafted"
     assert not refresh_card(tmp_path / "nowhere", manifest)  # no card: nothing to do
+    # a run stopped by the audit gate exported nothing: the card left there describes an earlier run's data
+    stopped = {**manifest, "fingerprint": "fp2", "status": "gate_failed"}
+    assert not refresh_card(tmp_path, {k: v for k, v in stopped.items() if k != "dataset"})
+    assert not refresh_card(tmp_path, stopped)
+    assert (tmp_path / "dataset" / "README.md").read_text() == refreshed
 
 
 def test_write_report_brings_the_card_up_to_date_and_datasets_still_loads_it(
