@@ -32,7 +32,7 @@ from gristmill.curation.clusters import clusters, preference_rank
 from gristmill.curation.lsh import band_keys, optimal_bands
 from gristmill.curation.shingles import hashed_shingles, token_hashes
 
-VERSION = "2"  # 2: clusters from leader comparisons with signature shortcuts, not from all verified candidate pairs
+VERSION = "3"  # 3: earlier rows may come as a persisted sketch (stats earlier_rows_hashed); 2: clusters from leader comparisons with signature shortcuts, not from all verified candidate pairs
 SCHEME = "affine32"
 _MAX_HASH = np.uint32((1 << 32) - 1)
 
@@ -116,15 +116,46 @@ class NearDuplicates:
     """Comparisons made and how they were settled (``minhash_kernel.link``)."""
 
 
-def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | None = None) -> NearDuplicates:
-    """Duplicate clusters of ``texts`` as accepted edges. Rows from ``n_new`` on are earlier rows, never compared
-    together. Memory: ``batch_docs`` token lists, plus one signature, band keys and shingle set per row.
-    """
+SKETCH_VERSION = "1"
+"""Part of a persisted sketch's key: bump when tokenizing, shingling or hashing changes what a text sketches to."""
+
+
+@dataclass
+class Sketch:
+    """What near-duplicate detection needs of a set of rows: MinHash signatures and the shingle hash sets (for
+    exact Jaccard). Row ``i``'s shingles are ``shingles[offsets[i]:offsets[i + 1]]``."""
+
+    sig: np.ndarray
+    """(rows, num_perm) uint32."""
+    offsets: np.ndarray
+    """(rows + 1,) int64."""
+    shingles: np.ndarray
+    """uint32."""
+    has_shingles: np.ndarray
+    """(rows,) bool: False for texts without tokens (kept out of LSH: they share the all-max signature)."""
+
+    def __len__(self) -> int:
+        return len(self.sig)
+
+    def concat(self, other: Sketch) -> Sketch:
+        return Sketch(np.concatenate([self.sig, other.sig]),
+                      np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]]),
+                      np.concatenate([self.shingles, other.shingles]),
+                      np.concatenate([self.has_shingles, other.has_shingles]))
+
+
+def sketch_key(params: MinhashParams) -> str:
+    """The params that shape a sketch, as a file-name-safe key: ``sketch_key(MinhashParams()) ==
+    'word5-p128-s1-v1'``. Threshold, bands and verification do not change signatures or shingles."""
+    return f"{params.unit}{params.ngram}-p{params.num_perm}-s{params.seed}-v{SKETCH_VERSION}"
+
+
+def sketch(texts: pl.Series, params: MinhashParams) -> Sketch:
+    """Signatures and shingle sets of ``texts``, ``batch_docs`` texts at a time (only signatures and shingle
+    hashes outlive a batch)."""
     n = len(texts)
-    texts = texts.fill_null("")
-    b, r = optimal_bands(params.threshold, params.num_perm, params.min_recall if params.verify else None)
+    texts = texts.cast(pl.String).fill_null("")
     a_perm, b_perm = permutations(params.num_perm, params.seed)
-    keys = np.zeros((n, b), dtype=np.uint64)
     sig = np.empty((n, params.num_perm), dtype=np.uint32)
     has_shingles = np.zeros(n, dtype=bool)
     sh_offsets, sh_parts, base = [np.zeros(1, dtype=np.int64)], [], 0
@@ -140,41 +171,87 @@ def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | N
         del tok
         stop = start + len(chunk)
         sig[start:stop] = chunk_sig
-        keys[start:stop] = band_keys(chunk_sig, b, r)
         has_shingles[start:stop] = np.diff(offsets) > 0
-        sh_offsets.append(off[1:] + base)
-        sh_parts.append(sh)
+        sh_offsets.append(np.asarray(off[1:], dtype=np.int64) + base)
+        sh_parts.append(np.asarray(sh, dtype=np.uint32))
         base += len(sh)
-    sh_off = np.concatenate(sh_offsets)
     sh_all = np.concatenate(sh_parts) if sh_parts else np.zeros(0, dtype=np.uint32)
-    del sh_parts
-    live = np.flatnonzero(has_shingles)  # empty texts share the all-max signature: keep them out of LSH
+    return Sketch(sig, np.concatenate(sh_offsets), sh_all, has_shingles)
+
+
+def sketch_frame(ids: pl.Series, sk: Sketch) -> pl.DataFrame:
+    """A sketch as a frame (``id``, ``signature``, ``shingles``, ``has_shingles``), for a persisted index."""
+    lengths = np.diff(sk.offsets)
+    return pl.DataFrame({
+        "id": ids.cast(pl.String),
+        "signature": pl.Series(sk.sig).cast(pl.List(pl.UInt32)) if len(sk) else pl.Series([], dtype=pl.List(pl.UInt32)),
+        # Rows of equal length would come out as an Array column: cast to a List either way.
+        "shingles": pl.Series(np.split(sk.shingles, np.cumsum(lengths)[:-1])).cast(pl.List(pl.UInt32))
+        if len(sk) else pl.Series([], dtype=pl.List(pl.UInt32)),
+        "has_shingles": sk.has_shingles,
+    })
+
+
+def frame_sketch(frame: pl.DataFrame, num_perm: int) -> Sketch:
+    """The inverse of ``sketch_frame``."""
+    n = frame.height
+    sig = frame["signature"].explode().to_numpy().astype(np.uint32).reshape(n, num_perm) if n else \
+        np.zeros((0, num_perm), dtype=np.uint32)
+    column = frame["shingles"].cast(pl.List(pl.UInt32))
+    lengths = column.list.len().fill_null(0).to_numpy().astype(np.int64)
+    shingles = column.explode().drop_nulls().to_numpy().astype(np.uint32)
+    return Sketch(sig, np.r_[0, np.cumsum(lengths)].astype(np.int64), shingles,
+                  frame["has_shingles"].to_numpy().astype(bool))
+
+
+def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | None = None,
+                         earlier: Sketch | None = None) -> NearDuplicates:
+    """Duplicate clusters of ``texts`` (and of ``earlier``'s rows, which follow them) as accepted edges. Rows from
+    ``n_new`` on are earlier rows, never compared together. Memory: ``batch_docs`` token lists, plus one
+    signature, band keys and shingle set per row.
+    """
+    sk = sketch(texts, params)
+    if earlier is not None:
+        sk = sk.concat(earlier)
+    n = len(sk)
+    b, r = optimal_bands(params.threshold, params.num_perm, params.min_recall if params.verify else None)
+    keys = band_keys(sk.sig, b, r) if n else np.zeros((0, b), dtype=np.uint64)
+    live = np.flatnonzero(sk.has_shingles)  # empty texts share the all-max signature: keep them out of LSH
     edge_a, edge_b, counts = minhash_kernel.link(
-        keys[live], live, sig, sh_off, sh_all, n, threshold=params.threshold, verify=params.verify,
+        keys[live], live, sk.sig, sk.offsets, sk.shingles, n, threshold=params.threshold, verify=params.verify,
         n_new=n if n_new is None else n_new,
     )
     return NearDuplicates(edge_a, edge_b, b, r, counts)
 
 
-def dedup_minhash(frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.DataFrame | None = None) -> StepResult:
-    """Drop near duplicates within ``frame`` (needs ``id`` and ``text``) and of ``earlier`` rows (``id``, ``text``:
-    sets curated before).
+def dedup_minhash(frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.DataFrame | None = None,
+                  earlier_sketch: Sketch | None = None) -> StepResult:
+    """Drop near duplicates within ``frame`` (needs ``id`` and ``text``) and of ``earlier`` rows (sets curated
+    before: ``id`` and ``text``, or only ``id`` with ``earlier_sketch``, their persisted sketch row for row).
 
     Earlier rows always win a cluster: a new row that near-duplicates one is dropped with reason
     ``near_duplicate_of_earlier`` and ``meta.duplicate_of`` = that row's id; earlier rows are never dropped.
+    Stats count the earlier rows hashed here (``earlier_rows_hashed``; 0 when their sketch was given).
     """
     require(frame, ["id", "text"], "dedup_minhash")
     n = frame.height
     texts = frame["text"].cast(pl.String).fill_null("")
     rank = preference_rank(frame, "quality")
     ids = np.array(frame["id"].cast(pl.String).to_list(), dtype=object)
+    hashed = 0
     if earlier is not None and earlier.height:
-        texts = pl.concat([texts, earlier["text"].cast(pl.String).fill_null("")])
+        if earlier_sketch is None:
+            earlier_sketch = sketch(earlier["text"], params)
+            hashed = earlier.height
+        if len(earlier_sketch) != earlier.height:
+            raise ValueError(f"earlier_sketch has {len(earlier_sketch)} rows for {earlier.height} earlier rows")
         rank = np.concatenate([rank, np.full(earlier.height, -np.inf)])
         ids = np.concatenate([ids, np.array(earlier["id"].cast(pl.String).to_list(), dtype=object)])
-    found = near_duplicate_edges(texts, params, n_new=n)
+    else:
+        earlier_sketch = None
+    found = near_duplicate_edges(texts, params, n_new=n, earlier=earlier_sketch)
 
-    total = len(texts)
+    total = len(ids)
     rep = clusters(total, found.a, found.b, rank)
     sizes = np.bincount(rep, minlength=total)
     rep, sizes_new = rep[:n], sizes[rep[:n]]
@@ -191,6 +268,7 @@ def dedup_minhash(frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.Dat
         "clusters": int(len(np.unique(rep[sizes_new > 1]))),
         **found.counts,
         "earlier_rows": total - n,
+        "earlier_rows_hashed": hashed,
         "lsh_bands": found.bands,
         "lsh_rows": found.rows,
     }

@@ -244,6 +244,12 @@ class Runner:
             "recipe": self.recipe.raw, "recipe_path": str(self.recipe.path), "name": self.recipe.name,
             "versions": versions(), "steps": [], "status": "running",
         }
+        # A continued run (train.resume_adapter) checks the new batch against its lineage and evaluates its sets.
+        from gristmill.lineage import continuation, index_run
+
+        self.recipe, continues = continuation(self.recipe, self.run_dir)
+        if continues is not None:
+            manifest["continues"] = continues
         if self.recipe.trust_remote_code:
             manifest["trust_remote_code"] = True
             log.warning("[yellow]![/] trust_remote_code: true: Python code in the embedding, synthesis and base "
@@ -286,8 +292,11 @@ class Runner:
             write_report(self.run_dir)
             raise gate_failure
         manifest["dataset"] = export_dataset(frame, self.run_dir / "dataset", self.recipe, manifest)
+        manifest["index"] = index_run(self.run_dir, self.recipe, manifest)  # what a continued run reads back
         if train and self.recipe.train is not None:
             manifest["train"] = self.train(frame, fp)
+            if "continues" in manifest:
+                manifest["continues"]["replay_rows"] = manifest["train"].get("replay_rows")
             if not manifest["train"]["resumed"]:
                 recomputed.append("train")
             if self.recipe.eval:  # the eval sets for the base model and this adapter: <run>/eval/
@@ -330,6 +339,11 @@ class Runner:
         assert self.recipe.train is not None
         view = self.recipe.train.model_dump(mode="json")
         params = _resolve_paths(self.recipe, self.recipe.train, view, "train")  # eval_file: absolute + hashed
+        from gristmill.lineage import replay_rows, resume_plan
+
+        resume = resume_plan(self.recipe)
+        if resume is not None:  # the earlier adapter and data are part of what this adapter is trained from
+            view["resume_adapter"] = resume.fingerprint
         fp = fingerprint(data_fp, "train", TRAIN_VERSION, view, *([{"search": search}] if search else []))
         target = target or self.run_dir / "adapter"
         metrics_path = target / "train_metrics.json"
@@ -341,6 +355,13 @@ class Runner:
         model_path = resolve(params.base_model, key="train.base_model")
         self.models["train"] = model_path
         rows = frame.select([c for c in ("id", "messages", "text", "weight") if c in frame.columns]).to_dicts()
+        new_rows = len(rows)
+        if resume is not None:
+            earlier = pl.read_parquet(resume.curated)
+            replay = replay_rows(earlier.select([c for c in ("id", "messages", "text", "weight")
+                                                 if c in earlier.columns]), new_rows, params.replay_fraction,
+                                 params.seed)
+            rows += replay.to_dicts()
         eval_rows = None
         if params.eval_file:
             path = Path(params.eval_file)
@@ -366,6 +387,8 @@ class Runner:
             try:
                 kw = {"model_path": model_path, "out_dir": tmp, "progress": report, "checkpoint_dir": checkpoints,
                       "eval_rows": eval_rows, "card": card, "trust_remote_code": self.recipe.trust_remote_code}
+                if resume is not None:
+                    kw |= {"resume_adapter": resume.adapter, "start_step": resume.start_step}
                 if search:
                     from gristmill.train.search import search_qlora
 
@@ -374,6 +397,7 @@ class Runner:
                     metrics = train_qlora(rows, params, **kw)
                 metrics["fingerprint"] = fp
                 metrics["data_fingerprint"] = data_fp  # which dataset this adapter belongs to (manifest "adapter")
+                metrics["new_rows"], metrics["replay_rows"] = new_rows, len(rows) - new_rows
                 (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
                 replace_dir(tmp, target)
                 shutil.rmtree(checkpoints, ignore_errors=True)
@@ -429,6 +453,9 @@ def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | 
     raw = dict(manifest["recipe"])
     raw["train"] = {**(raw.get("train") or {}), **(overrides or {})}
     recipe = parse_recipe(yaml.safe_dump(raw), Path(manifest["recipe_path"]))
+    from gristmill.lineage import continuation
+
+    recipe, _ = continuation(recipe, run_dir)  # a continued run evaluates its lineage's eval sets too
     runner = Runner(recipe, run_dir, console=console)
     runner.models = dict(manifest.get("models") or {})
     metrics = runner.train(pl.read_parquet(data), manifest["fingerprint"], target=out, search=search)

@@ -152,15 +152,14 @@ def _judge(params: signals_mod.JudgeParams, ctx: Context, stack: Any, engine: An
 
 
 def _dedup_minhash(frame: pl.DataFrame, params: minhash.MinhashParams, ctx: Context) -> StepResult:
-    earlier = []
-    for path in map(Path, params.against):
-        if path.is_dir():
-            raise InputError(f"dedup_minhash.against: {path} is a directory; name its curated file, e.g. "
-                             f"{path / 'dataset' / 'data.parquet'}")
-        old = pl.read_parquet(path, columns=["id", "text"])
-        # Prefix ids with where they came from: an earlier run's "file:line" ids may repeat this run's.
-        earlier.append(old.select(pl.format("{}:{}", pl.lit(str(path)), pl.col("id")).alias("id"), "text"))
-    return minhash.dedup_minhash(frame, params, earlier=pl.concat(earlier) if earlier else None)
+    """Earlier sets (``against``) come with their sketch: read from an earlier run's persisted index
+    (``gristmill.lineage``) when current, else hashed (and persisted there for the next round)."""
+    from gristmill.lineage import earlier_sketches
+
+    earlier, sketch, counts = earlier_sketches(params)
+    result = minhash.dedup_minhash(frame, params, earlier=earlier, earlier_sketch=sketch)
+    result.stats |= counts
+    return result
 
 
 def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, ctx: Context) -> StepResult:

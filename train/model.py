@@ -8,8 +8,11 @@ head is a fifth of the forward's multiply-adds, and the logits of a full batch a
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 from typing import Any
 
+from gristmill.common.errors import InputError
 from gristmill.common.hardware import cpu_has_bf16
 from gristmill.train.formatting import IGNORE
 from gristmill.train.params import TrainParams
@@ -71,11 +74,45 @@ def load_base(model_path: str, params: TrainParams, *, device: str | None = None
     return model
 
 
-def load_model(model_path: str, params: TrainParams, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """Base model + a fresh adapter (peft), and the tokenizer (pad = EOS when the tokenizer has none)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def adapter_shape(config: dict[str, Any]) -> dict[str, Any]:
+    """The LoRA shape an adapter_config.json records, comparable with ``lora_shape``."""
+    targets = config.get("target_modules")
+    return {"r": config.get("r"), "alpha": config.get("lora_alpha"), "dora": bool(config.get("use_dora")),
+            "target_modules": sorted(targets) if isinstance(targets, list) else targets}
+
+
+def lora_shape(params: TrainParams) -> dict[str, Any]:
+    """The LoRA shape ``params`` asks for. Example: defaults -> ``{r: 16, alpha: 32, dora: False,
+    target_modules: 'all-linear'}``."""
+    targets = params.lora.target_modules
+    return {"r": params.lora.r, "alpha": params.lora.alpha, "dora": params.method == "dora",
+            "target_modules": sorted(targets) if isinstance(targets, list) else targets}
+
+
+def check_resume_shape(adapter: Path, params: TrainParams) -> None:
+    """Raise an input error naming both shapes when the adapter in ``adapter`` cannot continue with ``params``
+    (rank, alpha, DoRA, and the target modules when the recipe lists them: peft saves "all-linear" expanded)."""
+    config_path = adapter / "adapter_config.json"
+    if not config_path.is_file():
+        raise InputError(f"train.resume_adapter: {adapter} has no adapter_config.json (not a trained adapter)")
+    have, want = adapter_shape(json.loads(config_path.read_text())), lora_shape(params)
+    if want["target_modules"] == "all-linear":
+        have, want = {**have, "target_modules": None}, {**want, "target_modules": None}
+    if have != want:
+        raise InputError(f"train.resume_adapter: the earlier adapter {adapter} has LoRA shape {have} but the recipe's "
+                         f"train.lora/method ask for {want}; set train.lora (and method) to the earlier shape to "
+                         "continue from it, or drop resume_adapter to train a fresh adapter")
+
+
+def load_model(model_path: str, params: TrainParams, *, trust_remote_code: bool = False,
+               adapter: Path | None = None) -> tuple[Any, Any]:
+    """Base model + a fresh adapter (peft), or the trainable adapter saved in ``adapter`` (an earlier run's, to
+    continue training it), and the tokenizer (pad = EOS when the tokenizer has none)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoTokenizer
 
+    if adapter is not None:
+        check_resume_shape(adapter, params)  # before the base model loads: a wrong shape fails at once
     model = load_base(model_path, params, trust_remote_code=trust_remote_code)
     on_gpu = device_of(model).type == "cuda"
     checkpointing = on_gpu if params.gradient_checkpointing is None else params.gradient_checkpointing
@@ -86,15 +123,17 @@ def load_model(model_path: str, params: TrainParams, *, trust_remote_code: bool 
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    lora = LoraConfig(
-        r=params.lora.r,
-        lora_alpha=params.lora.alpha,
-        lora_dropout=params.lora.dropout,
-        target_modules=params.lora.target_modules,
-        use_dora=params.method == "dora",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    else:
+        model = get_peft_model(model, LoraConfig(
+            r=params.lora.r,
+            lora_alpha=params.lora.alpha,
+            lora_dropout=params.lora.dropout,
+            target_modules=params.lora.target_modules,
+            use_dora=params.method == "dora",
+            task_type="CAUSAL_LM",
+        ))
     if params.compile:
         # Regional compilation: one graph per decoder layer, reused by every layer of the same shape, compiles in
         # a fraction of a whole-model compile; dynamic shapes because packed batches change size every step.

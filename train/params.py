@@ -114,6 +114,14 @@ class TrainParams(BaseModel):
     local file store). A tracker that is not installed is skipped with a warning."""
     seed: int = 0
     """Seed for the split, shuffling and LoRA init."""
+    resume_adapter: str | None = None
+    """Continue training from an earlier run (its directory, relative to the recipe): its adapter is loaded instead
+    of a fresh LoRA (same lora shape required), the step count continues from its steps, `replay_fraction` of its
+    curated rows are mixed in, and the new batch is deduplicated (with a dedup_minhash step) and decontaminated
+    against everything its lineage curated and evaluated (see `gristmill runs`)."""
+    replay_fraction: float = Field(0.1, ge=0, le=1)
+    """With resume_adapter: earlier curated rows mixed into training, as a share of the new rows (round half up,
+    at most all earlier rows), drawn with `seed`."""
     bias_probe: BiasProbeParams | None = Field(None, exclude=True)
     """Probe base model and adapter for group gaps after training (<run>/eval/model_bias.json); None = off. Not
     part of the adapter's fingerprint (it does not change the adapter)."""

@@ -28,7 +28,7 @@ from gristmill.train.packing import collate, plan_epoch
 from gristmill.train.params import LoraParams, TrainParams
 from gristmill.train.tracking import Trackers
 
-VERSION = "3"  # 3: generation eval scores with eval_metrics (ROUGE-L over words, SQuAD exact match)
+VERSION = "4"  # 4: train.resume_adapter continues an earlier adapter; 3: generation eval scores with eval_metrics (ROUGE-L over words, SQuAD exact match)
 """Part of the training fingerprint: bump when a change alters the adapter trained from the same data and params."""
 
 __all__ = ["LoraParams", "TrainParams", "train_qlora"]
@@ -60,11 +60,16 @@ def train_qlora(
     eval_rows: list[dict[str, Any]] | None = None,
     card: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    resume_adapter: Path | None = None,
+    start_step: int = 0,
 ) -> dict[str, Any]:
     """Train an adapter on ``rows``; returns (and writes) the metrics. ``progress(phase, done, total, note)``
     reports loading, eval, generation and training. With ``checkpoint_dir`` a checkpoint is written every
     ``save_steps`` and a killed run with the same arguments resumes from the last one. ``trust_remote_code``: the
-    recipe's setting, for the base model's own Python code (off by default)."""
+    recipe's setting, for the base model's own Python code (off by default). ``resume_adapter``: an earlier
+    adapter directory training continues from (instead of a fresh LoRA; its eval loss is then the "before"
+    figure); ``start_step``: that adapter's global step count, which this run's steps add on to (metrics
+    ``start_step`` and ``global_step``, tracker steps)."""
     import torch
 
     say = progress or _quiet
@@ -72,7 +77,7 @@ def train_qlora(
     random.seed(params.seed)
     torch.manual_seed(params.seed)
     say("load model", 0, 1, "")
-    model, tokenizer = load_model(model_path, params, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_model(model_path, params, trust_remote_code=trust_remote_code, adapter=resume_adapter)
     say("load model", 1, 1, "")
     on_gpu = model.device.type == "cuda"
     stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
@@ -107,7 +112,8 @@ def train_qlora(
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(trainable, params.learning_rate, on_gpu)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (params.warmup_steps + 1)))
-    key = {"params": params.model_dump(mode="json"), "train_rows": len(train_set), "model": model_path}
+    key = {"params": params.model_dump(mode="json"), "train_rows": len(train_set), "model": model_path,
+           "resume_adapter": str(resume_adapter) if resume_adapter else None}
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "losses": [], "tokens_seen": 0, "train_seconds": 0.0,
                              "step": 0, "key": key, "eval_before": None, "base_answers": None,
                              "step_seconds": [], "step_tokens": []}
@@ -119,7 +125,7 @@ def train_qlora(
             state, resumed_from = saved, saved["step"]
             log.info(f"train: resuming from {ckpt.name} (step {state['step']} of {total_steps})")
         else:  # another configuration's checkpoint: start afresh
-            model, tokenizer = load_model(model_path, params, trust_remote_code=trust_remote_code)
+            model, tokenizer = load_model(model_path, params, trust_remote_code=trust_remote_code, adapter=resume_adapter)
             trainable = [p for p in model.parameters() if p.requires_grad]
             opt = make_optimizer(trainable, params.learning_rate, on_gpu)
             sched = torch.optim.lr_scheduler.LambdaLR(
@@ -132,8 +138,14 @@ def train_qlora(
     gen_kw = {"max_new_tokens": params.eval_max_new_tokens, "stop_ids": stops, "batch_size": params.batch_size * 2,
               "progress": say}
     if state["eval_before"] is None:
-        # Before training the adapter is the identity (LoRA's B starts at zero), so this is the base model.
-        state["eval_before"] = eval_loss(model, eval_set, phase="eval (before)", **eval_kw)
+        # Before training a fresh adapter is the identity (LoRA's B starts at zero), so this is the base model.
+        # A resumed adapter is not: the base is measured with it disabled, and the earlier adapter as it starts.
+        if resume_adapter is not None:
+            state["eval_start"] = eval_loss(model, eval_set, phase="eval (earlier adapter)", **eval_kw)
+            with model.disable_adapter():
+                state["eval_before"] = eval_loss(model, eval_set, phase="eval (before)", **eval_kw)
+        else:
+            state["eval_before"] = eval_loss(model, eval_set, phase="eval (before)", **eval_kw)
         if gen_rows:
             with model.disable_adapter():
                 from gristmill.train.evaluate import generate
@@ -175,7 +187,7 @@ def train_qlora(
         state["step_seconds"].append(time.perf_counter() - t0)
         state["tokens_seen"] += state["step_tokens"][-1]
         state["train_seconds"] += state["step_seconds"][-1]
-        trackers.log(state["step"], {"train/loss": weighted / n_step, "train/token_loss": plain / n_step,
+        trackers.log(start_step + state["step"], {"train/loss": weighted / n_step, "train/token_loss": plain / n_step,
                                      "train/lr": sched.get_last_lr()[0], "train/tokens_seen": state["tokens_seen"]})
         say("train", state["step"], total_steps, f"loss {state['losses'][-1]:.3f}")
         if checkpoint_dir and params.save_steps and state["step"] % params.save_steps == 0 \
@@ -185,7 +197,7 @@ def train_qlora(
     generation, predictions = None, []
     if gen_rows:
         generation, predictions = generation_eval(model, tokenizer, gen_rows, base=state["base_answers"], **gen_kw)
-    trackers.log(state["step"], {"eval/loss": eval_after["loss"], "eval/perplexity": eval_after["perplexity"]})
+    trackers.log(start_step + state["step"], {"eval/loss": eval_after["loss"], "eval/perplexity": eval_after["perplexity"]})
     trackers.close()
     eval_seconds = state["eval_before"]["seconds"] + eval_after["seconds"] + (generation or {}).get("seconds", 0)
 
@@ -218,6 +230,11 @@ def train_qlora(
         "overlength_rows": stats.overlength,
         "steps": total_steps,
         "resumed_from_step": resumed_from,
+        # Continuous fine-tuning: the earlier adapter's global steps, and this adapter's after training.
+        "resume_adapter": str(resume_adapter) if resume_adapter else None,
+        "start_step": start_step,
+        "global_step": start_step + total_steps,
+        "eval_loss_start": state["eval_start"]["loss"] if state.get("eval_start") else None,
         "train_loss_first": state["losses"][0],
         "train_loss_last": state["losses"][-1],
         "loss_curve": state["losses"],

@@ -1,13 +1,13 @@
-"""Command line: ``gristmill run | validate | init | inspect | explain | show | diff | report | train | ablate | eval
-| review | models`` (typer; ``gristmill --install-completion`` installs shell completion).
+"""Command line: ``gristmill run | validate | init | inspect | explain | show | diff | report | runs | train | ablate
+| eval | review | models`` (typer; ``gristmill --install-completion`` installs shell completion).
 
 Exit codes: 0 ok, 1 a bug (the traceback is shown), 2 invalid recipe or input (the message says where and how to
 fix it; ``--debug`` adds the traceback), 3 the audit gate stopped the run before training. A batch ``run`` exits
 with the worst code of its recipes.
 
 One module per command group: ``run.py`` (run, validate, init), ``inspect.py`` (inspect, explain, show, diff,
-report), ``train.py`` (train, ablate), ``eval.py`` (eval, review, models). ``main(argv)`` is what the console
-script and the tests call.
+report), ``runs.py`` (runs: the lineage of continued runs), ``train.py`` (train, ablate), ``eval.py`` (eval,
+review, models). ``main(argv)`` is what the console script and the tests call.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rich.console import Console
 from gristmill.cli import eval as _eval
 from gristmill.cli import inspect as _inspect
 from gristmill.cli import run as _run
+from gristmill.cli import runs as _runs
 from gristmill.cli import train as _train
 from gristmill.cli._common import EXIT_GATE, EXIT_INVALID, gate_table, log, setup_logging, state
 from gristmill.common.errors import GateFailed, UserError
@@ -46,7 +47,7 @@ def _root(
     setup_logging(state.console, verbose, quiet)
 
 
-for _module in (_run, _inspect, _train, _eval):
+for _module in (_run, _inspect, _runs, _train, _eval):
     _module.register(app)
 
 
