@@ -48,6 +48,7 @@ from gristmill.checkpoint import ensure_dir, fingerprint, write_json_atomic
 from gristmill.common.errors import InputError, MissingFileError
 from gristmill.common.text import messages_text
 from gristmill.recipe import Recipe, parse_recipe
+from gristmill.report import write_report
 from gristmill.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,7 @@ def ablate(recipe: Recipe, run_dir: Path | None = None, mode: Mode = "steps") ->
         "adapters": {n: str(root / n) for n in VARIANTS},
     }
     write_json_atomic(result.run_dir / "ablation.json", out)
+    write_report(result.run_dir)  # the report's ablation table
     return out
 
 

@@ -31,6 +31,7 @@ from gristmill.common.errors import InputError, MissingFileError, UserError
 from gristmill.common.readers import ReadOptions, infer_format, read_table
 from gristmill.eval_params import EvalSet
 from gristmill.ingest import InputSpec, fingerprint_path, ingest
+from gristmill.report import write_report
 from gristmill.train.eval_metrics import ChoiceItem
 from gristmill.train.params import TrainParams
 
@@ -295,4 +296,5 @@ def eval_run(run_dir: Path, adapter: Path | None = None) -> dict[str, Any]:
     if manifest.get("status") == "ok":
         manifest["eval"] = summary
         write_json_atomic(manifest_path, manifest)
+        write_report(run_dir)  # the report and the data card's model section show the new scores
     return summary
