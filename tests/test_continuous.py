@@ -172,3 +172,35 @@ def test_resume_adapter_errors_name_the_key(tmp_path: Path) -> None:
     itself = _recipe(tmp_path, "g8", "b1.jsonl", "e1.jsonl", resume_adapter="runs/g8")
     with pytest.raises(UserError, match="this run's own output.dir"):
         Runner(load_recipe(itself)).run()
+
+
+def test_a_third_round_checks_against_the_whole_lineage(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from gristmill.lineage import describe
+    from gristmill.recipe import load_recipe
+    from gristmill.runner import Runner
+
+    (tmp_path / "b1.jsonl").write_text(_alpaca(sum_rows(20)))
+    (tmp_path / "e1.jsonl").write_text(_alpaca(sum_rows(5, start=100)))
+    Runner(load_recipe(_recipe(tmp_path, "g1", "b1.jsonl", "e1.jsonl"))).run()
+    (tmp_path / "b2.jsonl").write_text(_alpaca(sum_rows(12, start=40)))
+    (tmp_path / "e2.jsonl").write_text(_alpaca(sum_rows(5, start=150)))
+    Runner(load_recipe(_recipe(tmp_path, "g2", "b2.jsonl", "e2.jsonl", resume_adapter="runs/g1"))).run()
+    # Round 3: 10 new rows, 2 copies of round-1 rows, 2 of round-2 rows, 1 leak of each earlier eval set.
+    batch3 = sum_rows(10, start=70) + sum_rows(2) + sum_rows(2, start=40) + sum_rows(1, start=100) \
+        + sum_rows(1, start=150)
+    (tmp_path / "b3.jsonl").write_text(_alpaca(batch3))
+    (tmp_path / "e3.jsonl").write_text(_alpaca(sum_rows(5, start=180)))
+    third = Runner(load_recipe(_recipe(tmp_path, "g3", "b3.jsonl", "e3.jsonl", resume_adapter="runs/g2",
+                                       replay_fraction=0.5))).run().manifest
+    runs = tmp_path / "runs"
+    assert third["continues"]["lineage"] == [str((runs / "g2").resolve()), str((runs / "g1").resolve())]
+    dedup = next(s for s in third["steps"] if s["step"] == "dedup_minhash")
+    assert dedup["dropped_by_reason"] == {"near_duplicate_of_earlier": 4}
+    assert dedup["earlier_rows_from_index"] == 20 + 12 and dedup["earlier_rows_hashed"] == 0
+    decon = next(s for s in third["steps"] if s["step"] == "eval_decontaminate")
+    assert decon["dropped_by_reason"] == {"eval_contamination": 2}
+    assert third["train"]["start_step"] == 4 and third["train"]["global_step"] == 6
+    assert third["train"]["replay_rows"] == 5  # round(0.5 x 10), drawn from round 2's curated rows
+    assert {r["set"] for r in third["eval"]["table"]} == {"g1_qa", "g2_qa", "g3_qa"}
+    assert [(r["run"], r["generation"]) for r in describe(runs)["runs"]] == [("g1", 1), ("g2", 2), ("g3", 3)]
