@@ -106,10 +106,9 @@ def curated_file(run: RunRef) -> Path:
     data = run.dir / "dataset" / "data.parquet"
     if data.is_file():
         return data
-    steps = run.manifest.get("steps") or []
-    folders = sorted((run.dir / "steps").glob("*"))
-    if steps and folders and (folders[len(steps) - 1] / "kept.parquet").is_file():
-        return folders[len(steps) - 1] / "kept.parquet"
+    steps = run.manifest.get("steps") or []  # ingest first, then the recipe's steps: NN-name folders
+    if steps and (last := run.dir / "steps" / f"{len(steps) - 1:02d}-{steps[-1]['step']}" / "kept.parquet").is_file():
+        return last
     raise MissingFileError(f"{run.dir}: neither dataset/data.parquet nor the last step's kept.parquet exists; rerun "
                            "that run (its curated rows are what a continued run replays and deduplicates against)")
 

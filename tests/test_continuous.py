@@ -204,3 +204,30 @@ def test_a_third_round_checks_against_the_whole_lineage(tmp_path: Path) -> None:
     assert third["train"]["replay_rows"] == 5  # round(0.5 x 10), drawn from round 2's curated rows
     assert {r["set"] for r in third["eval"]["table"]} == {"g1_qa", "g2_qa", "g3_qa"}
     assert [(r["run"], r["generation"]) for r in describe(runs)["runs"]] == [("g1", 1), ("g2", 2), ("g3", 3)]
+
+
+def test_an_unindexed_earlier_run_is_hashed_once_then_read_back(tmp_path: Path) -> None:
+    from gristmill.lineage import curated_file, earlier_sketches, open_run
+
+    run = tmp_path / "old"
+    (run / "dataset").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"status": "ok", "name": "old", "steps": []}))
+    data = run / "dataset" / "data.parquet"
+    texts = ["one two three four five six seven", "alpha beta gamma delta epsilon zeta eta", ""]
+    pl.DataFrame({"id": ["a", "b", "c"], "text": texts}).write_parquet(data)
+    assert curated_file(open_run(run, need_adapter=False)) == data.resolve()
+    params = minhash.MinhashParams(against=[str(data)])
+    ids, sk, stats = earlier_sketches(params)
+    assert stats == {"earlier_rows_from_index": 0, "earlier_rows_hashed": 3}
+    assert ids is not None and ids["id"].to_list() == [f"{data}:a", f"{data}:b", f"{data}:c"]
+    assert (run / "index" / "minhash-word5-p128-s1-v1.parquet").is_file()
+    ids2, sk2, stats2 = earlier_sketches(params)
+    assert stats2 == {"earlier_rows_from_index": 3, "earlier_rows_hashed": 0}
+    assert sk is not None and sk2 is not None and np.array_equal(sk.sig, sk2.sig)
+    assert np.array_equal(sk.shingles, sk2.shingles) and sk2.has_shingles.tolist() == [True, True, False]
+    pl.DataFrame({"id": ["a"], "text": texts[:1]}).write_parquet(data)  # the earlier set changed: index is stale
+    _, sk3, stats3 = earlier_sketches(params)
+    assert stats3 == {"earlier_rows_from_index": 0, "earlier_rows_hashed": 1} and sk3 is not None and len(sk3) == 1
+    other = minhash.MinhashParams(against=[str(data)], num_perm=64)  # another key: its own index
+    assert earlier_sketches(other)[2]["earlier_rows_hashed"] == 1
+    assert (run / "index" / "minhash-word5-p64-s1-v1.parquet").is_file()
