@@ -32,7 +32,7 @@ def runs(
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return 0
-    table = Table("gen", "run", "continues", "rows curated", "trained (replayed)", "steps", "eval loss",
+    table = Table("gen", "run", "continues", "rows curated", "train rows (replayed)", "steps", "eval loss",
                   title=f"runs in {directory}")
     for r in found["runs"]:
         table.add_row(str(r["generation"]), r["run"], Path(r["continues"]).name if r["continues"] else "",
