@@ -467,8 +467,14 @@ def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | 
             from gristmill.evaluation import evaluate
 
             manifest["eval"] = evaluate(recipe, {"adapter": run_dir / "adapter"}, run_dir / "eval")
+        failures: list[str] = []
+        if recipe.train is not None and recipe.train.bias_probe is not None:  # it must describe this adapter
+            manifest["bias_probe"] = runner.bias_probe(metrics)
+            failures = manifest["bias_probe"]["gate"]["failures"]
         write_json_atomic(manifest_path, manifest)
         write_report(run_dir)  # the report charts the adapter the manifest now names
+        if failures:
+            raise GateFailed("bias_probe (after training)", failures)
     return metrics
 
 
