@@ -165,6 +165,11 @@ def _check_step(recipe: Recipe, where: str, name: str, params: Any, input_column
 
 
 def _check_train(recipe: Recipe, errors: list[str]) -> None:
+    if recipe.train is not None and recipe.train.resume_adapter:
+        earlier = recipe.resolve(recipe.train.resume_adapter)
+        if not (earlier / "manifest.json").is_file() or not (earlier / "adapter" / "adapter_config.json").is_file():
+            errors.append(f"train.resume_adapter: {earlier} is not a finished, trained gristmill run (no manifest.json "
+                          "or adapter/adapter_config.json there); name the output.dir of the run to continue")
     if recipe.train is None or not recipe.train.eval_file:
         return
     path = recipe.resolve(recipe.train.eval_file)

@@ -55,7 +55,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for command in ("run", "validate", "init", "inspect", "explain", "show", "diff", "report", "train", "ablate",
-                    "eval", "review", "models", "--install-completion"):
+                    "eval", "review", "models", "runs", "--install-completion"):
         assert command in out, command
     assert main(["review", "--help"]) == 0
     out = capsys.readouterr().out
@@ -299,6 +299,19 @@ def test_validate_names_a_missing_eval_set_once(tmp_path: Path, sample_dir: Path
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "eval[0].path:" in err and err.count("nope.jsonl does not exist") == 1
+
+
+def test_validate_names_a_resume_adapter_that_is_not_a_trained_run(tmp_path: Path, sample_dir: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = _recipe(tmp_path, steps=STEPS[:1])
+    path.write_text(path.read_text() + "train: {resume_adapter: runs/round-1}\n")
+    assert main(["validate", str(path)]) == 2
+    assert "train.resume_adapter:" in capsys.readouterr().err
+    earlier = tmp_path / "runs" / "round-1"
+    (earlier / "adapter").mkdir(parents=True)
+    (earlier / "manifest.json").write_text("{}")
+    (earlier / "adapter" / "adapter_config.json").write_text("{}")
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
 
 
 def test_adapter_state_known_answers(tmp_path: Path) -> None:
