@@ -34,9 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +42,7 @@ import polars as pl
 import yaml
 from rich.table import Table
 
-from gristmill.checkpoint import ensure_dir, fingerprint, write_json_atomic
+from gristmill.checkpoint import ensure_dir, fingerprint, write_json_atomic, write_parquet_atomic
 from gristmill.common.errors import InputError, MissingFileError
 from gristmill.common.text import messages_text
 from gristmill.recipe import Recipe, parse_recipe
@@ -86,16 +84,6 @@ def exclude_eval(frame: pl.DataFrame, eval_frame: pl.DataFrame) -> tuple[pl.Data
         bad = bad.scatter(hits["row"].unique().to_list(), True)
     keep = ~(bad | frame["id"].cast(pl.String).is_in(list(ids)))
     return frame.filter(keep), int(frame.height - keep.sum())
-
-
-def _atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        frame.write_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _read_rows(path: Path) -> pl.DataFrame:
@@ -195,7 +183,7 @@ def ablate(recipe: Recipe, run_dir: Path | None = None, mode: Mode = "steps") ->
     else:
         eval_frame = held_out(frames["curated"], recipe)
         eval_path = root / "eval.parquet"
-        _atomic_parquet(eval_frame.select([c for c in _ROW_COLUMNS if c in eval_frame.columns]), eval_path)
+        write_parquet_atomic(eval_frame.select([c for c in _ROW_COLUMNS if c in eval_frame.columns]), eval_path)
         overrides["eval_file"] = str(eval_path.resolve())
         eval_source = "held_out_from_curated"
     excluded = {}

@@ -107,6 +107,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise output_error(err, path) from err
 
 
+def write_parquet_atomic(frame: Any, path: Path) -> None:
+    """``frame`` (a polars DataFrame) to ``path`` under a temporary name, renamed into place with the umask's mode."""
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        frame.write_parquet(tmp)
+        public_mode(Path(tmp))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise output_error(err, path) from err
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
     """Move a finished ``tmp`` directory to ``target``, replacing any older one."""
     old = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -100,16 +99,8 @@ def export_dataset(frame: pl.DataFrame, out: Path, recipe: Any, manifest: dict[s
             else:
                 tmp.unlink(missing_ok=True)
     info = {"rows": frame.height, "files": written, "columns": frame.columns}
-    write_json_atomic(out / "dataset_info.json", info)
-    _as_umask_allows(out / "dataset_info.json")
+    write_json_atomic(out / "dataset_info.json", info)  # with the umask's mode (checkpoint.public_mode)
     return info
-
-
-def _as_umask_allows(path: Path) -> None:
-    """Give ``path`` the mode a plain ``open()`` would (a temporary file from mkstemp is 0600, whatever the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
 
 
 def _audit_lines(manifest: dict[str, Any]) -> list[str]:

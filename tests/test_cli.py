@@ -242,6 +242,15 @@ def test_outputs_are_portable(run_dir: Path) -> None:
     assert stat.S_IMODE((run_dir / "steps" / "01-normalize").stat().st_mode) == 0o755
 
 
+def test_atomic_parquet_follows_the_umask(tmp_path: Path, umask_022: None) -> None:
+    from gristmill.checkpoint import write_parquet_atomic
+
+    write_parquet_atomic(pl.DataFrame({"id": ["a"]}), tmp_path / "sub" / "x.parquet")
+    assert stat.S_IMODE((tmp_path / "sub" / "x.parquet").stat().st_mode) == 0o644
+    assert pl.read_parquet(tmp_path / "sub" / "x.parquet")["id"].to_list() == ["a"]
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.parquet"]  # no temporary file left
+
+
 def test_a_stale_adapter_is_recorded_and_named(run_dir: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """An adapter trained on this run's data (its train_metrics.json as Runner.train writes it; training itself
