@@ -107,6 +107,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise output_error(err, path) from err
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` to ``path`` under a temporary name, renamed into place (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except IO_ERRORS as err:
+        tmp.unlink(missing_ok=True)
+        raise output_error(err, path) from err
+
+
 def write_parquet_atomic(frame: Any, path: Path) -> None:
     """``frame`` (a polars DataFrame) to ``path`` under a temporary name, renamed into place with the umask's mode."""
     ensure_dir(path.parent)

@@ -9,7 +9,14 @@ from typing import Any
 
 import polars as pl
 
-from gristmill.checkpoint import IO_ERRORS, ensure_dir, output_error, replace_dir, write_json_atomic
+from gristmill.checkpoint import (
+    IO_ERRORS,
+    ensure_dir,
+    output_error,
+    replace_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def write_rejects(path: Path, step_dirs: list[tuple[str, Path]]) -> dict[str, Any]:
@@ -215,13 +222,7 @@ def refresh_card(run_dir: Path, manifest: dict[str, Any]) -> bool:
         return False
     new = card[:start] + "\n".join(_model_lines(manifest)[1:]) + card[end + len(MODEL_END):]
     if new != card:
-        tmp = path.with_name(".README.md.tmp")
-        try:
-            tmp.write_text(new, encoding="utf-8")
-            tmp.replace(path)
-        except IO_ERRORS as err:
-            tmp.unlink(missing_ok=True)
-            raise output_error(err, path) from err
+        write_text_atomic(path, new)
     return True
 
 

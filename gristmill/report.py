@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from gristmill.checkpoint import IO_ERRORS, output_error
+from gristmill.checkpoint import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +206,6 @@ def write_report(run_dir: Path) -> Path:
     refresh_card(run_dir, run.manifest)
     page = build_report(run)
     path = run_dir / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(path)
-    except IO_ERRORS as err:
-        tmp.unlink(missing_ok=True)
-        raise output_error(err, path) from err
+    write_text_atomic(path, page)
     log.debug(f"report → {path} ({os.path.getsize(path) // 1024} KiB)")
     return path

@@ -146,13 +146,7 @@ def test_trust_remote_code_is_off_unless_the_recipe_sets_it(tmp_path: Path, capl
 
 
 def test_outputs_stay_in_the_run_directory(tmp_path: Path) -> None:
-    data = tmp_path / "in.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"Say the number {i} in words", "input": "",
-                                        "output": f"The number is {i}."}) + "\n" for i in range(20)))
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "confined", "inputs": [{"path": "in.jsonl"}],
-                                      "steps": [{"normalize": {}}, {"dedup_exact": {}}],
-                                      "output": {"dir": str(tmp_path / "run"), "formats": ["parquet", "jsonl"]}}))
+    recipe = _confined_recipe(tmp_path)
     before = {p for p in tmp_path.rglob("*")}
     Runner(load_recipe(recipe)).run()
     new = {p for p in tmp_path.rglob("*")} - before
