@@ -10,6 +10,12 @@ record is an error naming ``file:line``). ``multiple_choice`` reads the question
 ``EvalSet``): e.g. a header-less ARC-Easy csv row ``"Which gas ...?","oxygen","carbon dioxide","helium","neon","B"``
 is the question, four choices labelled A-D and the gold label B. The first ``max_rows`` rows are scored.
 
+Generation defects (``generation_defects``): besides ROUGE-L and exact match, each side's greedy answers are judged
+by curation's own detectors, so an adapter that learned a defect of its training data shows it: the share of
+answers that are refusals, that stop by themselves mid-sentence (``truncated``; an answer that ran into
+``max_new_tokens`` is counted apart, in ``at_token_limit``: that is the eval's budget, not the model), that are
+empty, that repeat themselves, or that copy the prompt, and ``defective`` (any of those five).
+
 Results are reused: each set's result carries a fingerprint of the set's params and file content, the base
 model's identity, each adapter's training fingerprint (or its files' hashes), the training params that shape how
 the model is loaded and encoded, and the versions of the model libraries; a rerun with all of that unchanged
@@ -26,6 +32,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from gristmill.checkpoint import ensure_dir, file_sha256, fingerprint, write_json_atomic
 from gristmill.common.errors import InputError, MissingFileError, UserError
 from gristmill.common.readers import ReadOptions, infer_format, read_table
@@ -35,7 +43,7 @@ from gristmill.report import write_report
 from gristmill.train.eval_metrics import ChoiceItem
 from gristmill.train.params import TrainParams
 
-VERSION = "1"
+VERSION = "2"  # 2: generation defect shares
 """Part of every eval result's fingerprint: bump when a change alters the numbers for the same inputs."""
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,72 @@ _ANSWER_COLUMNS = ("answerKey", "answer", "label")
 _LIBS = ("torch", "transformers", "tokenizers", "peft", "bitsandbytes")
 # Training params that change how the model is loaded or the rows are encoded (not the schedule).
 _LOAD_KEYS = ("base_model", "method", "double_quant", "bf16", "max_seq_length", "fix_eos")
+
+
+DEFECTS = ("refusal", "truncated", "empty", "repetitive", "copies_prompt")
+"""Generation defects, each a share of a side's answers (``defective``: any of them; ``at_token_limit`` apart)."""
+DEFECT_METRICS = (*DEFECTS, "defective", "at_token_limit")
+_REPEAT_MIN_WORDS = 10  # n-gram shares of a few words are noise ("Yes, yes."), as the heuristics step documents
+
+
+def generation_defects(answers: list[str], prompts: list[str], at_limit: list[bool]) -> list[list[str]]:
+    """The defects of each answer to its prompt (the user turn it answers), with curation's detectors:
+
+    - ``refusal``, ``truncated``, ``empty``, ``copies_prompt``: the instruction rule set's ``refusal``,
+      ``truncated``, ``min_response_chars`` (< 1) and ``max_echo`` (> 0.6) rules on ``[user: prompt, assistant:
+      answer]`` (curation/instruction_rules.py, default thresholds); ``truncated`` only when the answer stopped by
+      itself (``at_limit`` False): cut by ``max_new_tokens`` it is ``at_token_limit`` instead;
+    - ``repetitive``: a rule of the Gopher repetition set (the ``heuristics`` step, its published thresholds) on
+      the answer's prose, for answers of at least 10 words;
+    - ``at_token_limit``: the generation used its whole token budget.
+
+    Worked example: ``generation_defects(["I cannot help with that.", "Mix the flour and the"], ["Bake bread.",
+    "How do I bake bread?"], [False, False]) == [["refusal"], ["truncated"]]``; with ``at_limit=[False, True]``
+    the second is ``["at_token_limit"]``.
+    """
+    from gristmill.curation.instruction_rules import INSTRUCTION, row_metrics
+    from gristmill.curation.rulesets import HeuristicsParams, heuristics
+
+    thresholds = {r.name: r.default for r in INSTRUCTION if r.default is not None}
+    frame = pl.DataFrame({"id": [str(i) for i in range(len(answers))],
+                          "messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+                                       for p, a in zip(prompts, answers, strict=True)]})
+    repeated: set[str] = set()
+    if answers:
+        rep = heuristics(frame, HeuristicsParams(rule_sets=["gopher_repetition"], field="assistant",
+                                                 min_words_judged=_REPEAT_MIN_WORDS))
+        repeated = set(rep.dropped["id"].to_list())
+    out = []
+    for i, (messages, limit) in enumerate(zip(frame["messages"].to_list(), at_limit, strict=True)):
+        m = row_metrics(messages, thresholds)
+        found = {"refusal": bool(m["instruction.refusal"]),
+                 "truncated": bool(m["instruction.truncated"]) and not limit,
+                 "empty": m["instruction.min_response_chars"] < thresholds["instruction.min_response_chars"],
+                 "repetitive": str(i) in repeated,
+                 "copies_prompt": (m["instruction.max_echo"] or 0.0) > thresholds["instruction.max_echo"],
+                 "at_token_limit": limit}
+        out.append([k for k, v in found.items() if v])
+    return out
+
+
+def defect_shares(defects: list[list[str]]) -> dict[str, float]:
+    """Per defect metric, the share of answers showing it (0 for no answers). ``defect_shares([["refusal"], []])
+    == {"refusal": 0.5, ..., "defective": 0.5, "at_token_limit": 0.0}``."""
+    n = max(len(defects), 1)
+    shares = {k: sum(k in d for d in defects) / n for k in DEFECT_METRICS if k != "defective"}
+    shares["defective"] = sum(any(k in d for k in DEFECTS) for d in defects) / n
+    return {k: shares[k] for k in DEFECT_METRICS}
+
+
+def at_token_limit(tokenizer: Any, answers: list[str], max_new_tokens: int) -> list[bool]:
+    """Whether each decoded answer used its whole budget: re-encoded, within one token of ``max_new_tokens``
+    (decoding strips whitespace and re-encoding can merge a token; a stop token is not part of the text)."""
+    return [len(tokenizer(a, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1 for a in answers]
+
+
+def last_user_turn(messages: list[dict[str, Any]]) -> str:
+    """The user turn a generation answers: the last user turn before the last message."""
+    return next((m.get("content") or "" for m in reversed(messages[:-1]) if m.get("role") == "user"), "")
 
 
 def _where(spec: EvalSet) -> str:
@@ -187,11 +261,16 @@ def _score_set(model: Any, tokenizer: Any, spec: EvalSet, data: Any, sides: list
                 refs = [r["messages"][-1]["content"] for r in gen_rows]
                 for k, v in em.generation_scores(preds, refs).items():
                     table.setdefault(k, {})[label] = v
-                for r, ref, pred in zip(gen_rows, refs, preds, strict=True):
+                defects = generation_defects(preds, [last_user_turn(r["messages"]) for r in gen_rows],
+                                             at_token_limit(tokenizer, preds, spec.max_new_tokens))
+                for k, v in defect_shares(defects).items():
+                    table.setdefault(k, {})[label] = v
+                for r, ref, pred, found in zip(gen_rows, refs, preds, defects, strict=True):
                     entry = per_row.setdefault(str(r["id"]), {"id": str(r["id"]), "reference": ref, "answers": {},
-                                                              "rougeL": {}})
+                                                              "rougeL": {}, "defects": {}})
                     entry["answers"][label] = pred
                     entry["rougeL"][label] = round(em.rouge_l_f1(pred, ref), 4)
+                    entry["defects"][label] = found
             if "multiple_choice" in metrics:
                 scores, picks = em.multiple_choice(model, tokenizer, data, batch_size=batch)
                 for k, v in scores.items():

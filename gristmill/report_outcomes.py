@@ -332,6 +332,33 @@ def model_bias(run: RunData, charts: Charts) -> str:
                                              "adapter gap (max / min group)", "increase"], rows, {4}))
 
 
+VARIANTS = ("raw", "curated", "curated_synthetic")
+"""The ablation's variants (``gristmill.ablation``), in table order."""
+
+
+def ablation_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """``ablation.json`` as rows ``[metric, base, raw, curated, curated_synthetic]`` of text: the held-out metrics
+    (loss, ROUGE-L, generation defect shares), each eval set's (``set: metric``), then per variant steps, tokens,
+    rows, eval rows left out and eval-set leaks; a variant not trained because its data is another's
+    (``same_as``) reads "same as <other>". The CLI (``gristmill ablate``) and the report print these rows."""
+    same = summary.get("same_as") or {}
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        return [f"same as {same[n]}" if n in same else fmt(row.get(n)) for n in VARIANTS]
+
+    rows = [[metric, fmt(row.get("base")), *cells(row)] for metric, row in (summary.get("metrics") or {}).items()]
+    for name, metrics in (summary.get("eval_sets") or {}).items():
+        rows += [[f"{name}: {metric}", fmt(row.get("base")), *cells(row)] for metric, row in metrics.items()]
+    for label, key in (("steps", "steps"), ("tokens trained", "tokens_trained"), ("train rows", "train_rows")):
+        rows.append([label, "", *cells(summary.get(key) or {})])
+    data = summary.get("data") or {}
+    rows.append(["eval rows left out", "", *(fmt((data.get(n) or {}).get("excluded_eval")) for n in VARIANTS)])
+    if any((data.get(n) or {}).get("eval_leaks") is not None for n in VARIANTS):
+        rows.append(["eval-set copies in training rows (leaks)", "",
+                     *(fmt((data.get(n) or {}).get("eval_leaks")) for n in VARIANTS)])
+    return rows
+
+
 def ablation(run: RunData, charts: Charts) -> str:
     """``ablation.json`` (``gristmill ablate``): each metric for the base model and the raw, curated and
     curated + synthetic adapters, then what each variant trained on."""
@@ -339,20 +366,17 @@ def ablation(run: RunData, charts: Charts) -> str:
     if data is None:
         return missing("No ablation in this run (`gristmill ablate RECIPE` writes ablation.json; then "
                        "`gristmill report RUN` adds it here).")
-    variants = list(data.get("steps") or {}) or ["raw", "curated", "curated_synthetic"]
-    rows = [[metric, fmt(row.get("base")), *(fmt(row.get(v)) for v in variants)]
-            for metric, row in (data.get("metrics") or {}).items()]
-    rows += [[f"{name}: {metric}", fmt(row.get("base")), *(fmt(row.get(v)) for v in variants)]
-             for name, metrics in (data.get("eval_sets") or {}).items() for metric, row in metrics.items()]
-    for label, key in (("steps", "steps"), ("tokens trained", "tokens_trained"), ("train rows", "train_rows")):
-        rows.append([label, "", *(fmt((data.get(key) or {}).get(v)) for v in variants)])
-    rows.append(["eval rows left out", "", *(fmt(((data.get("data") or {}).get(v) or {}).get("excluded_eval"))
-                                              for v in variants)])
+    variants = list(VARIANTS)
+    rows = ablation_rows(data)
     ev = data.get("eval") or {}
     stale = data.get("run_fingerprint") not in (None, run.manifest.get("fingerprint"))
     return ((missing("This ablation was run on other data than this run's dataset (the run changed since).")
              if stale else "") + f'<p class="muted">{esc(data.get("mode"))} mode; {esc(ev.get("rows"))} held-out rows '
-            f"({esc(ev.get('source'))}); eval sets as <code>set: metric</code>.</p>"
+            f"({esc(ev.get('source'))}); eval sets as <code>set: metric</code>"
+            + (f"; token budget {esc(data['token_budget'])}" if data.get("token_budget") else "")
+            + ". refusal, truncated (stopped mid-sentence by itself), empty, repetitive, copies_prompt: shares of "
+            "the greedy answers showing that defect; defective: any of them; at_token_limit: answers that used "
+            "the whole generation budget. Leaks: training rows copying an eval-set item.</p>"
             + table(["metric", "base", *variants], rows, set(range(1, len(variants) + 2))))
 
 

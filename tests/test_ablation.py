@@ -1,5 +1,6 @@
-"""``gristmill ablate``: three variants and the base model on the same held-out rows, none of which any variant
-trains on; equal steps (or planned equal tokens); a rerun resumes every adapter."""
+"""``gristmill ablate``: the variants and the base model on the same held-out rows, none of which any variant
+trains on; equal steps (or planned equal tokens); a rerun resumes every adapter; curated+synthetic is not trained
+when it is the curated set again; generation defect shares and eval-set leak counts per variant."""
 
 from __future__ import annotations
 
@@ -43,20 +44,33 @@ def _recipe(tmp_path: Path, sample_dir: Path, model: str, eval_sets: list[dict] 
     return path
 
 
+TRAINED = ("raw", "curated")  # no synthesis step: curated_synthetic is the curated set again
+
+
 def _check(tmp_path: Path, summary: dict) -> None:
     from gristmill.ablation import VARIANTS, exclude_eval
+    from gristmill.evaluation import DEFECT_METRICS
 
     run = tmp_path / "run"
     assert json.loads((run / "ablation.json").read_text()) == summary
     assert summary["eval"]["source"] == "held_out_from_curated" and summary["eval"]["rows"] == 6
+    # The recipe has no synthesis step: that variant is recorded as the curated one, not trained again.
+    assert summary["same_as"] == {"curated_synthetic": "curated"}
+    assert not (run / "ablation" / "curated_synthetic").exists()
+    assert summary["steps"]["curated_synthetic"] is None and summary["adapters"]["curated_synthetic"] is None
     for metric in ("loss", "perplexity"):
         row = summary["metrics"][metric]
-        assert set(row) == {"base", *VARIANTS} and all(math.isfinite(v) for v in row.values())
+        assert set(row) == {"base", *VARIANTS} and row["curated_synthetic"] is None
+        assert all(math.isfinite(row[k]) for k in ("base", *TRAINED))
+    # Generation defect shares of the held-out answers (2 generations per side): fractions of 2.
+    for metric in DEFECT_METRICS:
+        row = summary["metrics"][metric]
+        assert all(row[k] in (0.0, 0.5, 1.0) for k in ("base", *TRAINED)) and row["curated_synthetic"] is None
     eval_frame = pl.read_parquet(run / "ablation" / "eval.parquet")
     curated = pl.read_parquet(run / "dataset" / "data.parquet")
     assert set(eval_frame["id"]) <= set(curated["id"])  # drawn from the curated rows
     raw = pl.read_parquet(run / "steps" / "00-ingest" / "kept.parquet")
-    for name in VARIANTS:
+    for name in TRAINED:
         ev = json.loads((run / "ablation" / name / "eval.json").read_text())
         assert ev["source"] == "eval_file" and ev["rows"] == 6  # every variant scores the same file
         assert ev["base"]["loss"] == pytest.approx(summary["metrics"]["loss"]["base"], rel=1e-4)
@@ -72,33 +86,50 @@ def _check(tmp_path: Path, summary: dict) -> None:
     assert summary["data"]["curated"]["dropped_share_by_reason"]["exact_duplicate"] > 0
 
 
-def test_ablation_trains_three_variants_on_one_eval_split_and_resumes(tmp_path: Path, sample_dir: Path) -> None:
+def test_ablation_trains_the_variants_on_one_eval_split_and_resumes(tmp_path: Path, sample_dir: Path) -> None:
     from gristmill.ablation import VARIANTS, ablate
+    from gristmill.common.errors import InputError
+    from gristmill.evaluation import DEFECT_METRICS
     from gristmill.recipe import load_recipe
+    from gristmill.report_outcomes import ablation_rows
 
     path = _recipe(tmp_path, sample_dir, str(tiny_model_dir(tmp_path)), _eval_sets(tmp_path, sample_dir))
+    with pytest.raises(InputError, match="not one of steps, tokens"):
+        ablate(load_recipe(path), mode="words")  # type: ignore[arg-type]
     summary = ablate(load_recipe(path))
-    assert summary["steps"] == {"raw": 2, "curated": 2, "curated_synthetic": 2}
-    assert not any(summary["resumed"].values())
+    assert summary["steps"] == {"raw": 2, "curated": 2, "curated_synthetic": None}
+    assert summary["resumed"] == {"raw": False, "curated": False, "curated_synthetic": None}
     _check(tmp_path, summary)
-    # The eval section: every set's metrics for the base model and each variant, scored once for all of them.
+    # The eval section: every set's metrics for the base model and each trained variant, scored once for all.
     assert {m: set(row) for m, row in summary["eval_sets"]["mc"].items()} == {
         "acc": {"base", *VARIANTS}, "acc_norm": {"base", *VARIANTS}}
-    assert set(summary["eval_sets"]["qa"]) == {"loss", "perplexity", "rougeL", "exact_match"}
-    assert all(math.isfinite(v) for v in summary["eval_sets"]["qa"]["loss"].values())
+    assert summary["eval_sets"]["mc"]["acc"]["curated_synthetic"] is None
+    assert set(summary["eval_sets"]["qa"]) == {"loss", "perplexity", "rougeL", "exact_match", *DEFECT_METRICS}
+    assert all(math.isfinite(summary["eval_sets"]["qa"]["loss"][k]) for k in ("base", *TRAINED))
+    # qa.jsonl answers are cut at 4 new tokens: every answer ran into the budget, none "stopped mid-sentence".
+    assert summary["eval_sets"]["qa"]["at_token_limit"]["base"] == 1.0
+    assert summary["eval_sets"]["qa"]["truncated"]["base"] == 0.0
     scored = json.loads((tmp_path / "run" / "ablation" / "eval" / "summary.json").read_text())
-    assert scored["columns"] == ["set", "metric", "base", *VARIANTS]
-    # The leaked eval rows: out of the curated data (implicit step), still in the raw rows.
+    assert scored["columns"] == ["set", "metric", "base", *TRAINED]
+    qa = json.loads((tmp_path / "run" / "ablation" / "eval" / "qa.json").read_text())
+    assert all(set(e["defects"]) == {"base", *TRAINED} for e in qa["examples"])
+    # The leaked eval rows: out of the curated data (implicit step), still in the raw rows, and counted.
     assert summary["data"]["curated"]["dropped_share_by_reason"]["eval_contamination"] > 0
+    leaks = {n: summary["data"][n]["eval_leaks"] for n in VARIANTS}
+    assert leaks["raw"] >= 3 and leaks["curated"] == leaks["curated_synthetic"] == 0
+    rows = {r[0]: r for r in ablation_rows(summary)}
+    assert rows["steps"][2:] == ["2", "2", "same as curated"]
+    assert rows["eval-set copies in training rows (leaks)"][2:] == [str(leaks["raw"]), "0", "0"]
     again = ablate(load_recipe(path))
-    assert all(again["resumed"].values()) and again["metrics"] == summary["metrics"]  # nothing retrained
+    assert again["resumed"] == {"raw": True, "curated": True, "curated_synthetic": None}
+    assert again["metrics"] == summary["metrics"]  # nothing retrained
 
     tokens = ablate(load_recipe(path), mode="tokens")  # planned steps follow each variant's mean row length
     assert tokens["mode"] == "tokens" and tokens["token_budget"] > 0
     per_step = 4 * 1
-    for name, n in tokens["steps"].items():
+    for name in TRAINED:
         mean = tokens["data"][name]["tokens"] / tokens["data"][name]["examples"]
-        assert n == max(1, round(tokens["token_budget"] / (per_step * mean)))
+        assert tokens["steps"][name] == max(1, round(tokens["token_budget"] / (per_step * mean)))
 
 
 def test_cli_ablate_prints_the_table(tmp_path: Path, sample_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -118,5 +149,5 @@ def test_ablation_on_the_real_small_model(tmp_path: Path, sample_dir: Path) -> N
     if not any(r["name"] == "smollm2-135m-instruct" and r["state"] == "ready" for r in status()):
         pytest.skip("smollm2-135m-instruct is not converted (gristmill models pull)")
     summary = ablate(load_recipe(_recipe(tmp_path, sample_dir, "smollm2-135m-instruct")))
-    assert summary["steps"] == {"raw": 2, "curated": 2, "curated_synthetic": 2}
+    assert summary["steps"] == {"raw": 2, "curated": 2, "curated_synthetic": None}
     _check(tmp_path, summary)
