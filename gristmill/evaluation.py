@@ -58,6 +58,9 @@ DEFECTS = ("refusal", "truncated", "empty", "repetitive", "copies_prompt")
 """Generation defects, each a share of a side's answers (``defective``: any of them; ``at_token_limit`` apart)."""
 DEFECT_METRICS = (*DEFECTS, "defective", "at_token_limit")
 _REPEAT_MIN_WORDS = 10  # n-gram shares of a few words are noise ("Yes, yes."), as the heuristics step documents
+# Gopher's "top n-gram" rules count the most frequent n-gram even when it occurs once: in a 30-word answer one
+# 4-gram is ~0.2 of the characters (> 0.16). Only what repeats (n-grams, lines, paragraphs) judges an answer.
+_ONCE_IS_ENOUGH = {f"gopher_repetition.max_top_{n}gram_frac": 1.0 for n in (2, 3, 4)}
 
 
 def generation_defects(answers: list[str], prompts: list[str], at_limit: list[bool]) -> list[list[str]]:
@@ -68,7 +71,8 @@ def generation_defects(answers: list[str], prompts: list[str], at_limit: list[bo
       answer]`` (curation/instruction_rules.py, default thresholds); ``truncated`` only when the answer stopped by
       itself (``at_limit`` False): cut by ``max_new_tokens`` it is ``at_token_limit`` instead;
     - ``repetitive``: a rule of the Gopher repetition set (the ``heuristics`` step, its published thresholds) on
-      the answer's prose, for answers of at least 10 words;
+      the answer's prose, for answers of at least 10 words: repeated lines, paragraphs or 5- to 10-grams (the
+      "top 2-4-gram" rules are off: they fire on a short answer whose n-grams all occur once);
     - ``at_token_limit``: the generation used its whole token budget.
 
     Worked example: ``generation_defects(["I cannot help with that.", "Mix the flour and the"], ["Bake bread.",
@@ -85,7 +89,7 @@ def generation_defects(answers: list[str], prompts: list[str], at_limit: list[bo
     repeated: set[str] = set()
     if answers:
         rep = heuristics(frame, HeuristicsParams(rule_sets=["gopher_repetition"], field="assistant",
-                                                 min_words_judged=_REPEAT_MIN_WORDS))
+                                                 min_words_judged=_REPEAT_MIN_WORDS, thresholds=_ONCE_IS_ENOUGH))
         repeated = set(rep.dropped["id"].to_list())
     out = []
     for i, (messages, limit) in enumerate(zip(frame["messages"].to_list(), at_limit, strict=True)):
