@@ -235,7 +235,7 @@ def test_multiple_choice_on_the_real_small_model_matches_transformers() -> None:
 # --- a run with eval sets: base and adapter, resumed, eval_run ---------------------------------------------------
 
 def test_run_evaluates_base_and_adapter_and_eval_run_reuses_or_rescores(tmp_path: Path) -> None:
-    from gristmill.evaluation import eval_run, evaluate
+    from gristmill.evaluation import DEFECT_METRICS, defect_shares, eval_run, evaluate
     from gristmill.recipe import load_recipe
     from gristmill.runner import Runner
 
@@ -254,12 +254,16 @@ def test_run_evaluates_base_and_adapter_and_eval_run_reuses_or_rescores(tmp_path
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert manifest["eval"] == summary and summary["columns"] == ["set", "metric", "base", "adapter"]
     assert [(r["set"], r["metric"]) for r in summary["table"]] == [
-        ("qa", "loss"), ("qa", "perplexity"), ("qa", "rougeL"), ("qa", "exact_match"), ("arc", "acc"),
-        ("arc", "acc_norm")]
+        ("qa", "loss"), ("qa", "perplexity"), ("qa", "rougeL"), ("qa", "exact_match"),
+        *(("qa", m) for m in DEFECT_METRICS), ("arc", "acc"), ("arc", "acc_norm")]
     assert all(isinstance(r["base"], float) and isinstance(r["adapter"], float) for r in summary["table"])
     qa = json.loads((run / "eval" / "qa.json").read_text())
     assert qa["rows"] == 3 and qa["loss_tokens"] == 3 * 6 and qa["generation_rows"] == 3
-    assert set(qa["examples"][0]["answers"]) == {"base", "adapter"}
+    assert set(qa["examples"][0]["answers"]) == set(qa["examples"][0]["defects"]) == {"base", "adapter"}
+    # Each side's defect shares are the shares of its answers' recorded defects (3 answers per side).
+    for side in ("base", "adapter"):
+        found = [e["defects"][side] for e in qa["examples"]]
+        assert {m: qa["metrics"][m][side] for m in DEFECT_METRICS} == defect_shares(found)
     arc = json.loads((run / "eval" / "arc.json").read_text())
     assert arc["rows"] == 2 and [e["gold"] for e in arc["examples"]] == ["A", "B"]
     assert qa["metrics"]["loss"]["base"] != qa["metrics"]["loss"]["adapter"]  # the adapter changed the model
