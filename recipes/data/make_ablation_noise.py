@@ -5,7 +5,14 @@ row labelled in column ``defect`` (``clean`` for the real rows as they are):
 - ``duplicate_flood``: 20 real rows copied 6 times each (re-spaced, so an exact-after-normalize duplicate);
 - ``truncated``: 60 real rows whose answer is cut mid-sentence at 25-45 % of its words;
 - ``refusal``: 40 real prompts answered with a refusal;
-- ``off_topic``: 40 real prompts answered with another row's answer.
+- ``off_topic``: 40 real prompts answered with another row's answer;
+- ``eval_leak``: every item of the eval set ``ablation_eval.jsonl`` twice, once verbatim and once with a short
+  lead-in before its answer (no exact copy: only the eval decontamination's 13-gram overlap catches it), 64 rows.
+  Curation must drop them all (reason ``eval_contamination``); the raw variant of ``gristmill ablate`` trains on
+  them, so its score on that eval set is inflated, as a model trained on leaked benchmark items is.
+
+The rows "as they are" (no noise) are ``gpteacher_roleplay_slice.json`` itself, the input of
+``recipes/ablation_clean.yaml``.
 
 Run: ``python recipes/data/make_ablation_noise.py`` (seeded; writes next to this file).
 """
@@ -45,6 +52,12 @@ def build(out: Path = HERE / "ablation_noisy.jsonl") -> list[dict]:
     for k, src in enumerate(victims[100:140]):
         other = victims[(k + 7) % 40 + 100]
         noisy.append(dict(src, id=f"offtopic-{k:02d}", output=other["output"], defect="off_topic"))
+    lead_ins = ["Certainly! ", "Of course. ", "Here is my answer: ", "Gladly! "]
+    for k, item in enumerate(json.loads(line) for line in (HERE / "ablation_eval.jsonl").read_text().splitlines()):
+        leak = {key: item[key] for key in ("instruction", "input", "output")}
+        noisy.append(dict(leak, id=f"leak-{k:02d}-0", defect="eval_leak"))
+        noisy.append(dict(leak, id=f"leak-{k:02d}-1", output=lead_ins[k % len(lead_ins)] + leak["output"],
+                          defect="eval_leak"))
     everything = rows + noisy
     rng.shuffle(everything)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in everything))
