@@ -20,7 +20,7 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from gristmill.common.contract import MESSAGES_DTYPE, StepResult, require, split
+from gristmill.common.contract import MESSAGES_DTYPE, SLICE_ROWS, StepResult, require, run_sliced, split
 
 VERSION = "1"
 # Both regex engines read \x{...}: Python's re does not, so the Python patterns swap in \U escapes.
@@ -98,8 +98,14 @@ def _contents(messages: pl.Series, params: NormalizeParams) -> pl.Series:
     return pl.Series(messages.name, rebuilt).cast(MESSAGES_DTYPE)
 
 
-def normalize(frame: pl.DataFrame, params: NormalizeParams) -> StepResult:
+def normalize(frame: pl.DataFrame, params: NormalizeParams, slice_rows: int = SLICE_ROWS) -> StepResult:
+    """Normalize ``text`` and message contents; a large frame a slice at a time (the Unicode form goes through a
+    Python list of the slice's strings, not of the whole column)."""
     require(frame, ["text"], "normalize")
+    return run_sliced(_normalize, frame, params, slice_rows)
+
+
+def _normalize(frame: pl.DataFrame, params: NormalizeParams) -> StepResult:
     out = frame.with_columns(normalize_series(frame["text"], params))
     if "messages" in out.columns and out.schema["messages"] != pl.Null:
         out = out.with_columns(_contents(out["messages"], params))

@@ -30,7 +30,16 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from gristmill.common.contract import StepResult, require, share_warnings, split, with_meta
+from gristmill.common.contract import (
+    SLICE_ROWS,
+    StepResult,
+    require,
+    run_sliced,
+    share_warnings,
+    split,
+    sum_stats,
+    with_meta,
+)
 from gristmill.curation import language
 from gristmill.curation import textstats as ts
 from gristmill.curation.instruction_rules import INSTRUCTION, instruction_metrics
@@ -379,13 +388,36 @@ def _per_row(judged: pl.DataFrame, rows: int, flags: pl.DataFrame, details: pl.D
             full.select(pl.col(DETAIL_PREFIX + r).alias(r) for r in rules))
 
 
-def heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
+def heuristics(frame: pl.DataFrame, params: HeuristicsParams, slice_rows: int = SLICE_ROWS) -> StepResult:
     """Apply ``params.rule_sets``; drop each row breaking a rule, reason ``<rule_set>.<rule>`` (first broken),
     and ``detail`` the measured value against the threshold (e.g. ``alpha_words=0.62 < 0.8``).
 
     With the language rule set, every row (kept or dropped) gets ``meta.language`` and ``meta.language_score``
-    (with a ``field`` of turns: those of the role's first turn).
+    (with a ``field`` of turns: those of the role's first turn). Every rule reads its row only, so a large frame
+    is judged a slice at a time (its list columns and token lists exist for one slice) and the stats merged.
     """
+    return run_sliced(_heuristics, frame, params, slice_rows, merge_stats)
+
+
+def merge_stats(parts: list[dict[str, Any]], rows_in: int) -> dict[str, Any]:
+    """The step's stats on a whole frame from those of its slices: rule and line counts added, the detected
+    languages re-ranked by their summed counts (ties in order of first appearance, as ``Counter.most_common``
+    ranks them over the whole frame) and the share warnings measured against all ``rows_in`` rows.
+
+    >>> merge_stats([{"broken_by_rule": {"r": 1}, "thresholds": {"r": 5}, "detected_languages": {"en": 2, "fr": 1}},
+    ...              {"broken_by_rule": {"r": 0}, "thresholds": {"r": 5}, "detected_languages": {"fr": 2}}], 10)
+    {'broken_by_rule': {'r': 1}, 'thresholds': {'r': 5}, 'detected_languages': {'fr': 3, 'en': 2}}
+    """
+    stats = sum_stats([{k: v for k, v in p.items() if k != "warnings"} for p in parts], rows_in, keep=("thresholds",))
+    if "detected_languages" in stats:
+        stats["detected_languages"] = dict(Counter(stats["detected_languages"]).most_common())
+    warnings = share_warnings(stats["broken_by_rule"], rows_in, "rule")
+    if warnings:
+        stats["warnings"] = warnings
+    return stats
+
+
+def _heuristics(frame: pl.DataFrame, params: HeuristicsParams) -> StepResult:
     rows_in = frame.height
     document_sets = [n for n in params.rule_sets if n != "instruction"]
     judged = None

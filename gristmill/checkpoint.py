@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,11 @@ def chain(step_fingerprint: str, kept_sha256: str) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:  # in blocks: a million-row checkpoint is never read into memory whole
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:
@@ -145,7 +150,9 @@ def replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_step(target: Path, kept: pl.DataFrame, dropped: pl.DataFrame, stats: dict[str, Any]) -> None:
+def save_step(target: Path, kept: pl.DataFrame | Path, dropped: pl.DataFrame | Path, stats: dict[str, Any]) -> None:
+    """Publish a checkpoint. ``kept``/``dropped`` are frames, or parquet files already written (a streamed step's,
+    ``SliceWriter``) on the same file system, which are moved in."""
     ensure_dir(target.parent)
     try:
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
@@ -159,9 +166,13 @@ def save_step(target: Path, kept: pl.DataFrame, dropped: pl.DataFrame, stats: di
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_step(tmp: Path, target: Path, kept: pl.DataFrame, dropped: pl.DataFrame, stats: dict[str, Any]) -> None:
-    kept.write_parquet(tmp / "kept.parquet")
-    dropped.write_parquet(tmp / "dropped.parquet")
+def _write_step(tmp: Path, target: Path, kept: pl.DataFrame | Path, dropped: pl.DataFrame | Path,
+                stats: dict[str, Any]) -> None:
+    for frame, name in ((kept, "kept.parquet"), (dropped, "dropped.parquet")):
+        if isinstance(frame, Path):
+            os.replace(frame, tmp / name)
+        else:
+            frame.write_parquet(tmp / name)
     stats["kept_sha256"] = file_sha256(tmp / "kept.parquet")  # the caller chains it (and sees it)
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
     for name in ("kept.parquet", "dropped.parquet", "stats.json"):
@@ -169,11 +180,95 @@ def _write_step(tmp: Path, target: Path, kept: pl.DataFrame, dropped: pl.DataFra
     replace_dir(tmp, target)
 
 
+class SchemaDrift(Exception):
+    """A slice's output has other columns or types than the first slice's (a column all null in one slice, say):
+    the step cannot be streamed, and the runner runs it on the whole frame instead."""
+
+
+def iter_slices(path: Path, rows: int) -> Iterator[pl.DataFrame]:
+    """The rows of the parquet file ``path``, at most ``rows`` at a time, typed as ``pl.read_parquet`` types them;
+    only the slice in hand (and the page being decoded) is in memory."""
+    import pyarrow.parquet as pq
+
+    schema = pl.Schema(pl.read_parquet_schema(path))
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        yield frame if frame.schema == schema else frame.cast(dict(schema))
+
+
+class SliceWriter:
+    """Appends frames (a streamed step's kept or dropped slices) to one parquet file, a row group per slice; every
+    frame must have the first one's columns and types (else ``SchemaDrift``).
+
+    ``hold``: keep the frames and write them at ``close`` in one polars write, as a step run on the whole frame
+    writes them (the same bytes, so ``rejects.parquet`` does not depend on streaming); for dropped rows, which
+    are few in the steps that stream."""
+
+    def __init__(self, path: Path, hold: bool = False) -> None:
+        self.path = path
+        self.rows = 0
+        self._schema: pl.Schema | None = None
+        self._writer: Any = None
+        self._held: list[pl.DataFrame] | None = [] if hold else None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        if self._schema is None:
+            self._schema = frame.schema
+            if self._held is None:
+                self._writer = pq.ParquetWriter(self.path, frame.to_arrow().schema, compression="zstd")
+        elif frame.schema != self._schema:
+            raise SchemaDrift(f"{self.path.name}: slice schema {dict(frame.schema)} != {dict(self._schema)}")
+        if self._held is not None:
+            self._held.append(frame)
+        elif frame.height:
+            try:
+                self._writer.write_table(frame.to_arrow())
+            except ValueError as err:  # pyarrow: "Table schema does not match schema used to create file"
+                raise SchemaDrift(f"{self.path.name}: {err}") from err
+        self.rows += frame.height
+
+    def close(self, complete: bool = True) -> None:
+        """Finish the file (``complete=False``: a failed step, only release it)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._held and complete:
+            pl.concat(self._held).rechunk().write_parquet(self.path)
+        self._held = None
+
+
 def _fsync(path: Path) -> None:
     # Data on disk before the rename publishes the directory: a power cut must not leave a complete-looking step
     # with empty files.
     with path.open("rb") as fh:
         os.fsync(fh.fileno())
+
+
+def checkpoint_stats(target: Path, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The stats of a complete checkpoint with this fingerprint whose ``kept.parquet`` still has the recorded hash,
+    else ``None``; the rows are not read (the runner reads them when a step needs them)."""
+    stats_path = target / "stats.json"
+    if not stats_path.exists():
+        return None
+    try:
+        stats = json.loads(stats_path.read_text())
+    except (OSError, ValueError):
+        log.warning(f"{stats_path}: unreadable, recomputing the step")
+        return None
+    if stats.get("fingerprint") != expected_fingerprint:
+        return None
+    try:
+        digest = file_sha256(target / "kept.parquet")
+    except OSError:
+        log.warning(f"{target}: kept.parquet is missing, recomputing the step")
+        return None
+    if digest != stats.get("kept_sha256"):
+        log.warning(f"{target}: kept.parquet does not match its recorded hash, recomputing the step")
+        return None
+    return stats
 
 
 def load_step(target: Path, expected_fingerprint: str) -> tuple[pl.DataFrame, dict[str, Any]] | None:

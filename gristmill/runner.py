@@ -9,6 +9,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -21,16 +22,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import gristmill
 from gristmill.checkpoint import (
+    SchemaDrift,
+    SliceWriter,
     adapter_state,
     chain,
+    checkpoint_stats,
     ensure_dir,
     fingerprint,
-    load_step,
+    iter_slices,
+    output_error,
     replace_dir,
     save_step,
     write_json_atomic,
 )
-from gristmill.common.contract import StepResult, share_warnings
+from gristmill.common.contract import SLICE_ROWS, AccountingError, StepResult, share_warnings
 from gristmill.common.errors import GateFailed, MissingFileError
 from gristmill.export import export_dataset, write_rejects
 from gristmill.ingest import VERSION as ingest_version
@@ -39,7 +44,7 @@ from gristmill.models import cache_root
 from gristmill.models import identity as model_identity
 from gristmill.recipe import Recipe, Step, path_fields
 from gristmill.report import write_report
-from gristmill.steps import STEPS, Context
+from gristmill.steps import STEPS, Context, StepDef
 
 log = logging.getLogger(__name__)
 _PACKAGES = ["polars", "datasets", "datasketch", "fairlearn", "torch", "transformers", "sentence-transformers",
@@ -128,13 +133,23 @@ def _resolve_paths(recipe: Recipe, params: BaseModel, view: dict[str, Any], wher
     return params.model_copy(update=updates)
 
 
+def _rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
 class Runner:
-    def __init__(self, recipe: Recipe, run_dir: Path | None = None, console: Console | None = None) -> None:
+    def __init__(self, recipe: Recipe, run_dir: Path | None = None, console: Console | None = None,
+                 slice_rows: int = SLICE_ROWS) -> None:
+        """``slice_rows``: rows per slice of a streamed (row-local) step; the kept rows are the same whatever it
+        is, but the checkpoint's parquet layout (and so the fingerprints after it) follows it."""
         self.recipe = recipe
         self.run_dir = Path(run_dir or recipe.output.dir)
         self.console = console or Console(stderr=True)
         self.cache_dir = cache_root()
         self.models: dict[str, str] = {}
+        self.slice_rows = slice_rows
 
     def _progress(self) -> Progress:
         return Progress(
@@ -143,16 +158,17 @@ class Runner:
             disable=not log.isEnabledFor(logging.INFO),
         )
 
-    def _ingest(self) -> tuple[pl.DataFrame, dict[str, Any], str]:
-        """Read every input (checkpointed like a step). Returns the frame, its stats and the fingerprint the first
-        step builds on (the ingest fingerprint chained with the content of the rows it kept)."""
+    def _ingest(self) -> tuple[Path, dict[str, Any], str]:
+        """Read every input (checkpointed like a step). Returns the checkpoint's ``kept.parquet``, its stats and the
+        fingerprint the first step builds on (the ingest fingerprint chained with the content of the rows it
+        kept). Like every step, it returns where its rows are, not the rows: no frame outlives its step."""
         specs = [(spec, self.recipe.resolve(spec.path)) for spec in self.recipe.inputs]
         fp = fingerprint("ingest", ingest_version, gristmill.__version__, _lib_versions(_FRAME_LIBS),
                          [(s.model_dump(mode="json"), fingerprint_path(p) if p.exists() else None) for s, p in specs])
         target = self.run_dir / "steps" / "00-ingest"
-        cached = load_step(target, fp)
+        cached = checkpoint_stats(target, fp)
         if cached:
-            return cached[0], cached[1] | {"resumed": True}, chain(fp, cached[1]["kept_sha256"])
+            return target / "kept.parquet", cached | {"resumed": True}, chain(fp, cached["kept_sha256"])
         started = time.perf_counter()
         frames, rejects, records = [], [], 0
         for spec, path in specs:
@@ -172,27 +188,33 @@ class Runner:
                  "dropped_by_reason": {"malformed_input": dropped.height} if dropped.height else {},
                  "seconds": round(time.perf_counter() - started, 3)}
         save_step(target, frame, dropped, stats)
-        return frame, stats | {"resumed": False}, chain(fp, stats["kept_sha256"])
+        return target / "kept.parquet", stats | {"resumed": False}, chain(fp, stats["kept_sha256"])
 
-    def _run_step(self, index: int, step: Step, frame: pl.DataFrame, prev_fp: str,
-                  progress: Progress) -> tuple[pl.DataFrame, dict[str, Any], str]:
-        """Run (or resume) one step. ``prev_fp`` already holds the content of ``frame`` (``chain``), so a step whose
+    def _run_step(self, index: int, step: Step, source: Path, prev_fp: str,
+                  progress: Progress) -> tuple[Path, dict[str, Any], str]:
+        """Run (or resume) one step on the rows in ``source`` (the previous checkpoint's ``kept.parquet``); returns
+        its own ``kept.parquet``. ``prev_fp`` already holds the content of ``source`` (``chain``), so a step whose
         input rows changed is recomputed even when everything before it kept its fingerprint; the returned
-        fingerprint chains this step's kept rows the same way."""
+        fingerprint chains this step's kept rows the same way.
+
+        A row-local step (``StepDef.row_local``) is streamed: its input is read a slice at a time and its kept and
+        dropped slices appended to the new checkpoint's files, so the whole frame is never in memory. Any other
+        step reads the whole frame, and the frame goes as soon as the result is checked."""
         definition = STEPS[step.name]
         params, view = _resolved(self.recipe, step)
         version = definition.version_of(params)
         fp = fingerprint(prev_fp, step.name, version, _fingerprint_view(view))
         target = self.run_dir / "steps" / f"{index:02d}-{step.name}"
-        cached = load_step(target, fp)
+        cached = checkpoint_stats(target, fp)
         if cached:
-            return cached[0], cached[1] | {"resumed": True}, chain(fp, cached[1]["kept_sha256"])
-        task = progress.add_task(f"{index:02d} {step.name}", total=frame.height, rate="")
+            return target / "kept.parquet", cached | {"resumed": True}, chain(fp, cached["kept_sha256"])
+        rows_in = _rows(source)
+        task = progress.add_task(f"{index:02d} {step.name}", total=rows_in, rate="")
         started = time.perf_counter()
         # Off a terminal (a batch job's log) the bar is invisible: plain lines at the start and every 10 s instead.
         plain = not self.console.is_terminal
         if plain:
-            log.info(f"→ {index:02d} {step.name}: {frame.height} rows")
+            log.info(f"→ {index:02d} {step.name}: {rows_in} rows")
         done, said = 0, started
 
         def advance(n: int) -> None:
@@ -203,27 +225,86 @@ class Runner:
             progress.update(task, completed=done, rate=f"{rate:,.0f} rows/s")
             if plain and now - said >= 10:
                 said = now
-                log.info(f"  {index:02d} {step.name}: {done}/{frame.height} rows, {rate:,.0f} rows/s")
+                log.info(f"  {index:02d} {step.name}: {done}/{rows_in} rows, {rate:,.0f} rows/s")
 
         ctx = Context(cache_dir=self.cache_dir, progress=advance, models=self.models,
                       trust_remote_code=self.recipe.trust_remote_code)
+        staging: Path | None = None
+        try:
+            if definition.row_local and rows_in > self.slice_rows:
+                try:
+                    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-stream-{target.name}-"))
+                except OSError as err:
+                    raise output_error(err, target) from err
+                try:
+                    counts, own, kept, dropped = self._stream(step.name, definition, params, ctx, source, staging)
+                except SchemaDrift as drift:  # rare (a column all null in one slice): the whole frame instead
+                    log.debug(f"{step.name}: not streamed ({drift})")
+                    _remove(staging)
+                    staging = None
+            if staging is None:
+                counts, own, kept, dropped = self._whole(step.name, definition, params, ctx, source)
+            seconds = time.perf_counter() - started
+            progress.update(task, completed=rows_in)
+            progress.remove_task(task)
+            stats = {"step": step.name, "version": version, "fingerprint": fp,
+                     "params": step.params.model_dump(mode="json"), **counts, **own,
+                     "seconds": round(seconds, 3), "rows_per_s": round(rows_in / seconds, 1) if seconds else None}
+            mine = own.get("warnings", [])  # a step may name its rules itself (heuristics): no second line
+            stats["warnings"] = [*mine, *(w for w in share_warnings(stats["dropped_by_reason"], rows_in)
+                                          if not any(w.split()[1] in o for o in mine))]
+            for key in ("gate", "report"):  # last, as they always were
+                if key in stats:
+                    stats[key] = stats.pop(key)
+            save_step(target, kept, dropped, stats)
+        finally:
+            _remove(staging)
+        return target / "kept.parquet", stats | {"resumed": False}, chain(fp, stats["kept_sha256"])
+
+    def _whole(self, name: str, definition: StepDef, params: Any, ctx: Context, source: Path
+               ) -> tuple[dict[str, Any], dict[str, Any], pl.DataFrame, pl.DataFrame]:
+        """A step on its whole input frame: (counts, the step's own stats with gate and report, kept, dropped)."""
+        frame = pl.read_parquet(source)
         result = definition.run(frame, params, ctx)
-        seconds = time.perf_counter() - started
-        progress.update(task, completed=frame.height)
-        progress.remove_task(task)
-        result.check(step.name, frame)  # rows_in, counts and ids against the frame this step was given
-        stats = {"step": step.name, "version": version, "fingerprint": fp,
-                 "params": step.params.model_dump(mode="json"), **result.summary(),
-                 "seconds": round(seconds, 3), "rows_per_s": round(frame.height / seconds, 1) if seconds else None}
-        own = result.stats.get("warnings", [])  # a step may name its rules itself (heuristics): no second line
-        stats["warnings"] = [*own, *(w for w in share_warnings(stats["dropped_by_reason"], frame.height)
-                                     if not any(w.split()[1] in o for o in own))]
+        result.check(name, frame)  # rows_in, counts and ids against the frame this step was given
+        del frame  # only the result's frames stay while the checkpoint is written
+        summary = result.summary()
+        counts = {k: summary.pop(k) for k in ("rows_in", "rows_added", "kept", "dropped", "dropped_by_reason")
+                  if k in summary}
         if result.gate is not None:
-            stats["gate"] = {"passed": result.gate.passed, "failures": result.gate.failures}
+            summary["gate"] = {"passed": result.gate.passed, "failures": result.gate.failures}
         if result.report is not None:
-            stats["report"] = result.report  # kept in the checkpoint so a resumed run still writes it
-        save_step(target, result.kept, result.dropped, stats)
-        return result.kept, stats | {"resumed": False}, chain(fp, stats["kept_sha256"])
+            summary["report"] = result.report  # kept in the checkpoint so a resumed run still writes it
+        return counts, summary, result.kept, result.dropped
+
+    def _stream(self, name: str, definition: StepDef, params: Any, ctx: Context, source: Path, staging: Path
+                ) -> tuple[dict[str, Any], dict[str, Any], Path, Path]:
+        """A row-local step a slice at a time: each slice's result is checked like a whole step's and appended to
+        ``staging/kept.parquet`` and ``staging/dropped.parquet``; the stats are the step's merge of the slices'.
+        The kept and dropped rows are those of one call on the whole frame, in the same order."""
+        kept, dropped = SliceWriter(staging / "kept.parquet"), SliceWriter(staging / "dropped.parquet", hold=True)
+        rows_in, parts, complete = 0, [], False
+        by_reason: Counter[str] = Counter()
+        try:
+            for frame in iter_slices(source, self.slice_rows):
+                result = definition.run(frame, params, ctx)
+                result.check(name, frame)
+                if result.report is not None or result.gate is not None or result.added:
+                    raise AccountingError(f"step {name}: declared row_local but returned a report, a gate or "
+                                          "added rows")
+                kept.write(result.kept)
+                dropped.write(result.dropped)
+                rows_in += frame.height
+                by_reason.update(result.dropped_by_reason())
+                parts.append(result.stats)
+                ctx.progress(frame.height)
+            complete = True
+        finally:
+            kept.close(complete)
+            dropped.close(complete)
+        counts = {"rows_in": rows_in, "kept": kept.rows, "dropped": dropped.rows,
+                  "dropped_by_reason": dict(by_reason)}
+        return counts, definition.merge(parts, rows_in), kept.path, dropped.path
 
     def _say(self, label: str, stats: dict[str, Any]) -> None:
         reasons = ", ".join(f"{k} {v}" for k, v in stats.get("dropped_by_reason", {}).items())
@@ -254,7 +335,7 @@ class Runner:
             manifest["trust_remote_code"] = True
             log.warning("[yellow]![/] trust_remote_code: true: Python code in the embedding, synthesis and base "
                         "model directories may run with your permissions")
-        frame, stats, fp = self._ingest()
+        rows, stats, fp = self._ingest()
         self._say("00 ingest", stats)
         manifest["steps"].append(stats)
         dropped_dirs = [("ingest", self.run_dir / "steps" / "00-ingest")]
@@ -262,7 +343,7 @@ class Runner:
         gate_failure: GateFailed | None = None
         with self._progress() as progress:
             for i, step in enumerate(self.recipe.steps, 1):
-                frame, stats, fp = self._run_step(i, _with_trace(step, dropped_dirs), frame, fp, progress)
+                rows, stats, fp = self._run_step(i, _with_trace(step, dropped_dirs), rows, fp, progress)
                 self._say(f"{i:02d} {step.name}", stats)
                 manifest["steps"].append({k: v for k, v in stats.items() if k != "report"})
                 dropped_dirs.append((step.name, self.run_dir / "steps" / f"{i:02d}-{step.name}"))
@@ -283,7 +364,7 @@ class Runner:
                     break
         manifest["models"] = self.models
         manifest["fingerprint"] = fp
-        manifest["rows_final"] = frame.height
+        manifest["rows_final"] = _rows(rows)
         manifest["rejects"] = write_rejects(self.run_dir / "rejects.parquet", dropped_dirs)
         if gate_failure:
             manifest["status"] = "gate_failed"
@@ -291,6 +372,7 @@ class Runner:
             write_json_atomic(self.run_dir / "manifest.json", manifest)
             write_report(self.run_dir)
             raise gate_failure
+        frame = pl.read_parquet(rows)  # the curated rows, read once for export and training
         manifest["dataset"] = export_dataset(frame, self.run_dir / "dataset", self.recipe, manifest)
         manifest["index"] = index_run(self.run_dir, self.recipe, manifest)  # what a continued run reads back
         if train and self.recipe.train is not None:
@@ -476,6 +558,11 @@ def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | 
         if failures:
             raise GateFailed("bias_probe (after training)", failures)
     return metrics
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _with_trace(step: Step, checkpoints: list[tuple[str, Path]]) -> Step:

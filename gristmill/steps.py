@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from gristmill.audit import audit as audit_mod
 from gristmill.audit import counterfactual as counterfactual_mod
 from gristmill.audit import reweigh as reweigh_mod
-from gristmill.common.contract import StepResult
+from gristmill.common.contract import StatsMerge, StepResult, sum_stats
 from gristmill.common.embedding import EmbeddingParams
 from gristmill.common.errors import InputError
 from gristmill.curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
@@ -57,6 +57,11 @@ class StepDef:
     adapter: Callable[[pl.DataFrame, Any, Context], StepResult] | None = None
     select: Callable[[dict[str, Any]], type[BaseModel]] | None = None
     """For steps whose params depend on a key (synthesize's ``method``): raw mapping -> params model."""
+    row_local: bool = False
+    """The output for a row depends on that row alone (no report, gate or added rows): the runner streams the
+    step, a slice of its input at a time, from the previous checkpoint into its own."""
+    merge: StatsMerge = sum_stats
+    """A row-local step's stats on the whole input from those of its slices (default: counts added)."""
 
     def run(self, frame: pl.DataFrame, params: Any, ctx: Context) -> StepResult:
         if self.adapter is not None:
@@ -238,9 +243,10 @@ def _engine(role: str, ctx: Context, *, engine: str, model: str, base_url: str |
 
 
 STEPS: dict[str, StepDef] = {
-    "normalize": StepDef(normalize.NormalizeParams, normalize.VERSION, stage=normalize.normalize),
-    "filter": StepDef(filters.FilterParams, filters.VERSION, stage=filters.filter_rows),
-    "heuristics": StepDef(rulesets.HeuristicsParams, rulesets.VERSION, stage=rulesets.heuristics),
+    "normalize": StepDef(normalize.NormalizeParams, normalize.VERSION, stage=normalize.normalize, row_local=True),
+    "filter": StepDef(filters.FilterParams, filters.VERSION, stage=filters.filter_rows, row_local=True),
+    "heuristics": StepDef(rulesets.HeuristicsParams, rulesets.VERSION, stage=rulesets.heuristics, row_local=True,
+                          merge=rulesets.merge_stats),
     "dedup_exact": StepDef(dedup_exact.ExactDedupParams, dedup_exact.VERSION, stage=dedup_exact.dedup_exact),
     "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, adapter=_dedup_minhash),
     "dedup_semantic": StepDef(semdedup.SemanticDedupParams, semdedup.VERSION, adapter=_dedup_semantic),
@@ -253,5 +259,5 @@ STEPS: dict[str, StepDef] = {
     "reweigh": StepDef(reweigh_mod.ReweighParams, reweigh_mod.VERSION, stage=reweigh_mod.reweigh),
     "counterfactual_augment": StepDef(counterfactual_mod.CounterfactualParams, counterfactual_mod.VERSION,
                                       stage=counterfactual_mod.counterfactual_augment),
-    "scrub_pii": StepDef(pii_mod.PiiParams, pii_mod.VERSION, stage=pii_mod.scrub_pii),
+    "scrub_pii": StepDef(pii_mod.PiiParams, pii_mod.VERSION, stage=pii_mod.scrub_pii, row_local=True),
 }

@@ -13,7 +13,7 @@ runner checks it with ``check``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,9 +145,75 @@ def split(frame: pl.DataFrame, drop_reason: pl.Series | pl.Expr) -> tuple[pl.Dat
     ([2], ['bad'])
     """
     with_reason = frame.with_columns(drop_reason.alias("reason"))
+    reasons = with_reason["reason"].null_count()
+    # Nothing (or everything) dropped, the common case of most steps: no filter copies the frame's buffers.
+    if reasons == frame.height:
+        return frame, with_reason.clear()
+    if reasons == 0:
+        return frame.clear(), with_reason
     kept = with_reason.filter(pl.col("reason").is_null()).drop("reason")
     dropped = with_reason.filter(pl.col("reason").is_not_null())
     return kept, dropped
+
+
+SLICE_ROWS = 50_000
+"""Rows per slice for row-local work: the runner streams row-local steps in slices this size, and stages that
+build per-row Python objects or list columns work through a large frame a slice at a time (``run_sliced``)."""
+
+StatsMerge = Callable[[list[dict[str, Any]], int], dict[str, Any]]
+"""``(stats of each slice, rows in the whole frame) -> the stats the step gives on the whole frame``."""
+
+
+def sum_stats(parts: list[dict[str, Any]], rows_in: int = 0, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The stats of a row-local step on a whole frame from those of its slices, in order: whole numbers are
+    added, dicts merged key by key (keys in order of first appearance, as one pass over the frame counts them),
+    and any other value — and each key in ``keep`` (settings such as thresholds) — must be the same in every slice.
+
+    >>> sum_stats([{"n": 1, "by": {"a": 1}, "t": "x"}, {"n": 2, "by": {"b": 1, "a": 2}, "t": "x"}])
+    {'n': 3, 'by': {'a': 3, 'b': 1}, 't': 'x'}
+    """
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for part in parts for k in part):
+        values = [part[key] for part in parts if key in part]
+        if key not in keep and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            out[key] = sum(values)
+        elif key not in keep and all(isinstance(v, dict) for v in values):
+            out[key] = sum_stats(values)
+        elif all(v == values[0] for v in values):
+            out[key] = values[0]
+        else:  # a per-slice figure that does not add up (a mean, a list): the step needs its own merge rule
+            raise ValueError(f"stat {key!r} differs between slices ({values[0]!r}, ...) and is not a count")
+    return out
+
+
+def run_sliced(stage: Callable[[pl.DataFrame, Any], StepResult], frame: pl.DataFrame, params: Any,
+               slice_rows: int = SLICE_ROWS, merge: StatsMerge = sum_stats) -> StepResult:
+    """A row-local ``stage`` over ``frame`` a slice at a time, so its per-row Python objects and list columns exist
+    for one slice only: the same kept and dropped rows (in order) as one call on the whole frame, and ``merge``
+    of the slices' stats. Only for steps whose output for a row depends on that row alone, without report or gate.
+
+    >>> def keep_even(f, p):
+    ...     kept, dropped = split(f, pl.when(pl.col("x") % 2 == 1).then(pl.lit("odd")))
+    ...     return StepResult(kept, dropped, {"seen": f.height}, f.height)
+    >>> r = run_sliced(keep_even, pl.DataFrame({"x": [1, 2, 3, 4, 6]}), None, slice_rows=2)
+    >>> r.kept["x"].to_list(), r.dropped["x"].to_list(), r.stats
+    ([2, 4, 6], [1, 3], {'seen': 5})
+    """
+    if frame.height <= slice_rows:
+        return stage(frame, params)
+    kept, dropped, stats = [], [], []
+    for start in range(0, frame.height, slice_rows):
+        part = stage(frame.slice(start, slice_rows), params)
+        if part.report is not None or part.gate is not None or part.added:
+            raise AccountingError("run_sliced: a row-local stage returned a report, a gate or added rows")
+        kept.append(part.kept)
+        dropped.append(part.dropped)
+        stats.append(part.stats)
+    try:
+        whole = pl.concat(kept, rechunk=False), pl.concat(dropped, rechunk=False)
+    except pl.exceptions.SchemaError:  # a column typed Null in one slice (all null there): the whole frame at once
+        return stage(frame, params)
+    return StepResult(*whole, merge(stats, frame.height), rows_in=frame.height)
 
 
 def no_drops(frame: pl.DataFrame) -> pl.DataFrame:
