@@ -320,7 +320,81 @@ def index_run(run_dir: Path, recipe: Recipe, manifest: dict[str, Any]) -> list[d
     return out
 
 
-# --- reading a lineage back (`gristmill runs`) -------------------------------------------------------------------
+# --- reading a lineage back (`gristmill runs`, `inspect`, the report) ---------------------------------------------
+
+
+def continued(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """One run's place in its lineage, for ``gristmill inspect`` and the report; None for a run that continues
+    nothing and that no run beside it continues.
+
+    From the manifest's ``continues``: the run it continued (``run``, ``name``; ``exists`` False once deleted),
+    its ``generation`` (2 for a run continuing a fresh one), the adapter's steps before and after (``start_step``
+    -> ``global_step``), and the data added: ``rows_added`` (this run's curated rows, the new batch), the earlier
+    run's curated rows (``earlier_rows``), ``replay_rows`` mixed in, new rows dropped as near duplicates of the
+    lineage's data or as copies of its eval sets, the files checked against and the eval sets taken over.
+    ``continued_by``: runs in the same folder that continue this one (``gristmill runs`` lists whole lineages).
+    """
+    record = manifest.get("continues") or {}
+    here = Path(run_dir).resolve()
+    children = []
+    for other in sorted(here.parent.glob("*/manifest.json")):
+        if other.parent.resolve() == here:
+            continue
+        try:
+            parent = (json.loads(other.read_text()).get("continues") or {}).get("run")
+        except json.JSONDecodeError:  # a run being written: not ours to judge here
+            continue
+        if parent and Path(parent).resolve() == here:
+            children.append(str(other.parent))
+    if not record and not children:
+        return None
+    out: dict[str, Any] = {"continued_by": children}
+    if not record:
+        return out
+    earlier = Path(record["run"])
+    earlier_manifest = earlier / "manifest.json"
+    earlier_rows = json.loads(earlier_manifest.read_text()).get("rows_final") if earlier_manifest.is_file() else None
+    dropped: dict[str, int] = {}
+    for step in manifest.get("steps") or []:
+        for reason, n in (step.get("dropped_by_reason") or {}).items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    train = manifest.get("train") or {}
+    return out | {
+        "run": record["run"], "name": record.get("name"), "exists": earlier_manifest.is_file(),
+        "generation": len(record.get("lineage") or [record["run"]]) + 1, "lineage": record.get("lineage") or [],
+        "start_step": record.get("start_step"), "global_step": train.get("global_step"),
+        "rows_added": manifest.get("rows_final"), "earlier_rows": earlier_rows,
+        "replay_fraction": record.get("replay_fraction"), "replay_rows": record.get("replay_rows"),
+        "near_duplicates_of_lineage": dropped.get("near_duplicate_of_earlier", 0),
+        "eval_copies_dropped": dropped.get("eval_contamination", 0),
+        "dedup_against": record.get("dedup_against") or [],
+        "decontaminate_against": record.get("decontaminate_against") or [],
+        "eval_sets_added": record.get("eval_sets_added") or [], "note": record.get("note"),
+    }
+
+
+def continued_lines(info: dict[str, Any]) -> list[str]:
+    """``continued`` as short lines of text (the CLI prints them; the report shows them as a list)."""
+    lines = []
+    if "run" in info:
+        gone = "" if info["exists"] else " (no longer on disk)"
+        lines.append(f"continues {info['name'] or Path(info['run']).name} ({info['run']}){gone}: generation "
+                     f"{info['generation']}, adapter steps {info['start_step']} → {info['global_step']}")
+        replay = "" if info["replay_rows"] is None else (f", {info['replay_rows']} earlier rows replayed "
+                                                         f"(fraction {info['replay_fraction']})")
+        earlier = "" if info["earlier_rows"] is None else f" (the earlier run curated {info['earlier_rows']})"
+        lines.append(f"data added: {info['rows_added']} new curated rows{earlier}{replay}")
+        lines.append(f"checked against the lineage: {info['near_duplicates_of_lineage']} near duplicates of its data "
+                     f"dropped ({len(info['dedup_against'])} curated set(s)), {info['eval_copies_dropped']} copies "
+                     f"of eval items dropped (its own eval sets and {len(info['decontaminate_against'])} earlier "
+                     "eval file(s))")
+        if info["eval_sets_added"]:
+            lines.append(f"scored on the lineage's eval sets too: {', '.join(info['eval_sets_added'])}")
+        if info.get("note"):
+            lines.append(f"note: {info['note']}")
+    for child in info.get("continued_by") or []:
+        lines.append(f"continued by {child}")
+    return lines
 
 
 def find_runs(path: Path) -> list[RunRef]:

@@ -166,6 +166,7 @@ def _sections() -> list[Section]:
         ("evalsets", "Eval sets", o.evaluation),
         ("modelbias", "Model bias probe", o.model_bias),
         ("ablation", "Ablation", o.ablation),
+        ("lineage", "Lineage (continued runs)", o.lineage),
         ("timings", "Timings", o.timings),
         ("provenance", "Versions and fingerprints", o.provenance),
     ]

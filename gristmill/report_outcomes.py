@@ -380,6 +380,17 @@ def ablation(run: RunData, charts: Charts) -> str:
             + table(["metric", "base", *variants], rows, set(range(1, len(variants) + 2))))
 
 
+def lineage(run: RunData, charts: Charts) -> str:
+    """The run this one continued (``train.resume_adapter``), the data it added, and the runs continuing it."""
+    from gristmill.lineage import continued, continued_lines
+
+    info = continued(run.run_dir, run.manifest)
+    if info is None:
+        return missing("A fresh run: it continues no earlier run and no run beside it continues it "
+                       "(`train.resume_adapter` continues one; `gristmill runs DIR` lists lineages).")
+    return "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in continued_lines(info)) + "</ul>"
+
+
 def timings(run: RunData, charts: Charts) -> str:
     import plotly.graph_objects as go
 

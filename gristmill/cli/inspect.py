@@ -17,8 +17,9 @@ RunDir = Annotated[Path, typer.Argument(help="A run directory.", show_default=Fa
 
 
 def inspect(run_dir: RunDir) -> int:
-    """Steps with rows in/kept/dropped, drop reasons and timings; synthetic yield, models, the gate, and whether
-    the adapter belongs to this run's data."""
+    """Steps with rows in/kept/dropped, drop reasons and timings; synthetic yield, models, the gate, whether the
+    adapter belongs to this run's data, and the lineage: the run this one continued and the data it added."""
+    from gristmill.lineage import continued, continued_lines
     from gristmill.runinfo import summary
 
     info = summary(run_dir)
@@ -58,6 +59,9 @@ def inspect(run_dir: RunDir) -> int:
                            f"`gristmill train {run_dir}` or delete it", style="yellow"))
     elif adapter:
         console.print(Text("adapter: trained on this run's dataset", style="green"))
+    lineage = continued(run_dir, json.loads((run_dir / "manifest.json").read_text()))
+    for line in continued_lines(lineage) if lineage else []:
+        console.print(Text(f"lineage: {line}"), soft_wrap=True)
     return 0
 
 
