@@ -138,6 +138,9 @@ def test_cli_ablate_prints_the_table(tmp_path: Path, sample_dir: Path, capsys: p
     path = _recipe(tmp_path, sample_dir, str(tiny_model_dir(tmp_path)))
     assert main(["-q", "ablate", str(path), "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "ablation.json").is_file()
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert "same as curated" in printed and "refusal" in printed and "defective" in printed
 
 
 @pytest.mark.slow

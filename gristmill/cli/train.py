@@ -62,11 +62,15 @@ def train(
 def ablate(
     recipe: Annotated[str, typer.Argument(help="The recipe file.", show_default=False)],
     out: Annotated[str | None, typer.Option(help="Run directory (default: the recipe's output.dir).")] = None,
-    mode: Annotated[str, typer.Option(help="`steps`: the same optimizer steps for every variant; `tokens`: the "
-                                           "same training tokens.")] = "steps",
+    mode: Annotated[str, typer.Option(help="`steps`: the same optimizer steps for every variant (train.max_steps); "
+                                           "`tokens`: the same training tokens (each variant gets budget / (rows "
+                                           "per step x its mean tokens per row) steps; the budget is what the "
+                                           "curated variant sees in steps mode).")] = "steps",
 ) -> int:
-    """Train on the raw, curated and curated+synthetic rows of a recipe and evaluate them and the base model on
-    the same held-out rows (RUN_DIR/ablation.json)."""
+    """Train on the raw, curated and curated+synthetic rows of a recipe (the last only when synthesis added rows)
+    and evaluate them and the base model on the same held-out rows and the recipe's eval sets: loss, ROUGE-L,
+    generation defects (refusals, truncation, repetition, ...) and eval-set leaks per variant
+    (RUN_DIR/ablation.json)."""
     from gristmill.ablation import ablate as run_ablation
     from gristmill.ablation import render
     from gristmill.recipe import load_recipe
