@@ -11,8 +11,9 @@ Recipe (written to a temp dir per size, run by ``gristmill.runner.Runner``): nor
 (gopher_repetition + gopher_quality), dedup_exact, dedup_minhash, decontaminate (500 eval items), audit (4 axes,
 defaults). Each size runs in its own process. Per step: seconds (the runner's stats: the step alone), CPU seconds
 of the process (all threads; less sensitive than wall time to other work on a shared machine) and peak RSS
-(VmHWM, reset before the step through /proc/self/clear_refs, read after its checkpoint is written), and in total:
-wall seconds of ``Runner.run`` (ingest, steps, checkpoints, rejects, export) and the process's peak RSS.
+(VmHWM, reset before the step through /proc/self/clear_refs, read after its checkpoint is written); then the same
+for what follows the last step (``rejects+export``: rejects.parquet, the dataset, the run's index and report), and
+in total: wall seconds of ``Runner.run`` and the process's peak RSS (the largest of those peaks).
 
 Targets (issue 15): time grows at most 1.2x faster than linear from 100k to 1M rows
 (``(t_1M / t_100k) / 10 <= 1.2``), and peak RSS at 1M stays under 4x the input's parquet size.
@@ -116,6 +117,7 @@ def worker(rows: int, workdir: Path, audit_trace: bool = True) -> dict:
     recipe_path.write_text(f"name: scale\ninputs:\n  - path: input.parquet\n    mapping: text\n{STEPS}"
                            f"output: {{dir: {workdir / 'run'}, formats: [parquet]}}\n")
     steps: list[dict] = []
+    tail: dict[str, float] = {}
 
     class MeasuredRunner(Runner):
         """The runner with each stage's peak RSS recorded (the stages and checkpoints run unchanged)."""
@@ -129,13 +131,15 @@ def worker(rows: int, workdir: Path, audit_trace: bool = True) -> dict:
                           "rows_in": out[1]["rows_in"], "kept": out[1]["kept"]})
             return out
 
-        def _run_step(self, index, step, frame, prev_fp, progress):  # type: ignore[no-untyped-def]
+        def _run_step(self, index, step, rows, prev_fp, progress):  # type: ignore[no-untyped-def]
             reset_peak()
             cpu = time.process_time()
-            out = super()._run_step(index, step, frame, prev_fp, progress)
+            out = super()._run_step(index, step, rows, prev_fp, progress)
             steps.append({"step": step.name, "seconds": out[1]["seconds"], "peak_rss": rss_peak(),
                           "cpu_s": round(time.process_time() - cpu, 2),
                           "rows_in": out[1]["rows_in"], "kept": out[1]["kept"]})
+            reset_peak()  # what follows the last step (rejects, export) is measured on its own
+            tail["started"], tail["cpu"] = time.perf_counter(), time.process_time()
             return out
 
     if not audit_trace:  # the audit without its drop-rate amplification over earlier steps' rejects
@@ -144,8 +148,12 @@ def worker(rows: int, workdir: Path, audit_trace: bool = True) -> dict:
     reset_peak()
     baseline_rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     started, cpu = time.perf_counter(), time.process_time()
-    runner.run(train=False)
+    result = runner.run(train=False)
     total_s, total_cpu = time.perf_counter() - started, time.process_time() - cpu
+    final = result.manifest["rows_final"]
+    steps.append({"step": "rejects+export", "seconds": round(time.perf_counter() - tail["started"], 3),
+                  "peak_rss": rss_peak(), "cpu_s": round(time.process_time() - tail["cpu"], 2), "rows_in": final,
+                  "kept": final})
     return {"rows": rows, "parquet_bytes": data.stat().st_size, "rss_before_run": baseline_rss, "total_s": round(total_s, 2),
             "total_cpu_s": round(total_cpu, 2), "raw_text_bytes": raw_bytes, "steps": steps,
             "steps_s": round(sum(s["seconds"] for s in steps), 2),
