@@ -154,3 +154,13 @@ def test_ablation_on_the_real_small_model(tmp_path: Path, sample_dir: Path) -> N
     summary = ablate(load_recipe(_recipe(tmp_path, sample_dir, "smollm2-135m-instruct")))
     assert summary["steps"] == {"raw": 2, "curated": 2, "curated_synthetic": None}
     _check(tmp_path, summary)
+
+
+def test_curated_synthetic_is_trained_only_when_synthesis_added_rows() -> None:
+    from gristmill.ablation import same_as
+
+    curated = pl.DataFrame({"id": ["a", "b"], "text": ["x", "y"], "source": ["in.jsonl", "in.jsonl"]})
+    with_synth = pl.concat([curated, pl.DataFrame({"id": ["s1"], "text": ["z"], "source": ["synth:self_instruct"]})])
+    raw = pl.concat([curated, curated.with_columns(id=pl.lit("c"))])
+    assert same_as({"raw": raw, "curated": curated, "curated_synthetic": curated}) == {"curated_synthetic": "curated"}
+    assert same_as({"raw": raw, "curated": curated, "curated_synthetic": with_synth}) == {}
