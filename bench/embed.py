@@ -9,19 +9,21 @@ runs that need more (the GPU).
 
 Baseline: sentence-transformers ``encode`` in fp32 (its default precision) at every batch size of
 ``--batches``, in increasing order until throughput drops below the best so far (the best is the figure);
-gristmill: ``Embedder`` (``precision="fast"``: bf16 where the hardware runs it natively; no cache, so nothing is
-skipped) over the same batch sizes. Each side and batch size gets one untimed call first (first use of its shapes);
+gristmill: ``Embedder`` (``precision="fast"``: on CPU ONNX Runtime with int8 matrix products where installed,
+else bf16 where the hardware runs it natively; no embedding cache, so nothing is skipped; the ONNX export happens
+before any timing) over the same batch sizes. Each side and batch size gets one untimed call first (first use of its shapes);
 ``--rounds`` repeats the measurements interleaved and keeps each configuration's best (the CPU machine is shared
 and noisy). The timer covers tokenization, the model and pooling of docs + references on both sides. Fidelity:
 Spearman correlation of the quality scores (mean top-3 cosine to the reference set) against the fp32 baseline's.
-``--st-bf16`` adds sentence-transformers with its weights cast to bf16 as a second reference point.
+``--st-bf16`` adds sentence-transformers with its weights cast to bf16 as a second reference point;
+``--torch-path`` adds gristmill's torch path (bf16 where native) beside its default one.
 
 GPU machines without the MiniLM package: ``--random-init`` builds a randomly initialised model of the same
 architecture from the shipped config (throughput does not depend on weight values; Spearman is then only a check
 that both paths compute the same function).
 
 Run: python bench/embed.py [--docs 600] [--texts real|recombined] [--batches 8,16,32,64] [--rounds 2]
-     [--random-init [--tokenizer DIR]] [--st-bf16]
+     [--random-init [--tokenizer DIR]] [--st-bf16] [--torch-path]
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def env(device: str) -> dict[str, object]:
     out: dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                               "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                               "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "sentence-transformers", "tokenizers"):
+    for pkg in ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime", "onnx"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -125,6 +127,7 @@ def main() -> None:
                     "64,128,256,512,1024,2048)")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats; each configuration's best counts")
     ap.add_argument("--st-bf16", action="store_true", help="also time sentence-transformers with bf16 weights")
+    ap.add_argument("--torch-path", action="store_true", help="also time gristmill's torch path")
     ap.add_argument("--random-init", action="store_true")
     ap.add_argument("--tokenizer", help="MiniLM tokenizer files for --random-init (default: the installed package)")
     args = ap.parse_args()
@@ -150,12 +153,17 @@ def main() -> None:
     ours = Embedder(path, cache_path=None)
     default_batch = ours.batch_size
 
-    def our_encoder(texts: list[str], batch: int) -> np.ndarray:
-        ours.batch_size = batch
-        return ours.encode(texts)
+    def our_encoder(embedder: Embedder) -> Callable[[list[str], int], np.ndarray]:
+        def encode(texts: list[str], batch: int) -> np.ndarray:
+            embedder.batch_size = batch
+            return embedder.encode(texts)
+        return encode
 
-    name_ours = f"gristmill ({str(ours.dtype).split('.')[-1]})"
-    encoders[name_ours] = our_encoder
+    name_ours = f"gristmill ({ours.backend})"
+    encoders[name_ours] = our_encoder(ours)
+    if args.torch_path and not ours.backend.startswith("torch"):
+        torch_path = Embedder(path, cache_path=None, backend="torch")
+        encoders[f"gristmill ({torch_path.backend})"] = our_encoder(torch_path)
     rates: dict[str, dict[int, float]] = {name: {} for name in encoders}
     outputs: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for rnd in range(args.rounds):
