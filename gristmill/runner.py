@@ -232,6 +232,8 @@ class Runner:
         staging: Path | None = None
         try:
             if definition.row_local and rows_in > self.slice_rows:
+                for left in target.parent.glob(f".tmp-stream-{target.name}-*"):  # a killed run's partial files
+                    _remove(left)
                 try:
                     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-stream-{target.name}-"))
                 except OSError as err:

@@ -148,10 +148,12 @@ def test_a_failing_slice_leaves_no_checkpoint_and_a_rerun_completes(tmp_path: Pa
         Runner(load_recipe(recipe), slice_rows=8).run(train=False)
     steps = tmp_path / "run" / "steps"
     assert sorted(p.name for p in steps.iterdir()) == ["00-ingest", "01-normalize"]  # no half step, no staging
+    (steps / ".tmp-stream-02-flaky-x").mkdir()  # what a SIGKILLed streamed step leaves: the next run removes it
     _id_data(tmp_path / "fixed", ids)
     fixed = _id_recipe(tmp_path, tmp_path / "fixed" / "data", [{"normalize": {}}, {"flaky": {}}])
     result = Runner(load_recipe(fixed), slice_rows=8).run(train=False)
     assert result.frame["id"].to_list() == ids
+    assert not list(steps.glob(".*"))
 
 
 def test_a_slice_with_other_column_types_falls_back_to_the_whole_frame(tmp_path: Path, extra_steps: None) -> None:
