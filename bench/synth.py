@@ -221,7 +221,8 @@ def main() -> None:
             save_config(args.save_config)
         return
     if len(convs) < warm + 2 * n:
-        sys.exit(f"{args.prompts_file} holds {len(convs)} prompts; this run needs {warm + 2 * n}")
+        sys.exit(f"{args.prompts_file} holds {len(convs)} prompts; this run needs {warm + 2 * n} (8 warm-up prompts "
+                 f"per replica + 2 x --prompts): save them with the same --prompts and --replicas")
     if args.random_init:
         model = random_model(args.random_init, args.arch)
     else:
