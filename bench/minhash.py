@@ -6,9 +6,10 @@ near-identical copies (boilerplate), grown k-fold by ``--scale k`` (``corpus.clu
 
 What is measured: each tool turns the texts into *documents that have a near duplicate* (word 5-gram Jaccard >=
 threshold). Every timer covers the whole path from the list of texts: shingling/tokenizing, hashing and signatures,
-LSH, and the similarity checks. gristmill: ``near_duplicate_edges`` (polars tokens, numba signatures, LSH buckets
-streamed band by band, leader comparisons settled by signature agreement or exact Jaccard); a row is flagged when
-its cluster has another row. rensa (its documented dedup API): ``RMinHashDeduplicator(threshold, num_perm,
+LSH, and the similarity checks. gristmill: the ``dedup_minhash`` step on a polars frame (``id``, ``text``) read
+from parquet, as a recipe hands it over (polars tokens, numba signatures, LSH buckets streamed band by band, leader
+comparisons settled by signature agreement or exact Jaccard, clusters, kept/dropped frames); a row is flagged when
+its cluster has another row. Its accepted edges (``edge_precision``) are computed after the measurement. rensa (its documented dedup API): ``RMinHashDeduplicator(threshold, num_perm,
 use_lsh=True)`` with its default bands, ``add_pairs`` fed lazily (Python word 5-gram shingles), which keeps a row
 unless its estimated Jaccard with an indexed row reaches the threshold, then ``get_duplicate_sets`` for the dropped
 rows to flag the rows they duplicate. datasketch (``--datasketch``): ``MinHash.bulk`` + ``MinHashLSH`` queries with
@@ -112,16 +113,26 @@ def ground_truth(sets: list[frozenset[str]], threshold: float) -> set[int]:
     return flagged
 
 
-def run_gristmill(texts: list[str], args: argparse.Namespace) -> tuple[set[int], list[tuple[int, int]]]:
-    import numpy as np
+def run_gristmill(frame: object, args: argparse.Namespace) -> tuple[set[int], list[tuple[int, int]]]:
+    """The dedup_minhash step on a polars frame (``id`` = row position, ``text``), as a recipe runs it; a row is
+    flagged when its cluster has another row (``meta.cluster_id`` set)."""
     import polars as pl
 
+    from gristmill.curation.minhash import MinhashParams, dedup_minhash
+
+    result = dedup_minhash(frame, MinhashParams(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram))
+    rows = pl.concat([result.kept.select("id", "meta"), result.dropped.select("id", "meta")])
+    flagged = rows.filter(pl.col("meta").struct.field("cluster_id").is_not_null())["id"].cast(pl.Int64)
+    return set(flagged.to_list()), []
+
+
+def gristmill_edges(frame: object, args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The accepted edges behind the step's clusters (for ``edge_precision``; run after the measurement)."""
     from gristmill.curation.minhash import MinhashParams, near_duplicate_edges
 
-    found = near_duplicate_edges(
-        pl.Series(texts, dtype=pl.String), MinhashParams(threshold=args.threshold, num_perm=args.num_perm,
-                                                         ngram=args.ngram))
-    return set(np.unique(np.r_[found.a, found.b]).tolist()), list(zip(found.a.tolist(), found.b.tolist(), strict=True))
+    found = near_duplicate_edges(frame["text"], MinhashParams(threshold=args.threshold,  # type: ignore[index]
+                                                               num_perm=args.num_perm, ngram=args.ngram))
+    return list(zip(found.a.tolist(), found.b.tolist(), strict=True))
 
 
 def run_rensa(texts: list[str], args: argparse.Namespace) -> tuple[set[int], list[tuple[int, int]]]:
@@ -163,15 +174,27 @@ def peak_rss() -> int:
 
 
 def side(args: argparse.Namespace) -> None:
-    """One tool in this process: warm up, time it, write flags and peak memory to ``--output``."""
-    texts = json.loads(Path(args.input).read_text())
+    """One tool in this process: warm up, time it, write flags and peak memory to ``--output``.
+
+    gristmill reads the texts as the polars frame a recipe hands its step (parquet: ``id``, ``text``); the others
+    get the Python list of strings their APIs take."""
+    if args.side == "gristmill":
+        import polars as pl
+
+        data: object = pl.read_parquet(Path(args.input).with_suffix(".parquet"))
+        warm = data.head(300)  # type: ignore[attr-defined]
+    else:
+        data = json.loads(Path(args.input).read_text())
+        warm = data[:300]  # type: ignore[index]
     fn = TOOLS[args.side]
-    fn(texts[:300], args)
+    fn(warm, args)
     rss_before = peak_rss()
     started = time.perf_counter()
-    flagged, edges = fn(texts, args)
+    flagged, edges = fn(data, args)
     seconds = time.perf_counter() - started
     peak = peak_rss()
+    if args.side == "gristmill":
+        edges = gristmill_edges(data, args)
     Path(args.output).write_text(json.dumps({"seconds": seconds, "flagged": sorted(flagged), "edges": edges,
                                              "peak_rss": peak, "rss_before": rss_before}))
 
@@ -232,6 +255,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "texts.json"
         data.write_text(json.dumps(texts))
+        import polars as pl
+
+        pl.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts}).write_parquet(
+            data.with_suffix(".parquet"))
         for name in tools:
             out = Path(tmp) / f"{name}.json"
             subprocess.run([sys.executable, __file__, "--side", name, "--input", str(data), "--output", str(out),

@@ -39,8 +39,21 @@ def clusters(n: int, a: np.ndarray, b: np.ndarray, rank: np.ndarray) -> np.ndarr
 
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
+    return representatives(label, rank)
+
+
+def representatives(label: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Representative row of each row's cluster given cluster labels (any integers < len(label)): the
+    lowest-ranked member, ties to the earlier row.
+
+    >>> representatives(np.array([0, 0, 0, 3]), np.array([0.0, -1.0, 0.0, 0.0])).tolist()
+    [1, 1, 1, 3]
+    """
+    n = len(label)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
     order = np.lexsort((np.arange(n), rank, label))  # by component, then rank, then position
     first = np.r_[True, label[order][1:] != label[order][:-1]]
-    rep_of_label = np.empty(label.max() + 1, dtype=np.int64)
+    rep_of_label = np.empty(int(label.max()) + 1, dtype=np.int64)
     rep_of_label[label[order][first]] = order[first]
     return rep_of_label[label]

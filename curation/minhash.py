@@ -19,6 +19,7 @@ a band and their exact Jaccard is 0.94 -> one cluster {0, 1}; row 1 is dropped a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,11 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gristmill.common.contract import StepResult, require, split, with_meta
 from gristmill.curation import minhash_kernel
-from gristmill.curation.clusters import clusters, preference_rank
+from gristmill.curation.clusters import preference_rank, representatives
 from gristmill.curation.lsh import band_keys, optimal_bands
 from gristmill.curation.shingles import hashed_shingles, token_hashes
 
-VERSION = "3"  # 3: earlier rows may come as a persisted sketch (stats earlier_rows_hashed); 2: clusters from leader comparisons with signature shortcuts, not from all verified candidate pairs
+VERSION = "4"  # 4: comparisons per member and bucket bounded (MAX_COMPARE), rejected pairs not re-compared, 8-bit agreement signatures; 3: earlier rows may come as a persisted sketch (stats earlier_rows_hashed); 2: clusters from leader comparisons with signature shortcuts, not from all verified candidate pairs
 SCHEME = "affine32"
 _MAX_HASH = np.uint32((1 << 32) - 1)
 
@@ -61,16 +62,17 @@ class MinhashParams(BaseModel):
     against: list[str] = Field(default_factory=list, json_schema_extra={"path": True})
     """Earlier curated sets to deduplicate against: parquet files with ``id`` and ``text`` (e.g. an earlier run's
     ``dataset/data.parquet``). New rows that near-duplicate them are dropped (``near_duplicate_of_earlier``)."""
-    batch_docs: int = Field(50_000, ge=1)
+    batch_docs: int = Field(8192, ge=1)
     """Documents shingled at a time; only signatures (num_perm x 4 bytes per row) outlive a batch."""
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's affine32 permutation parameters ``(a, b)`` for ``seed`` (taken from datasketch itself)."""
-    from datasketch import MinHash
-
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
-    return a.astype(np.uint32), b.astype(np.uint32)
+    """datasketch's affine32 permutation parameters ``(a, b)`` for ``seed``: the same ``RandomState`` draws as
+    ``datasketch.MinHash(num_perm, seed).permutations`` (a test checks it), without importing datasketch (~20 MB)."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
@@ -114,6 +116,8 @@ class NearDuplicates:
     rows: int
     counts: dict[str, int] = field(default_factory=dict)
     """Comparisons made and how they were settled (``minhash_kernel.link``)."""
+    labels: np.ndarray | None = None
+    """Each row's cluster label (the lowest row of its cluster)."""
 
 
 SKETCH_VERSION = "1"
@@ -150,16 +154,13 @@ def sketch_key(params: MinhashParams) -> str:
     return f"{params.unit}{params.ngram}-p{params.num_perm}-s{params.seed}-v{SKETCH_VERSION}"
 
 
-def sketch(texts: pl.Series, params: MinhashParams) -> Sketch:
-    """Signatures and shingle sets of ``texts``, ``batch_docs`` texts at a time (only signatures and shingle
-    hashes outlive a batch)."""
-    n = len(texts)
+def _sketch_batches(texts: pl.Series, params: MinhashParams
+                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(start, signatures, shingle offsets, shingle hashes, has_shingles)`` of ``batch_docs`` texts at a time:
+    token lists live for one batch only."""
     texts = texts.cast(pl.String).fill_null("")
     a_perm, b_perm = permutations(params.num_perm, params.seed)
-    sig = np.empty((n, params.num_perm), dtype=np.uint32)
-    has_shingles = np.zeros(n, dtype=bool)
-    sh_offsets, sh_parts, base = [np.zeros(1, dtype=np.int64)], [], 0
-    for start in range(0, n, params.batch_docs):
+    for start in range(0, len(texts), params.batch_docs):
         chunk = texts.slice(start, params.batch_docs)
         offsets, tok = token_hashes(chunk, params.unit)
         if minhash_kernel.available():
@@ -169,11 +170,21 @@ def sketch(texts: pl.Series, params: MinhashParams) -> Sketch:
             chunk_sig = signatures(doc, sh, len(chunk), params.num_perm, params.seed, params.batch_shingles)
             off = np.r_[0, np.cumsum(np.bincount(doc, minlength=len(chunk)))].astype(np.int64)
         del tok
-        stop = start + len(chunk)
-        sig[start:stop] = chunk_sig
-        has_shingles[start:stop] = np.diff(offsets) > 0
-        sh_offsets.append(np.asarray(off[1:], dtype=np.int64) + base)
-        sh_parts.append(np.asarray(sh, dtype=np.uint32))
+        yield start, chunk_sig, np.asarray(off, dtype=np.int64), np.asarray(sh, dtype=np.uint32), np.diff(offsets) > 0
+
+
+def sketch(texts: pl.Series, params: MinhashParams) -> Sketch:
+    """Signatures and shingle sets of ``texts``, ``batch_docs`` texts at a time (only signatures and shingle
+    hashes outlive a batch)."""
+    n = len(texts)
+    sig = np.empty((n, params.num_perm), dtype=np.uint32)
+    has_shingles = np.zeros(n, dtype=bool)
+    sh_offsets, sh_parts, base = [np.zeros(1, dtype=np.int64)], [], 0
+    for start, chunk_sig, off, sh, has in _sketch_batches(texts, params):
+        sig[start : start + len(chunk_sig)] = chunk_sig
+        has_shingles[start : start + len(chunk_sig)] = has
+        sh_offsets.append(off[1:] + base)
+        sh_parts.append(sh)
         base += len(sh)
     sh_all = np.concatenate(sh_parts) if sh_parts else np.zeros(0, dtype=np.uint32)
     return Sketch(sig, np.concatenate(sh_offsets), sh_all, has_shingles)
@@ -204,24 +215,57 @@ def frame_sketch(frame: pl.DataFrame, num_perm: int) -> Sketch:
                   frame["has_shingles"].to_numpy().astype(bool))
 
 
+AGREE_BITS = 8
+"""Bits of each signature minimum kept for agreement shortcuts (b-bit MinHash): 1 byte, not 4, per permutation and
+row. The low byte: a minimum is small, so its high bits are mostly 0, while its low bits are as uniform as the
+mixed shingle hash (two different minima share them with probability 2**-8). Band keys are made from the full
+minima before they are cut."""
+
+
 def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | None = None,
                          earlier: Sketch | None = None) -> NearDuplicates:
     """Duplicate clusters of ``texts`` (and of ``earlier``'s rows, which follow them) as accepted edges. Rows from
-    ``n_new`` on are earlier rows, never compared together. Memory: ``batch_docs`` token lists, plus one
-    signature, band keys and shingle set per row.
+    ``n_new`` on are earlier rows, never compared together.
+
+    Memory: ``batch_docs`` token lists, plus per row its band keys (8 bytes a band), the high byte of each
+    signature minimum (``AGREE_BITS``) and its shingle set; full signatures live for one batch.
     """
-    sk = sketch(texts, params)
-    if earlier is not None:
-        sk = sk.concat(earlier)
-    n = len(sk)
     b, r = optimal_bands(params.threshold, params.num_perm, params.min_recall if params.verify else None)
-    keys = band_keys(sk.sig, b, r) if n else np.zeros((0, b), dtype=np.uint64)
-    live = np.flatnonzero(sk.has_shingles)  # empty texts share the all-max signature: keep them out of LSH
-    edge_a, edge_b, counts = minhash_kernel.link(
-        keys[live], live, sk.sig, sk.offsets, sk.shingles, n, threshold=params.threshold, verify=params.verify,
+    n_texts = len(texts)
+    n = n_texts + (len(earlier) if earlier is not None else 0)
+    keys = np.empty((n, b), dtype=np.uint64)
+    agree = np.empty((n, params.num_perm), dtype=np.uint8)
+    has_shingles = np.zeros(n, dtype=bool)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    # One buffer grown in place (realloc moves pages, it does not copy them), not batches concatenated at the end:
+    # the shingle sets are never held twice.
+    shingles = np.empty(0, dtype=np.uint32)
+
+    def add(start: int, sig: np.ndarray, off: np.ndarray, sh: np.ndarray, has: np.ndarray) -> None:
+        stop = start + len(sig)
+        keys[start:stop] = minhash_kernel.band_keys(sig, b, r) if minhash_kernel.available() else band_keys(sig, b, r)
+        agree[start:stop] = sig & np.uint32((1 << AGREE_BITS) - 1)
+        has_shingles[start:stop] = has
+        base = offsets[start]
+        offsets[start + 1 : stop + 1] = off[1:] + base
+        if base + len(sh) > len(shingles):  # room for the rest at this batch's shingles per row, plus a margin
+            shingles.resize(int((base + len(sh)) * 1.05 + len(sh) / max(len(sig), 1) * (n - stop)) + 1024,
+                            refcheck=False)
+        shingles[base : base + len(sh)] = sh
+
+    for batch in _sketch_batches(texts, params):
+        add(*batch)
+    if earlier is not None:
+        add(n_texts, earlier.sig, earlier.offsets, earlier.shingles, earlier.has_shingles)
+    shingles.resize(int(offsets[-1]), refcheck=False)
+    live = np.flatnonzero(has_shingles)  # empty texts share the all-max signature: keep them out of LSH
+    if len(live) < n:
+        keys = keys[live]
+    edge_a, edge_b, counts, labels = minhash_kernel.link(
+        keys, live, agree, offsets, shingles, n, threshold=params.threshold, verify=params.verify,
         n_new=n if n_new is None else n_new,
     )
-    return NearDuplicates(edge_a, edge_b, b, r, counts)
+    return NearDuplicates(edge_a, edge_b, b, r, counts, labels)
 
 
 def dedup_minhash(frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.DataFrame | None = None,
@@ -237,7 +281,7 @@ def dedup_minhash(frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.Dat
     n = frame.height
     texts = frame["text"].cast(pl.String).fill_null("")
     rank = preference_rank(frame, "quality")
-    ids = np.array(frame["id"].cast(pl.String).to_list(), dtype=object)
+    ids = frame["id"].cast(pl.String)
     hashed = 0
     if earlier is not None and earlier.height:
         if earlier_sketch is None:
@@ -246,24 +290,28 @@ def dedup_minhash(frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.Dat
         if len(earlier_sketch) != earlier.height:
             raise ValueError(f"earlier_sketch has {len(earlier_sketch)} rows for {earlier.height} earlier rows")
         rank = np.concatenate([rank, np.full(earlier.height, -np.inf)])
-        ids = np.concatenate([ids, np.array(earlier["id"].cast(pl.String).to_list(), dtype=object)])
+        ids = pl.concat([ids, earlier["id"].cast(pl.String)])
     else:
         earlier_sketch = None
     found = near_duplicate_edges(texts, params, n_new=n, earlier=earlier_sketch)
 
     total = len(ids)
-    rep = clusters(total, found.a, found.b, rank)
+    assert found.labels is not None
+    rep = representatives(found.labels, rank)
     sizes = np.bincount(rep, minlength=total)
     rep, sizes_new = rep[:n], sizes[rep[:n]]
     is_dup = rep != np.arange(n)
-    of_earlier = is_dup & (rep >= n)
-    out = with_meta(
-        frame,
-        cluster_id=pl.Series(np.where(sizes_new > 1, ids[rep], None).tolist(), dtype=pl.String),
-        duplicate_of=pl.Series(np.where(is_dup, ids[rep], None).tolist(), dtype=pl.String),
+    # Columns built in polars, not as Python lists: no Python object per row.
+    marks = pl.DataFrame({"rep": ids.gather(rep), "multi": sizes_new > 1, "dup": is_dup,
+                          "earlier": is_dup & (rep >= n)})
+    marks = marks.select(
+        cluster_id=pl.when("multi").then("rep"),
+        duplicate_of=pl.when("dup").then("rep"),
+        reason=pl.when("earlier").then(pl.lit("near_duplicate_of_earlier"))
+        .when("dup").then(pl.lit("near_duplicate")),
     )
-    reasons = np.where(of_earlier, "near_duplicate_of_earlier", np.where(is_dup, "near_duplicate", None))
-    kept, dropped = split(out, pl.Series(reasons.tolist(), dtype=pl.String))
+    out = with_meta(frame, cluster_id=marks["cluster_id"], duplicate_of=marks["duplicate_of"])
+    kept, dropped = split(out, marks["reason"])
     stats = {
         "clusters": int(len(np.unique(rep[sizes_new > 1]))),
         **found.counts,

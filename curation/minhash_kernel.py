@@ -6,10 +6,15 @@ fmix32 -> affine32 permutations -> minima (the signature), and the document's so
 
 ``link``: clusters from LSH band keys in one streaming pass, band by band. Within a band, documents with equal keys
 form a bucket; each member is compared only with the bucket's *leaders* (its first ``MAX_LEADERS`` members, then
-unmatched members replacing the oldest), and not at all with a leader already in its component (union-find). A comparison is decided by signature agreement
-when that is far from the threshold (binomial tails, see ``agreement_cuts``) and by exact Jaccard of the shingle
-sets otherwise. Work per band is O(bucket size x leaders), never O(bucket size**2) pairs, and memory is the
-signatures, the shingle sets and one accepted edge per merge (at most n - 1).
+unmatched members replacing the oldest), and not at all with a leader already in its component (union-find). A
+comparison is decided by signature agreement when that is far from the threshold (binomial tails, see
+``agreement_cuts``) and by exact Jaccard of the shingle sets otherwise. A pair once rejected is remembered (a
+bounded direct-mapped table) and not compared again in a later band, and a member makes at most ``MAX_COMPARE``
+new comparisons per bucket (leaders past that wait for a later band, where the pairs already rejected no longer
+count): a fragmented cluster of k documents costs O(k x bands x MAX_COMPARE) comparisons, not O(k x bands x
+MAX_LEADERS). Work per band is O(bucket size x leaders), never O(bucket size**2) pairs, and memory is the
+signatures, the shingle sets, the table (<= 8 MiB) and one accepted edge per merge (at most n - 1). Every accepted
+edge is checked, so precision does not depend on these bounds; recall does, a little (bench/RESULTS.md).
 
 Worked example (threshold 0.5, one band): docs 0, 1, 2, 3 share a bucket; J(0,1) = 0.9, J(0,2) = 0.2,
 J(1,2) = 0.6 and doc 3 is a copy of doc 0. Doc 1 matches 0 (edge 0-1); 2 fails against 0, then matches 1 (edge
@@ -33,6 +38,8 @@ except ImportError:  # pragma: no cover - numba is a declared dependency; this k
 
 MAX_LEADERS = 64
 """Leaders kept per bucket: bounds the comparisons of a bucket of mutually dissimilar documents."""
+MAX_COMPARE = 8
+"""New comparisons per member and bucket (pairs rejected in an earlier band are skipped and do not count)."""
 
 
 def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq):  # type: ignore[no-untyped-def]
@@ -61,7 +68,7 @@ def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq):  # type: ignore
             x = (x * c2) & mask
             x = x ^ (x >> np.uint64(16))
             for p in range(num_perm):
-                v = (x * a[p] + b[p]) & mask
+                v = np.uint32((x * a[p] + b[p]) & mask)
                 if v < sig[d, p]:
                     sig[d, p] = v
         part = np.sort(win[w0 : w0 + windows])
@@ -79,9 +86,14 @@ def _compact(win_off, win, uniq_off, out):  # type: ignore[no-untyped-def]
         out[uniq_off[d] : uniq_off[d] + n] = win[win_off[d] : win_off[d] + n]
 
 
-def _band_orders(keys, orders):  # type: ignore[no-untyped-def]
-    for j in prange(keys.shape[1]):
-        orders[j] = np.argsort(keys[:, j], kind="mergesort").astype(np.int32)
+def _band_keys(sig, r, keys):  # type: ignore[no-untyped-def]
+    fold = np.uint64(0x100000001B3)
+    for d in prange(sig.shape[0]):
+        for j in range(keys.shape[1]):
+            h = np.uint64(0)
+            for i in range(r):
+                h = (h * fold) ^ np.uint64(sig[d, j * r + i])
+            keys[d, j] = h
 
 
 def _find(parent, x):  # type: ignore[no-untyped-def]
@@ -123,70 +135,92 @@ def _similar(m, o, sig, sh_off, sh, threshold, accept_at, reject_at, counts):  #
     return union == 0 or inter >= threshold * union
 
 
-def _link(keys, orders, docs, sig, sh_off, sh, threshold, accept_at, reject_at, n_new, verify, max_leaders,
-          parent, edge_a, edge_b, counts):  # type: ignore[no-untyped-def]
-    # counts: [checked, exact, shortcut_accept, shortcut_reject, skipped_joined, edges]
-    n = docs.shape[0]
+def _link(band, members, sig, sh_off, sh, threshold, accept_at, reject_at, n_new, verify, max_leaders,
+          max_compare, parent, edge_a, edge_b, counts, rejected):  # type: ignore[no-untyped-def]
+    # One band: ``band`` its keys sorted, ``members`` the rows in that order (stable: by row within a key).
+    # counts: [checked, exact, shortcut_accept, shortcut_reject, skipped_joined, edges, skipped_rejected,
+    #          skipped_budget]
+    # rejected: a direct-mapped table of rejected pairs (pair + 1; a newer rejection evicts an older one)
+    shift = np.uint64(64 - int(np.log2(rejected.shape[0])))
+    n = members.shape[0]
     leaders = np.empty(max_leaders, dtype=np.int64)
-    for j in range(keys.shape[1]):
-        order = orders[j]
-        s = 0
-        while s < n:
-            e = s + 1
-            key = keys[order[s], j]
-            while e < n and keys[order[e], j] == key:
-                e += 1
-            if e - s > 1:
-                n_lead = 0
-                ring = 0
-                uniform = True  # every leader joined leaders[0]'s cluster: one find settles a member of it
-                for idx in range(s, e):
-                    m = docs[order[idx]]
-                    if n_lead > 0 and uniform and _find(parent, m) == _find(parent, leaders[0]):
-                        counts[4] += n_lead
-                        matched = True
-                    else:
-                        matched = False
-                        for li in range(n_lead):
-                            o = leaders[li]
-                            rm = _find(parent, m)
-                            ro = _find(parent, o)
-                            if rm == ro:
-                                counts[4] += 1
-                                matched = True
-                                continue
-                            if m >= n_new and o >= n_new:  # two earlier rows: not this run's business
-                                continue
-                            counts[0] += 1
-                            if not verify or _similar(m, o, sig, sh_off, sh, threshold, accept_at, reject_at,
-                                                      counts):
-                                parent[max(rm, ro)] = min(rm, ro)
-                                edge_a[counts[5]] = o
-                                edge_b[counts[5]] = m
-                                counts[5] += 1
-                                matched = True
-                        if n_lead > 0 and _find(parent, m) != _find(parent, leaders[0]):
-                            uniform = False
-                    # Members of a cluster stay leaders too (a later member may match this one and not the first);
-                    # when full, unmatched members replace the oldest.
-                    if n_lead < max_leaders:
-                        leaders[n_lead] = m
-                        n_lead += 1
-                    elif not matched:
-                        leaders[ring % max_leaders] = m
-                        ring += 1
-            s = e
+    s = 0
+    while s < n:
+        e = s + 1
+        key = band[s]
+        while e < n and band[e] == key:
+            e += 1
+        if e - s > 1:
+            n_lead = 0
+            ring = 0
+            uniform = True  # every leader joined leaders[0]'s cluster: one find settles a member of it
+            for idx in range(s, e):
+                m = members[idx]
+                if n_lead > 0 and uniform and _find(parent, m) == _find(parent, leaders[0]):
+                    counts[4] += n_lead
+                    matched = True
+                else:
+                    matched = False
+                    tried = 0
+                    for li in range(n_lead):
+                        o = leaders[li]
+                        rm = _find(parent, m)
+                        ro = _find(parent, o)
+                        if rm == ro:
+                            counts[4] += 1
+                            matched = True
+                            continue
+                        if m >= n_new and o >= n_new:  # two earlier rows: not this run's business
+                            continue
+                        # The same pair meets again in most bands of a fragmented cluster: a pair rejected
+                        # before is rejected again (the comparison is deterministic), so remember rejections.
+                        pair = (np.uint64(min(m, o)) << np.uint64(32)) | np.uint64(max(m, o))
+                        slot = (pair * np.uint64(0x9E3779B97F4A7C15)) >> shift
+                        if rejected[slot] == pair + np.uint64(1):
+                            counts[6] += 1
+                            continue
+                        if tried == max_compare:  # the rest of the leaders wait for a later band
+                            counts[7] += 1
+                            break
+                        tried += 1
+                        counts[0] += 1
+                        if not verify or _similar(m, o, sig, sh_off, sh, threshold, accept_at, reject_at,
+                                                  counts):
+                            parent[max(rm, ro)] = min(rm, ro)
+                            edge_a[counts[5]] = o
+                            edge_b[counts[5]] = m
+                            counts[5] += 1
+                            matched = True
+                        else:
+                            rejected[slot] = pair + np.uint64(1)  # 0 marks an empty slot
+                    if n_lead > 0 and _find(parent, m) != _find(parent, leaders[0]):
+                        uniform = False
+                # Members of a cluster stay leaders too (a later member may match this one and not the first);
+                # when full, unmatched members replace the oldest.
+                if n_lead < max_leaders:
+                    leaders[n_lead] = m
+                    n_lead += 1
+                elif not matched:
+                    leaders[ring % max_leaders] = m
+                    ring += 1
+        s = e
+
+
+def _roots(parent):  # type: ignore[no-untyped-def]
+    for x in range(parent.shape[0]):  # every row points at its root, the lowest row of its cluster
+        parent[x] = _find(parent, x)
 
 
 if njit is not None:
     _sketch_c = njit(cache=True, parallel=True, nogil=True)(_sketch)
     _compact_c = njit(cache=True, parallel=True, nogil=True)(_compact)
-    _band_orders_c = njit(cache=True, parallel=True, nogil=True)(_band_orders)
+    _band_keys_c = njit(cache=True, parallel=True, nogil=True)(_band_keys)
     _find = njit(cache=True, nogil=True)(_find)
     _similar = njit(cache=True, nogil=True)(_similar)
     _link_c = njit(cache=True, nogil=True)(_link)
+    _roots_c = njit(cache=True, nogil=True)(_roots)
 else:  # pragma: no cover
-    _sketch_c, _compact_c, _band_orders_c, _link_c = _sketch, _compact, _band_orders, _link
+    _sketch_c, _compact_c, _band_keys_c, _link_c, _roots_c = _sketch, _compact, _band_keys, _link, _roots
 
 
 def available() -> bool:
@@ -206,7 +240,7 @@ def sketch(
     windows = np.where(lengths >= ngram, lengths - ngram + 1, np.minimum(lengths, 1))
     win_off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(windows, out=win_off[1:])
-    sig = np.full((n, len(a)), 0xFFFFFFFF, dtype=np.uint64)
+    sig = np.full((n, len(a)), 0xFFFFFFFF, dtype=np.uint32)
     win = np.zeros(int(win_off[-1]), dtype=np.uint32)
     uniq = np.zeros(n, dtype=np.int64)
     _sketch_c(offsets, tok, np.int64(ngram), a.astype(np.uint64), b.astype(np.uint64), sig, win_off, win, uniq)
@@ -214,7 +248,14 @@ def sketch(
     np.cumsum(uniq, out=sh_off[1:])
     sh = np.empty(int(sh_off[-1]), dtype=np.uint32)
     _compact_c(win_off, win, sh_off, sh)
-    return sig.astype(np.uint32), sh_off, sh
+    return sig, sh_off, sh
+
+
+def band_keys(sig: np.ndarray, b: int, r: int) -> np.ndarray:
+    """``lsh.band_keys`` (same keys, a test checks it) in one pass over each signature row."""
+    keys = np.empty((sig.shape[0], b), dtype=np.uint64)
+    _band_keys_c(np.ascontiguousarray(sig), np.int64(r), keys)
+    return keys
 
 
 def signatures_from_tokens(
@@ -224,16 +265,20 @@ def signatures_from_tokens(
     return sketch(offsets, tok, ngram, a, b)[0]
 
 
-def agreement_cuts(threshold: float, num_perm: int, error: float = 1e-6) -> tuple[int, int]:
+def agreement_cuts(threshold: float, num_perm: int, error: float = 1e-6, bits: int = 32) -> tuple[int, int]:
     """Signature agreements ``(accept_at, reject_at)`` that decide a pair without exact Jaccard.
 
     Agreements of a pair with Jaccard J are Binomial(num_perm, J). ``accept_at``: the fewest agreements that a pair
     at J = threshold (or below) reaches with probability <= ``error``; ``reject_at``: the most that a pair at
     J >= threshold falls to with probability <= ``error``. ``num_perm + 1`` / ``-1`` disable a side.
     ``agreement_cuts(0.8, 128) == (122, 78)``: accept >= 95% agreement, reject <= 61%, else compute exactly.
+    With ``bits`` < 32 only that many bits of each minimum are compared (b-bit MinHash): two different minima
+    agree by chance with probability 2**-bits, so a pair agrees with probability J + (1 - J) * 2**-bits;
+    ``agreement_cuts(0.8, 128, bits=8) == (122, 78)`` too.
     """
     # Exact binomial tails in Python: importing scipy.stats for this would cost more memory than the signatures.
-    pmf = [math.comb(num_perm, k) * threshold**k * (1 - threshold) ** (num_perm - k) for k in range(num_perm + 1)]
+    p = threshold + (1 - threshold) * (2.0**-bits if bits < 32 else 0.0)
+    pmf = [math.comb(num_perm, k) * p**k * (1 - p) ** (num_perm - k) for k in range(num_perm + 1)]
     upper = np.cumsum(pmf[::-1])[::-1]  # P(X >= k)
     lower = np.cumsum(pmf)  # P(X <= k)
     ks = np.arange(num_perm + 1)
@@ -244,23 +289,31 @@ def agreement_cuts(threshold: float, num_perm: int, error: float = 1e-6) -> tupl
 
 def link(
     keys: np.ndarray, docs: np.ndarray, sig: np.ndarray, sh_off: np.ndarray, sh: np.ndarray, n_total: int, *,
-    threshold: float, verify: bool, n_new: int, max_leaders: int = MAX_LEADERS,
-) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Accepted edges ``(a, b)`` (a spanning forest of the duplicate clusters) and counters.
+    threshold: float, verify: bool, n_new: int, max_leaders: int = MAX_LEADERS, max_compare: int = MAX_COMPARE,
+) -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
+    """Accepted edges ``(a, b)`` (a spanning forest of the duplicate clusters), counters and each row's cluster
+    label (the cluster's lowest row).
 
-    ``keys``: ``(len(docs), bands)`` band keys of the documents ``docs`` (global rows < ``n_total``); ``sig``,
-    ``sh_off``, ``sh`` are indexed by global row. Rows >= ``n_new`` are earlier rows: never compared together.
+    ``keys``: ``(len(docs), bands)`` band keys of the documents ``docs`` (global rows < ``n_total``); ``sig``
+    (uint32 minima, or their low 8 / 16 bits), ``sh_off``, ``sh`` are indexed by global row. Rows >= ``n_new`` are
+    earlier rows: never compared together.
     """
-    orders = np.empty((keys.shape[1], keys.shape[0]), dtype=np.int32)
-    if keys.shape[0]:
-        _band_orders_c(keys, orders)
-    accept_at, reject_at = agreement_cuts(threshold, sig.shape[1])
+    accept_at, reject_at = agreement_cuts(threshold, sig.shape[1], bits=sig.dtype.itemsize * 8)
     parent = np.arange(n_total, dtype=np.int64)
     edge_a = np.empty(max(n_total - 1, 0), dtype=np.int64)
     edge_b = np.empty(max(n_total - 1, 0), dtype=np.int64)
-    counts = np.zeros(6, dtype=np.int64)
-    _link_c(keys, orders, docs.astype(np.int64), sig, sh_off, sh, float(threshold), accept_at, reject_at,
-            np.int64(n_new), verify, max_leaders, parent, edge_a, edge_b, counts)
+    counts = np.zeros(8, dtype=np.int64)
+    # 8 bytes a slot, at most 2**20 slots (8 MiB): the table only saves work, a lost entry costs a comparison.
+    rejected = np.zeros(1 << int(np.clip(np.ceil(np.log2(max(n_total, 1) * 8)), 10, 20)), dtype=np.uint64)
+    docs = docs.astype(np.int64)
+    for j in range(keys.shape[1]):
+        # Sorted keys and members in bucket order, one band at a time: the pass reads both sequentially (random
+        # reads of a row's key cost more than the comparisons at 10x the clustered corpus), and numpy's stable
+        # argsort is ~10x faster than numba's mergesort.
+        order = np.argsort(keys[:, j], kind="stable")
+        _link_c(keys[order, j], docs[order], sig, sh_off, sh, float(threshold), accept_at, reject_at,
+                np.int64(n_new), verify, max_leaders, max_compare, parent, edge_a, edge_b, counts, rejected)
+    _roots_c(parent)
     names = ("pairs_compared", "exact_checks", "signature_accepts", "signature_rejects", "skipped_same_cluster",
-             "edges")
-    return edge_a[: counts[5]], edge_b[: counts[5]], dict(zip(names, map(int, counts), strict=True))
+             "edges", "skipped_rejected", "skipped_budget")
+    return edge_a[: counts[5]], edge_b[: counts[5]], dict(zip(names, map(int, counts), strict=True)), parent

@@ -7,6 +7,8 @@ import polars as pl
 
 from gristmill.common.contract import StepResult
 from gristmill.curation import minhash_kernel
+from gristmill.curation.clusters import clusters, representatives
+from gristmill.curation.lsh import band_keys
 from gristmill.curation.minhash import MinhashParams, dedup_minhash, permutations, signatures
 from gristmill.curation.shingles import hashed_shingles, shingle_sets, token_hashes
 from tests.conftest import make_frame
@@ -97,9 +99,11 @@ def test_link_known_answer() -> None:
     sh = np.concatenate([np.array(s, dtype=np.uint32) for s in sh_sets])
     sig = np.arange(4 * 16, dtype=np.uint32).reshape(4, 16)  # all different: every decision goes to exact Jaccard
     keys = np.zeros((4, 1), dtype=np.uint64)
-    a, b, counts = minhash_kernel.link(keys, np.arange(4), sig, sh_off, sh, 4, threshold=0.25, verify=True, n_new=4)
+    a, b, counts, labels = minhash_kernel.link(keys, np.arange(4), sig, sh_off, sh, 4, threshold=0.25, verify=True,
+                                               n_new=4)
     assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == [(0, 1), (0, 3), (1, 2)]
     assert counts["pairs_compared"] == 4 and counts["exact_checks"] == 4
+    assert labels.tolist() == [0, 0, 0, 0]
 
 
 def test_agreement_cuts_known_answer() -> None:
@@ -126,3 +130,77 @@ def test_minhash_against_earlier_sets_drops_only_new_rows() -> None:
     assert dropped["reason"].to_list() == ["near_duplicate_of_earlier"] * 2
     assert dropped["meta"].struct.field("duplicate_of").to_list() == ["old:1", "old:1"]
     assert stats["earlier_rows"] == 2 and stats["rows_in"] == 3
+
+
+def test_permutations_equal_datasketch() -> None:
+    from datasketch import MinHash
+
+    for num_perm, seed in ((128, 1), (16, 7)):
+        a, b = permutations(num_perm, seed)
+        ds = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        assert a.dtype == np.uint32 and np.array_equal(a, ds[0]) and np.array_equal(b, ds[1])
+
+
+def test_agreement_cuts_with_b_bit_signatures() -> None:
+    # Low bytes of two different minima agree 1 time in 256: the cuts move only where that shifts a tail.
+    assert minhash_kernel.agreement_cuts(0.8, 128, bits=8) == (122, 78)
+    assert minhash_kernel.agreement_cuts(0.3, 128, bits=8)[1] >= minhash_kernel.agreement_cuts(0.3, 128)[1]
+
+
+def test_kernel_band_keys_equal_lsh_band_keys() -> None:
+    sig = np.random.default_rng(0).integers(0, 2**32, (50, 128), dtype=np.uint64).astype(np.uint32)
+    assert np.array_equal(minhash_kernel.band_keys(sig, 21, 6), band_keys(sig, 21, 6))
+
+
+def _sets_csr(sets: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    off = np.r_[0, np.cumsum([len(s) for s in sets])].astype(np.int64)
+    return off, np.concatenate([np.array(sorted(s), dtype=np.uint32) for s in sets])
+
+
+def test_link_compares_a_rejected_pair_once_across_bands() -> None:
+    # Two dissimilar docs share all 3 bands: one comparison, then the pair is skipped as already rejected.
+    off, sh = _sets_csr([[1, 2, 3, 4], [5, 6, 7, 8]])
+    sig = np.arange(2 * 16, dtype=np.uint32).reshape(2, 16)
+    keys = np.zeros((2, 3), dtype=np.uint64)
+    a, _, counts, labels = minhash_kernel.link(keys, np.arange(2), sig, off, sh, 2, threshold=0.5, verify=True,
+                                               n_new=2)
+    assert len(a) == 0 and labels.tolist() == [0, 1]
+    assert counts["pairs_compared"] == 1 and counts["skipped_rejected"] == 2
+
+
+def test_link_budget_defers_leaders_to_later_bands() -> None:
+    # Doc 5 matches only doc 4; docs 0-3 are leaders before it in every band. With 2 new comparisons per bucket,
+    # band 0 tries 0 and 1, band 1 skips them (rejected) and tries 2 and 3, band 2 reaches 4.
+    sets = [[10 * i + k for k in range(5)] for i in range(4)] + [[100, 101, 102, 103, 104]] * 2
+    off, sh = _sets_csr(sets)
+    sig = np.arange(6 * 16, dtype=np.uint32).reshape(6, 16)
+    keys = np.zeros((6, 3), dtype=np.uint64)
+    a, b, counts, labels = minhash_kernel.link(keys, np.arange(6), sig, off, sh, 6, threshold=0.5, verify=True,
+                                               n_new=6, max_compare=2)
+    assert list(zip(a.tolist(), b.tolist(), strict=True)) == [(4, 5)]
+    assert labels.tolist() == [0, 1, 2, 3, 4, 4]
+    # Without the budget every leader is compared in band 0.
+    a2, b2, counts2, _ = minhash_kernel.link(keys, np.arange(6), sig, off, sh, 6, threshold=0.5, verify=True,
+                                             n_new=6)
+    assert list(zip(a2.tolist(), b2.tolist(), strict=True)) == [(4, 5)]
+    assert counts["skipped_budget"] > 0 and counts2["skipped_budget"] == 0
+
+
+def test_representatives_match_connected_components() -> None:
+    rng = np.random.default_rng(3)
+    n = 40
+    a, b = rng.integers(0, n, 25), rng.integers(0, n, 25)
+    rank = rng.random(n)
+    parent = np.arange(n)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for x, y in zip(a, b, strict=True):
+        rx, ry = find(x), find(y)
+        parent[max(rx, ry)] = min(rx, ry)
+    labels = np.array([find(x) for x in range(n)])
+    assert np.array_equal(representatives(labels, rank), clusters(n, a, b, rank))
+    assert representatives(np.array([0, 0, 0, 3]), np.array([0.0, -1.0, 0.0, 0.0])).tolist() == [1, 1, 1, 3]
