@@ -227,13 +227,15 @@ def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | N
     """Duplicate clusters of ``texts`` (and of ``earlier``'s rows, which follow them) as accepted edges. Rows from
     ``n_new`` on are earlier rows, never compared together.
 
-    Memory: ``batch_docs`` token lists, plus per row its band keys (8 bytes a band), the high byte of each
-    signature minimum (``AGREE_BITS``) and its shingle set; full signatures live for one batch.
+    Memory: ``batch_docs`` token lists, plus per row its band keys (4 bytes a band; 8 without ``verify``), one
+    byte of each signature minimum (``AGREE_BITS``) and its shingle set; full signatures live for one batch.
     """
     b, r = optimal_bands(params.threshold, params.num_perm, params.min_recall if params.verify else None)
     n_texts = len(texts)
     n = n_texts + (len(earlier) if earlier is not None else 0)
-    keys = np.empty((n, b), dtype=np.uint64)
+    # With verification a band key needs 32 bits only: two rows whose different bands fold to one key are
+    # compared and rejected like any dissimilar bucket-mates. Without it a collision would be an edge: 64 bits.
+    keys = np.empty((n, b), dtype=np.uint32 if params.verify else np.uint64)
     agree = np.empty((n, params.num_perm), dtype=np.uint8)
     has_shingles = np.zeros(n, dtype=bool)
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -243,7 +245,8 @@ def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | N
 
     def add(start: int, sig: np.ndarray, off: np.ndarray, sh: np.ndarray, has: np.ndarray) -> None:
         stop = start + len(sig)
-        keys[start:stop] = minhash_kernel.band_keys(sig, b, r) if minhash_kernel.available() else band_keys(sig, b, r)
+        full = minhash_kernel.band_keys(sig, b, r) if minhash_kernel.available() else band_keys(sig, b, r)
+        keys[start:stop] = full ^ (full >> np.uint64(32)) if params.verify else full
         agree[start:stop] = sig & np.uint32((1 << AGREE_BITS) - 1)
         has_shingles[start:stop] = has
         base = offsets[start]

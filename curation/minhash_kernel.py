@@ -27,6 +27,7 @@ Without numba the same functions run as plain Python (correct, slow).
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -227,6 +228,32 @@ def available() -> bool:
     return njit is not None
 
 
+_target_loaded = False
+
+
+def _load_target() -> None:
+    """Load numba's CPU target before the first call, without its BLAS probe.
+
+    On first use numba imports ``numba.np.arraymath``, which checks for BLAS by importing ``scipy.linalg``
+    (~27 MB of BLAS/LAPACK libraries resident for the rest of the process). These kernels use no BLAS, so
+    ``scipy.linalg`` is hidden from that one probe (numba then uses its own inner product for ``np.dot`` on 1-d
+    arrays, the only thing the probe decides); a ``scipy.linalg`` already imported is left alone, and later imports
+    of it work as usual.
+    """
+    global _target_loaded
+    if _target_loaded or njit is None:
+        return
+    hide = "scipy.linalg" not in sys.modules and "numba.np.arraymath" not in sys.modules
+    if hide:
+        sys.modules["scipy.linalg"] = None  # type: ignore[assignment]
+    try:
+        import numba.np.arraymath  # noqa: F401  (the probe runs at its import)
+    finally:
+        if hide and sys.modules.get("scipy.linalg", 0) is None:
+            del sys.modules["scipy.linalg"]
+    _target_loaded = True
+
+
 def sketch(
     offsets: np.ndarray, tok: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -235,6 +262,7 @@ def sketch(
     Input is ``token_hashes`` output. ``sh_hashes[sh_offsets[d]:sh_offsets[d+1]]`` are document d's unique 32-bit
     shingle hashes, sorted (what ``hashed_shingles`` returns for it).
     """
+    _load_target()
     n = len(offsets) - 1
     lengths = np.diff(offsets)
     windows = np.where(lengths >= ngram, lengths - ngram + 1, np.minimum(lengths, 1))
@@ -253,6 +281,7 @@ def sketch(
 
 def band_keys(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     """``lsh.band_keys`` (same keys, a test checks it) in one pass over each signature row."""
+    _load_target()
     keys = np.empty((sig.shape[0], b), dtype=np.uint64)
     _band_keys_c(np.ascontiguousarray(sig), np.int64(r), keys)
     return keys
@@ -298,6 +327,7 @@ def link(
     (uint32 minima, or their low 8 / 16 bits), ``sh_off``, ``sh`` are indexed by global row. Rows >= ``n_new`` are
     earlier rows: never compared together.
     """
+    _load_target()
     accept_at, reject_at = agreement_cuts(threshold, sig.shape[1], bits=sig.dtype.itemsize * 8)
     parent = np.arange(n_total, dtype=np.int64)
     edge_a = np.empty(max(n_total - 1, 0), dtype=np.int64)
