@@ -8,9 +8,12 @@ same buckets as datasketch's ``MinHashLSH`` with the same (bands, rows) (``curat
 Clusters come from one streaming pass over the bands (``minhash_kernel.link``): a bucket member is compared only
 with the bucket's leaders, never with a document already in its cluster, and a comparison is settled by signature
 agreement when that is far from the threshold (error <= 1e-6 per comparison), else by exact Jaccard of the shingle
-sets. So a cluster of k copies of one text costs O(k) comparisons, not the k**2 / 2 candidate pairs, and memory is
-the signatures, the shingle sets and at most one accepted edge per row. One representative per cluster is kept:
-the highest ``meta.quality_score`` when an earlier quality step wrote one, else the first seen.
+sets. So a cluster of k copies of one text costs O(k) comparisons, not the k**2 / 2 candidate pairs; a member
+makes a bounded number of new comparisons per bucket and a rejected pair is not compared again in a later band, so
+fragmented clusters (copies under the threshold of each other) stay linear too. Full signatures live for one batch
+of ``batch_docs`` texts; what outlives it per row is the band keys, one byte of each minimum (b-bit agreement,
+``AGREE_BITS``) and the shingle set, plus at most one accepted edge. One representative per cluster is kept: the
+highest ``meta.quality_score`` when an earlier quality step wrote one, else the first seen.
 
 Worked example (threshold 0.7, 3-word shingles): ``[BASE, BASE + " today", "gardening ..."]`` -> rows 0 and 1 share
 a band and their exact Jaccard is 0.94 -> one cluster {0, 1}; row 1 is dropped as ``near_duplicate`` with
@@ -63,7 +66,8 @@ class MinhashParams(BaseModel):
     """Earlier curated sets to deduplicate against: parquet files with ``id`` and ``text`` (e.g. an earlier run's
     ``dataset/data.parquet``). New rows that near-duplicate them are dropped (``near_duplicate_of_earlier``)."""
     batch_docs: int = Field(8192, ge=1)
-    """Documents shingled at a time; only signatures (num_perm x 4 bytes per row) outlive a batch."""
+    """Documents shingled at a time; only band keys, one byte per permutation and the shingle set of each row
+    outlive a batch (tokens and full signatures do not)."""
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
