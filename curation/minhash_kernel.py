@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - numba is a declared dependency; this k
 MAX_LEADERS = 64
 """Leaders kept per bucket: bounds the comparisons of a bucket of mutually dissimilar documents."""
 MAX_COMPARE = 8
+REJECT_TABLE_BITS = 20
 """New comparisons per member and bucket (pairs rejected in an earlier band are skipped and do not count)."""
 
 
@@ -122,17 +123,24 @@ def _similar(m, o, sig, sh_off, sh, threshold, accept_at, reject_at, counts):  #
     counts[1] += 1
     i, i_end = sh_off[m], sh_off[m + 1]
     j, j_end = sh_off[o], sh_off[o + 1]
+    sizes = (i_end - i) + (j_end - j)
     inter = 0
     while i < i_end and j < j_end:
         if sh[i] == sh[j]:
             inter += 1
             i += 1
             j += 1
-        elif sh[i] < sh[j]:
-            i += 1
         else:
-            j += 1
-    union = (sh_off[m + 1] - sh_off[m]) + (sh_off[o + 1] - sh_off[o]) - inter
+            if sh[i] < sh[j]:
+                i += 1
+            else:
+                j += 1
+            # Stop once even every remaining shingle matching would leave J under the threshold (the test below
+            # grows with the intersection): most compared pairs in fragmented clusters are rejected.
+            best = inter + min(i_end - i, j_end - j)
+            if best < threshold * (sizes - best):
+                return False
+    union = sizes - inter
     return union == 0 or inter >= threshold * union
 
 
@@ -334,14 +342,24 @@ def link(
     edge_b = np.empty(max(n_total - 1, 0), dtype=np.int64)
     counts = np.zeros(8, dtype=np.int64)
     # 8 bytes a slot, at most 2**20 slots (8 MiB): the table only saves work, a lost entry costs a comparison.
-    rejected = np.zeros(1 << int(np.clip(np.ceil(np.log2(max(n_total, 1) * 8)), 10, 20)), dtype=np.uint64)
+    rejected = np.zeros(1 << int(np.clip(np.ceil(np.log2(max(n_total, 1) * 8)), 10, REJECT_TABLE_BITS)), dtype=np.uint64)
     docs = docs.astype(np.int64)
+    packed = keys.dtype.itemsize <= 4
+    position = np.arange(keys.shape[0], dtype=np.uint64)
     for j in range(keys.shape[1]):
         # Sorted keys and members in bucket order, one band at a time: the pass reads both sequentially (random
-        # reads of a row's key cost more than the comparisons at 10x the clustered corpus), and numpy's stable
-        # argsort is ~10x faster than numba's mergesort.
-        order = np.argsort(keys[:, j], kind="stable")
-        _link_c(keys[order, j], docs[order], sig, sh_off, sh, float(threshold), accept_at, reject_at,
+        # reads of a row's key cost more than the comparisons at 10x the clustered corpus). A 32-bit key and the
+        # position packed in one uint64 sort in one SIMD sort (~7x numpy's stable argsort, itself ~10x numba's
+        # mergesort), and the position in the low bits keeps the order stable.
+        if packed:
+            both = (keys[:, j].astype(np.uint64) << np.uint64(32)) | position
+            both.sort()
+            band, order = both >> np.uint64(32), (both & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            del both
+        else:
+            order = np.argsort(keys[:, j], kind="stable")
+            band = keys[order, j]
+        _link_c(band, docs[order], sig, sh_off, sh, float(threshold), accept_at, reject_at,
                 np.int64(n_new), verify, max_leaders, max_compare, parent, edge_a, edge_b, counts, rejected)
     _roots_c(parent)
     names = ("pairs_compared", "exact_checks", "signature_accepts", "signature_rejects", "skipped_same_cluster",
