@@ -41,6 +41,7 @@ MAX_LEADERS = 64
 """Leaders kept per bucket: bounds the comparisons of a bucket of mutually dissimilar documents."""
 MAX_COMPARE = 8
 REJECT_TABLE_BITS = 20
+"""At most 2**20 slots (8 MiB) in the table of rejected pairs (a smaller table only repeats some comparisons)."""
 """New comparisons per member and bucket (pairs rejected in an earlier band are skipped and do not count)."""
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
@@ -9,7 +11,13 @@ from gristmill.common.contract import StepResult
 from gristmill.curation import minhash_kernel
 from gristmill.curation.clusters import clusters, representatives
 from gristmill.curation.lsh import band_keys
-from gristmill.curation.minhash import MinhashParams, dedup_minhash, permutations, signatures
+from gristmill.curation.minhash import (
+    MinhashParams,
+    dedup_minhash,
+    near_duplicate_edges,
+    permutations,
+    signatures,
+)
 from gristmill.curation.shingles import hashed_shingles, shingle_sets, token_hashes
 from tests.conftest import make_frame
 
@@ -204,3 +212,32 @@ def test_representatives_match_connected_components() -> None:
     labels = np.array([find(x) for x in range(n)])
     assert np.array_equal(representatives(labels, rank), clusters(n, a, b, rank))
     assert representatives(np.array([0, 0, 0, 3]), np.array([0.0, -1.0, 0.0, 0.0])).tolist() == [1, 1, 1, 3]
+
+
+def test_batches_give_the_same_clusters_as_one_batch() -> None:
+    # Shingle sets are written into one buffer grown in place batch by batch: 2 texts a batch must equal one batch.
+    rng = random.Random(2)
+    words = BASE.split()
+    texts = [BASE]
+    for _ in range(9):
+        w = list(words)
+        w[rng.randrange(len(w))] = "edited"
+        texts.append(" ".join(w))
+    texts += ["", "short one", "tides and the moon over the harbour at night, far from the committee"]
+    series = pl.Series(texts)
+    one = near_duplicate_edges(series, MinhashParams(threshold=0.7, ngram=3))
+    many = near_duplicate_edges(series, MinhashParams(threshold=0.7, ngram=3, batch_docs=2))
+    assert one.labels is not None and many.labels is not None
+    assert np.array_equal(one.labels, many.labels) and np.array_equal(one.a, many.a) and len(one.a) >= 6
+
+
+def test_kernel_loads_without_scipy_linalg() -> None:
+    # numba's BLAS probe would import scipy.linalg (~27 MB resident); the kernels hide it, later imports still work.
+    code = ("import sys, numpy as np\n"
+            "from gristmill.curation import minhash_kernel as k\n"
+            "k.band_keys(np.zeros((2, 12), np.uint32), 2, 6)\n"
+            "assert 'scipy.linalg' not in sys.modules\n"
+            "import scipy.linalg\n"
+            "print(scipy.linalg.cython_blas.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "scipy.linalg.cython_blas"
