@@ -12,8 +12,10 @@ Recipe (written to a temp dir per size, run by ``gristmill.runner.Runner``): nor
 defaults). Each size runs in its own process. Per step: seconds (the runner's stats: the step alone), CPU seconds
 of the process (all threads; less sensitive than wall time to other work on a shared machine) and peak RSS
 (VmHWM, reset before the step through /proc/self/clear_refs, read after its checkpoint is written); then the same
-for what follows the last step (``rejects+export``: rejects.parquet, the dataset, the run's index and report), and
-in total: wall seconds of ``Runner.run`` and the process's peak RSS (the largest of those peaks).
+for what follows the last step (``write_rejects``, ``export_dataset``, ``index_run``: the run's MinHash sketch
+index, ``write_report``), each with the RSS at its start (memory earlier work left allocated: freed memory is not
+always returned to the system), and in total: wall seconds of ``Runner.run`` and the process's peak RSS (the
+largest of those peaks).
 
 Targets (issue 15): time grows at most 1.2x faster than linear from 100k to 1M rows
 (``(t_1M / t_100k) / 10 <= 1.2``), and peak RSS at 1M stays under 4x the input's parquet size.
@@ -80,6 +82,26 @@ def rss_peak() -> int:
     return 0
 
 
+def rss_now() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measured(name: str, fn, out: dict):  # type: ignore[no-untyped-def]
+    """``fn`` with its seconds, CPU seconds, RSS at its start and peak RSS recorded in ``out[name]`` (the runner's
+    work after the last step: rejects, export, the run's index, the report)."""
+
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        start = rss_now()
+        reset_peak()
+        began, cpu = time.perf_counter(), time.process_time()
+        value = fn(*args, **kwargs)
+        out[name] = {"seconds": round(time.perf_counter() - began, 3), "peak_rss": rss_peak(), "rss_start": start,
+                     "cpu_s": round(time.process_time() - cpu, 2)}
+        return value
+
+    return wrapper
+
+
 def reset_peak() -> None:
     """Linux: writing 5 to clear_refs resets VmHWM to the current RSS, so each step's peak is its own."""
     Path("/proc/self/clear_refs").write_text("5")
@@ -117,43 +139,46 @@ def worker(rows: int, workdir: Path, audit_trace: bool = True) -> dict:
     recipe_path.write_text(f"name: scale\ninputs:\n  - path: input.parquet\n    mapping: text\n{STEPS}"
                            f"output: {{dir: {workdir / 'run'}, formats: [parquet]}}\n")
     steps: list[dict] = []
-    tail: dict[str, float] = {}
+    tail: dict[str, dict] = {}
 
     class MeasuredRunner(Runner):
         """The runner with each stage's peak RSS recorded (the stages and checkpoints run unchanged)."""
 
         def _ingest(self):  # type: ignore[no-untyped-def]
+            start = rss_now()
             reset_peak()
             cpu = time.process_time()
             out = super()._ingest()
-            steps.append({"step": "ingest", "seconds": out[1]["seconds"], "peak_rss": rss_peak(),
+            steps.append({"step": "ingest", "seconds": out[1]["seconds"], "peak_rss": rss_peak(), "rss_start": start,
                           "cpu_s": round(time.process_time() - cpu, 2),
                           "rows_in": out[1]["rows_in"], "kept": out[1]["kept"]})
             return out
 
         def _run_step(self, index, step, rows, prev_fp, progress):  # type: ignore[no-untyped-def]
+            start = rss_now()
             reset_peak()
             cpu = time.process_time()
             out = super()._run_step(index, step, rows, prev_fp, progress)
             steps.append({"step": step.name, "seconds": out[1]["seconds"], "peak_rss": rss_peak(),
-                          "cpu_s": round(time.process_time() - cpu, 2),
+                          "rss_start": start, "cpu_s": round(time.process_time() - cpu, 2),
                           "rows_in": out[1]["rows_in"], "kept": out[1]["kept"]})
-            reset_peak()  # what follows the last step (rejects, export) is measured on its own
-            tail["started"], tail["cpu"] = time.perf_counter(), time.process_time()
             return out
 
     if not audit_trace:  # the audit without its drop-rate amplification over earlier steps' rejects
         gristmill.runner._with_trace = lambda step, checkpoints: step
     runner = MeasuredRunner(load_recipe(recipe_path))
     reset_peak()
-    baseline_rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    baseline_rss = rss_now()
     started, cpu = time.perf_counter(), time.process_time()
+    import gristmill.lineage
+
+    for module, name in ((gristmill.runner, "write_rejects"), (gristmill.runner, "export_dataset"),
+                         (gristmill.lineage, "index_run"), (gristmill.runner, "write_report")):
+        setattr(module, name, measured(name, getattr(module, name), tail))
     result = runner.run(train=False)
     total_s, total_cpu = time.perf_counter() - started, time.process_time() - cpu
     final = result.manifest["rows_final"]
-    steps.append({"step": "rejects+export", "seconds": round(time.perf_counter() - tail["started"], 3),
-                  "peak_rss": rss_peak(), "cpu_s": round(time.process_time() - tail["cpu"], 2), "rows_in": final,
-                  "kept": final})
+    steps += [{"step": name, "rows_in": final, "kept": final, **tail[name]} for name in tail]
     return {"rows": rows, "parquet_bytes": data.stat().st_size, "rss_before_run": baseline_rss, "total_s": round(total_s, 2),
             "total_cpu_s": round(total_cpu, 2), "raw_text_bytes": raw_bytes, "steps": steps,
             "steps_s": round(sum(s["seconds"] for s in steps), 2),
@@ -205,11 +230,11 @@ def main() -> None:
         print(f"{rows:,} rows: {r['total_s']:.1f} s, peak {r['peak_rss'] / 2**20:,.0f} MB, parquet "
               f"{r['parquet_bytes'] / 2**20:,.0f} MB", flush=True)
     names = [s["step"] for s in results[0]["steps"]]
-    print(f"\n{'step':<16}" + "".join(f"{r['rows']:>12,} s{'':>3}{'peak MB':>9}" for r in results)
+    print(f"\n{'step':<16}" + "".join(f"{r['rows']:>12,} s{'':>3}{'peak MB':>9}{'start MB':>10}" for r in results)
           + f"{'time growth':>13}")
     for i, name in enumerate(names):
         cells = "".join(f"{r['steps'][i]['seconds']:>14.1f}{r['steps'][i]['peak_rss'] / 2**20:>12,.0f}"
-                        for r in results)
+                        f"{r['steps'][i].get('rss_start', 0) / 2**20:>10,.0f}" for r in results)
         first, last = results[0], results[-1]
         growth = (last["steps"][i]["seconds"] / max(first["steps"][i]["seconds"], 1e-3)) / (last["rows"] / first["rows"])
         print(f"{name:<16}{cells}{growth:>12.2f}x")
@@ -217,7 +242,8 @@ def main() -> None:
     growth = (last["total_s"] / first["total_s"]) / (last["rows"] / first["rows"])
     memory_ratio = last["peak_rss"] / last["parquet_bytes"]
     cpu_growth = (last["total_cpu_s"] / first["total_cpu_s"]) / (last["rows"] / first["rows"])
-    print(f"{'total (run)':<16}" + "".join(f"{r['total_s']:>14.1f}{r['peak_rss'] / 2**20:>12,.0f}" for r in results)
+    print(f"{'total (run)':<16}" + "".join(f"{r['total_s']:>14.1f}{r['peak_rss'] / 2**20:>12,.0f}{'':>10}"
+                                           for r in results)
           + f"{growth:>12.2f}x")
     print(f"time growth {first['rows']:,} -> {last['rows']:,}: {growth:.2f}x linear (target <= 1.2); peak RSS at "
           f"{last['rows']:,}: {memory_ratio:.2f}x the parquet input (target < 4), "
