@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,14 @@ _PACKAGES = ["polars", "datasets", "datasketch", "fairlearn", "torch", "transfor
 class RunResult:
     run_dir: Path
     manifest: dict[str, Any]
-    frame: pl.DataFrame
+    rows: Path
+    """The last checkpoint's ``kept.parquet``: the curated rows."""
     recomputed: list[str] = field(default_factory=list)
+
+    @cached_property
+    def frame(self) -> pl.DataFrame:
+        """The curated rows, read when first asked for (the run itself does not hold them)."""
+        return pl.read_parquet(self.rows)
 
 
 def versions() -> dict[str, str]:
@@ -374,11 +381,10 @@ class Runner:
             write_json_atomic(self.run_dir / "manifest.json", manifest)
             write_report(self.run_dir)
             raise gate_failure
-        frame = pl.read_parquet(rows)  # the curated rows, read once for export and training
-        manifest["dataset"] = export_dataset(frame, self.run_dir / "dataset", self.recipe, manifest)
+        manifest["dataset"] = export_dataset(pl.read_parquet(rows), self.run_dir / "dataset", self.recipe, manifest)
         manifest["index"] = index_run(self.run_dir, self.recipe, manifest)  # what a continued run reads back
         if train and self.recipe.train is not None:
-            manifest["train"] = self.train(frame, fp)
+            manifest["train"] = self.train(pl.read_parquet(rows), fp)
             if "continues" in manifest:
                 manifest["continues"]["replay_rows"] = manifest["train"].get("replay_rows")
             if not manifest["train"]["resumed"]:
@@ -406,7 +412,7 @@ class Runner:
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_json_atomic(self.run_dir / "manifest.json", manifest)
         write_report(self.run_dir)
-        return RunResult(self.run_dir, manifest, frame, recomputed)
+        return RunResult(self.run_dir, manifest, rows, recomputed)
 
     def train(self, frame: pl.DataFrame, data_fp: str, target: Path | None = None,
               search: int | None = None) -> dict[str, Any]:
