@@ -292,20 +292,23 @@ class Runner:
         ``staging/kept.parquet`` and ``staging/dropped.parquet``; the stats are the step's merge of the slices'.
         The kept and dropped rows are those of one call on the whole frame, in the same order."""
         kept, dropped = SliceWriter(staging / "kept.parquet"), SliceWriter(staging / "dropped.parquet", hold=True)
-        rows_in, parts, complete = 0, [], False
+        rows_in, parts, reports, complete = 0, [], [], False
         by_reason: Counter[str] = Counter()
         try:
             for frame in iter_slices(source, self.slice_rows):
                 result = definition.run(frame, params, ctx)
                 result.check(name, frame)
-                if result.report is not None or result.gate is not None or result.added:
-                    raise AccountingError(f"step {name}: declared row_local but returned a report, a gate or "
-                                          "added rows")
+                if (result.report is not None and definition.merge_report is None) or result.gate is not None \
+                        or result.added:
+                    raise AccountingError(f"step {name}: declared row_local but returned a gate, added rows or a "
+                                          "report it has no merge_report for")
                 kept.write(result.kept)
                 dropped.write(result.dropped)
                 rows_in += frame.height
                 by_reason.update(result.dropped_by_reason())
                 parts.append(result.stats)
+                if result.report is not None:
+                    reports.append(result.report)
                 ctx.progress(frame.height)
             complete = True
         finally:
@@ -313,6 +316,9 @@ class Runner:
             dropped.close(complete)
         counts = {"rows_in": rows_in, "kept": kept.rows, "dropped": dropped.rows,
                   "dropped_by_reason": dict(by_reason)}
+        if definition.merge_report is not None:
+            stats, report = definition.merge_report(parts, reports, rows_in)
+            return counts, stats | {"report": report}, kept.path, dropped.path
         return counts, definition.merge(parts, rows_in), kept.path, dropped.path
 
     def _say(self, label: str, stats: dict[str, Any]) -> None:

@@ -41,7 +41,8 @@ def _recipe(tmp_path: Path, data: Path, name: str, steps: list[dict[str, Any]] |
     path.write_text(yaml.safe_dump({
         "name": name,
         "inputs": [{"path": str(data / "sample.jsonl"), "mapping": "alpaca", "on_error": "skip"}],
-        "steps": steps or STEPS,
+        "steps": steps or [*STEPS, {"decontaminate": {"eval_sets": [str(data / "eval_set.jsonl")],
+                                                       "text_fields": ["question"]}}],
         "output": {"dir": str(tmp_path / name), "formats": ["parquet", "jsonl"]},
     }, sort_keys=False))
     return path
@@ -56,12 +57,16 @@ def test_streamed_run_equals_in_memory_run(tmp_path: Path, sample_dir: Path) -> 
     streamed = Runner(load_recipe(_recipe(tmp_path, sample_dir, "streamed")), slice_rows=23).run(train=False)
     a, b = whole.run_dir, streamed.run_dir
     names = sorted(p.name for p in (a / "steps").iterdir())
-    assert names == sorted(p.name for p in (b / "steps").iterdir()) and len(names) == len(STEPS) + 1
+    assert names == sorted(p.name for p in (b / "steps").iterdir()) and len(names) == len(STEPS) + 2
     for name in names:
         for part in ("kept.parquet", "dropped.parquet"):
             x, y = pl.read_parquet(a / "steps" / name / part), pl.read_parquet(b / "steps" / name / part)
             assert x.schema == y.schema and x.equals(y), (name, part)
         assert _stats(a / "steps" / name) == _stats(b / "steps" / name), name
+    decontam = json.loads((b / "steps" / names[-1] / "stats.json").read_text())
+    # Its report is merged over the slices too (stats.json holds it; compared above).
+    assert decontam["dropped_by_reason"] == {"contaminated": 2} and decontam["eval_items_hit"] == 2
+    assert sum(v["items_hit"] for v in decontam["report"]["eval_sets"].values()) == 2
     # The row-local steps really were streamed: a row group per slice of 23 rows.
     normalized = pq.ParquetFile(b / "steps" / "01-normalize" / "kept.parquet").metadata
     assert normalized.num_row_groups == -(-normalized.num_rows // 23) > 10
@@ -88,7 +93,7 @@ def test_streamed_run_resumes_and_recomputes_from_a_missing_step(tmp_path: Path,
     first = Runner(load_recipe(recipe), slice_rows=23).run(train=False)
     again = Runner(load_recipe(recipe), slice_rows=23).run(train=False)
     assert again.recomputed == []
-    assert [s["resumed"] for s in again.manifest["steps"]] == [True] * (len(STEPS) + 1)
+    assert [s["resumed"] for s in again.manifest["steps"]] == [True] * (len(STEPS) + 2)
     # Lose the heuristics checkpoint: it and everything after it recompute, to the same bytes.
     before = {p.name: (p / "kept.parquet").read_bytes() for p in (first.run_dir / "steps").iterdir()}
     rejects = (first.run_dir / "rejects.parquet").read_bytes()
