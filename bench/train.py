@@ -14,6 +14,11 @@ warm-up and not timed, tokens are the real (non-padding) tokens of the timed ste
     python bench/train.py --random-llama-1b --tokenizer DIR --rows 2048 --batch-size 16   # GPU figure
     ... --compile   # ours with train.compile (regional torch.compile); the baseline also runs a second time with
                     # TrainingArguments(torch_compile=True), and the faster baseline is the one compared
+    ... --bf16      # ours with train.bf16 (CPU: AVX512-BF16 / AMX); the baseline runs in fp32 and a second time
+                    # with TrainingArguments(bf16=True), and the faster baseline is the one compared
+
+The baseline always runs bitsandbytes' own 4-bit layers (``dequant_cache`` off); ours runs with its defaults (on
+CPU the dequantized-weight cache, ``train.dequant_cache``); ``--no-dequant-cache`` turns that off for ours.
 
 Prints a table and, last, one JSON line.
 """
@@ -82,12 +87,17 @@ def build_random_llama(tokenizer_dir: str, out: Path) -> str:
 
 
 def params_for(args: argparse.Namespace) -> Any:
+    """The training settings of ``args.side``: the baseline sides keep bitsandbytes' per-call dequantization and
+    run bf16 only as ``baseline-bf16`` (or on CUDA, where bf16 is the default for both)."""
     from gristmill.train.params import TrainParams
 
+    side = getattr(args, "side", None) or "ours"
+    bf16 = (args.bf16 or None) if side == "ours" else (True if side == "baseline-bf16" else None)
+    cache = (False if args.no_dequant_cache else None) if side == "ours" else False
     return TrainParams(method=args.method, epochs=1, batch_size=args.batch_size, learning_rate=2e-4,
                        max_seq_length=args.max_seq_length, overlength="truncate", eval_generate_rows=0,
                        max_eval_rows=args.eval_rows, save_steps=None, report_to=[], seed=0,
-                       compile=args.compile)
+                       compile=args.compile, bf16=bf16, dequant_cache=cache)
 
 
 def split(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -191,8 +201,12 @@ def main() -> None:
     ap.add_argument("--max-seq-length", type=int, default=512)
     ap.add_argument("--compile", action="store_true",
                     help="ours with train.compile; the baseline also with TrainingArguments(torch_compile=True)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="ours with train.bf16; the baseline also with TrainingArguments(bf16=True)")
+    ap.add_argument("--no-dequant-cache", action="store_true", help="ours without train.dequant_cache")
     ap.add_argument("--side-timeout", type=float, default=None, help="seconds allowed per side")
-    ap.add_argument("--side", choices=["ours", "baseline", "baseline-compiled"], help=argparse.SUPPRESS)
+    ap.add_argument("--side", choices=["ours", "baseline", "baseline-compiled", "baseline-bf16"],
+                    help=argparse.SUPPRESS)
     ap.add_argument("--model-path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:  # child process: one side, one JSON line
@@ -206,20 +220,21 @@ def main() -> None:
 
         model_path = resolve(args.model)
     results = {}
-    for side in ("ours", "baseline", *(["baseline-compiled"] if args.compile else [])):
+    extra = [*(["baseline-compiled"] if args.compile else []), *(["baseline-bf16"] if args.bf16 else [])]
+    for side in ("ours", "baseline", *extra):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--model-path", model_path]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
         try:
             out = subprocess.run(cmd, text=True, capture_output=True, env=env, timeout=args.side_timeout)
         except subprocess.TimeoutExpired:
             print(f"{side} did not finish within --side-timeout {args.side_timeout} s")
-            if side == "baseline-compiled":
+            if side in extra:
                 continue
             sys.exit(1)
         lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not lines:
-            if side == "baseline-compiled":  # reported, not fatal: the plain baseline stands
-                print(f"baseline with torch_compile failed:\n{out.stderr[-2000:]}")
+            if side in extra:  # reported, not fatal: the plain baseline stands
+                print(f"{side} failed:\n{out.stderr[-2000:]}")
                 continue
             sys.exit(f"{side} failed:\n{out.stderr[-4000:]}")
         results[side] = json.loads(lines[-1][7:])
@@ -231,7 +246,7 @@ def main() -> None:
     base = results[base_name]
     print(f"{'side':<28}{'tokens/s':>10}{'tokens':>9}{'steps':>7}{'peak MiB':>10}{'eval loss':>11}")
     names = {"ours": "gristmill (packed)", "baseline": "hf-trainer+peft (padded)",
-             "baseline-compiled": "hf-trainer+peft compiled"}
+             "baseline-compiled": "hf-trainer+peft compiled", "baseline-bf16": "hf-trainer+peft bf16"}
     for key, r in results.items():
         name = names[key]
         print(f"{name:<28}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['steps']:>7}"
@@ -240,10 +255,12 @@ def main() -> None:
            "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
            "model": "random-init Llama ~1.07B" if args.random_llama_1b else args.model, "method": args.method,
            "rows": args.rows, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
-           "compile": args.compile, "train_seconds": {k: v["train_seconds"] for k, v in results.items()},
+           "compile": args.compile, "bf16": args.bf16, "dequant_cache": not args.no_dequant_cache,
+           "train_seconds": {k: v["train_seconds"] for k, v in results.items()},
            "memory_kind": "peak CUDA allocated" if torch.cuda.is_available() else "peak RSS"}
     print(json.dumps({"bench": "train", "metric": "tokens_per_s", "ours": ours["tokens_per_s"],
-                      "baseline": "hf-trainer+peft" + ("+torch_compile" if base_name == "baseline-compiled" else ""),
+                      "baseline": "hf-trainer+peft" + {"baseline-compiled": "+torch_compile",
+                                                       "baseline-bf16": "+bf16"}.get(base_name, ""),
                       "baseline_value": base["tokens_per_s"],
                       "all_sides": {k: v["tokens_per_s"] for k, v in results.items()},
                       "ratio": round(ours["tokens_per_s"] / base["tokens_per_s"], 3),

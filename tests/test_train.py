@@ -156,6 +156,32 @@ def test_packed_and_padded_batches_give_the_same_token_losses(tiny: Path, method
     assert torch.allclose(wide, multi, atol=2e-4)  # train.compile's padding to 128 changes no loss
 
 
+def test_dequantized_weight_cache_gives_bitsandbytes_results(tiny: Path) -> None:
+    """train.dequant_cache: same logits and LoRA gradients as bitsandbytes' per-call dequantization, nothing saved."""
+    from gristmill.train.model import load_model, token_losses
+    from gristmill.train.packing import collate
+
+    runs = {}
+    for cache in (False, True):
+        torch.manual_seed(0)
+        model, tok = load_model(str(tiny), TrainParams(method="qlora", bf16=False, dequant_cache=cache))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        examples, _ = encode_rows(tok, sum_rows(3), 512)
+        losses, _ = token_losses(model, collate(examples, tok.pad_token_id, packing=True))
+        losses.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        cached = [m for m in model.modules() if hasattr(m, "gristmill_dense_weight")]
+        runs[cache] = (losses.detach(), grads, set(model.state_dict()), len(cached))
+    assert runs[False][3] == 0 and runs[True][3] > 0
+    assert torch.equal(runs[False][0], runs[True][0])
+    assert runs[False][1].keys() == runs[True][1].keys() and len(runs[True][1]) > 0
+    assert all(torch.allclose(runs[False][1][n], runs[True][1][n], atol=1e-6) for n in runs[True][1])
+    assert runs[False][2] == runs[True][2]  # the copy is not part of the model's state
+
+
 def test_weights_scale_the_loss_as_the_formula_says(tiny: Path) -> None:
     """step loss = Σ_tokens w(row) · ℓ / number of labelled tokens."""
     from gristmill.train.model import load_model, token_losses

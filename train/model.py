@@ -71,7 +71,40 @@ def load_base(model_path: str, params: TrainParams, *, device: str | None = None
     model.config.gristmill_bf16 = bf16  # read by autocast(); not saved with the adapter
     if params.method == "qlora":
         keep_4bit_weights_trainable(model)
+        if params.dequant_cache if params.dequant_cache is not None else device == "cpu":
+            cache_dequantized_weights(model, compute)
     return model
+
+
+def cache_dequantized_weights(model: Any, dtype: Any) -> int:
+    """Give every bitsandbytes 4-bit linear layer of ``model`` one dequantized copy of its (frozen) weight in
+    ``dtype`` and route its forward through it; returns the number of weights cached.
+
+    bitsandbytes dequantizes a 4-bit weight in every forward and again in every backward; on CPU, without a fused
+    4-bit GEMM, that costs ~40% of the layer's time. LoRA never updates the base weights, so one copy gives the
+    same values for the whole run. The copy is a non-persistent buffer: adapters, checkpoints and merges never
+    see it. Example: a 4-bit 1536 x 576 projection gains a 1536 x 576 ``gristmill_dense_weight`` equal to
+    ``dequantize_4bit(weight)`` and its output equals ``x @ that.T + bias``.
+    """
+    import types
+
+    import bitsandbytes as bnb
+    import torch
+
+    def dense_forward(self: Any, x: Any) -> Any:
+        # As Linear4bit.forward: compute in the compute dtype, return in the input's dtype.
+        weight = self.gristmill_dense_weight
+        bias = None if self.bias is None else self.bias.to(weight.dtype)
+        return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+    cached = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
+            module.register_buffer("gristmill_dense_weight", weight, persistent=False)
+            module.forward = types.MethodType(dense_forward, module)
+            cached += weight.numel()
+    return cached
 
 
 def adapter_shape(config: dict[str, Any]) -> dict[str, Any]:
