@@ -187,7 +187,7 @@ class SchemaDrift(Exception):
 
 def iter_slices(path: Path, rows: int) -> Iterator[pl.DataFrame]:
     """The rows of the parquet file ``path``, at most ``rows`` at a time, typed as ``pl.read_parquet`` types them;
-    only the slice in hand (and the page being decoded) is in memory."""
+    only the slice in hand and the row group it is read from are in memory, never the whole file."""
     import pyarrow.parquet as pq
 
     schema = pl.Schema(pl.read_parquet_schema(path))
