@@ -26,16 +26,17 @@ Without numba the same functions run as plain Python (correct, slow).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 
 import numpy as np
 
-try:
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - numba is a declared dependency; this keeps the module importable
-    njit = None
-    prange = range
+# numba is imported on the first kernel call, not with this module: every gristmill process imports the step
+# registry, and numba costs ~76 MB resident at import (~130 MB once a kernel is loaded). ``prange`` is ``range``
+# until then (the plain-Python fallback); ``_compile`` rebinds it and the kernels.
+prange = range
+_HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 MAX_LEADERS = 64
 """Leaders kept per bucket: bounds the comparisons of a bucket of mutually dissimilar documents."""
@@ -221,46 +222,49 @@ def _roots(parent):  # type: ignore[no-untyped-def]
         parent[x] = _find(parent, x)
 
 
-if njit is not None:
-    _sketch_c = njit(cache=True, parallel=True, nogil=True)(_sketch)
-    _compact_c = njit(cache=True, parallel=True, nogil=True)(_compact)
-    _band_keys_c = njit(cache=True, parallel=True, nogil=True)(_band_keys)
-    _find = njit(cache=True, nogil=True)(_find)
-    _similar = njit(cache=True, nogil=True)(_similar)
-    _link_c = njit(cache=True, nogil=True)(_link)
-    _roots_c = njit(cache=True, nogil=True)(_roots)
-else:  # pragma: no cover
-    _sketch_c, _compact_c, _band_keys_c, _link_c, _roots_c = _sketch, _compact, _band_keys, _link, _roots
+# The plain-Python fallbacks until ``_compile`` swaps in the compiled kernels.
+_sketch_c, _compact_c, _band_keys_c, _link_c, _roots_c = _sketch, _compact, _band_keys, _link, _roots
 
 
 def available() -> bool:
-    return njit is not None
+    return _HAVE_NUMBA
 
 
-_target_loaded = False
+_compiled = False
 
 
-def _load_target() -> None:
-    """Load numba's CPU target before the first call, without its BLAS probe.
+def _compile() -> None:
+    """Import numba and wrap the kernels (from its on-disk cache after the first run), before the first call.
 
-    On first use numba imports ``numba.np.arraymath``, which checks for BLAS by importing ``scipy.linalg``
-    (~27 MB of BLAS/LAPACK libraries resident for the rest of the process). These kernels use no BLAS, so
-    ``scipy.linalg`` is hidden from that one probe (numba then uses its own inner product for ``np.dot`` on 1-d
-    arrays, the only thing the probe decides); a ``scipy.linalg`` already imported is left alone, and later imports
-    of it work as usual.
+    numba's CPU target imports ``numba.np.arraymath`` on first use, which checks for BLAS by importing
+    ``scipy.linalg`` (~27 MB of BLAS/LAPACK libraries resident for the rest of the process). These kernels use no
+    BLAS, so ``scipy.linalg`` is hidden from that one probe (numba then uses its own inner product for ``np.dot`` on
+    1-d arrays, the only thing the probe decides); a ``scipy.linalg`` already imported is left alone, and later
+    imports of it work as usual.
     """
-    global _target_loaded
-    if _target_loaded or njit is None:
+    global _compiled, prange, _find, _similar, _sketch_c, _compact_c, _band_keys_c, _link_c, _roots_c
+    if _compiled or not _HAVE_NUMBA:
         return
     hide = "scipy.linalg" not in sys.modules and "numba.np.arraymath" not in sys.modules
     if hide:
         sys.modules["scipy.linalg"] = None  # type: ignore[assignment]
     try:
+        import numba
         import numba.np.arraymath  # noqa: F401  (the probe runs at its import)
     finally:
         if hide and sys.modules.get("scipy.linalg", 0) is None:
             del sys.modules["scipy.linalg"]
-    _target_loaded = True
+    njit = numba.njit
+    # Kernels resolve ``prange``, ``_find`` and ``_similar`` as module globals when numba compiles them.
+    prange = numba.prange
+    _find = njit(cache=True, nogil=True)(_find)
+    _similar = njit(cache=True, nogil=True)(_similar)
+    _sketch_c = njit(cache=True, parallel=True, nogil=True)(_sketch)
+    _compact_c = njit(cache=True, parallel=True, nogil=True)(_compact)
+    _band_keys_c = njit(cache=True, parallel=True, nogil=True)(_band_keys)
+    _link_c = njit(cache=True, nogil=True)(_link)
+    _roots_c = njit(cache=True, nogil=True)(_roots)
+    _compiled = True
 
 
 def sketch(
@@ -271,7 +275,7 @@ def sketch(
     Input is ``token_hashes`` output. ``sh_hashes[sh_offsets[d]:sh_offsets[d+1]]`` are document d's unique 32-bit
     shingle hashes, sorted (what ``hashed_shingles`` returns for it).
     """
-    _load_target()
+    _compile()
     n = len(offsets) - 1
     lengths = np.diff(offsets)
     windows = np.where(lengths >= ngram, lengths - ngram + 1, np.minimum(lengths, 1))
@@ -290,7 +294,7 @@ def sketch(
 
 def band_keys(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     """``lsh.band_keys`` (same keys, a test checks it) in one pass over each signature row."""
-    _load_target()
+    _compile()
     keys = np.empty((sig.shape[0], b), dtype=np.uint64)
     _band_keys_c(np.ascontiguousarray(sig), np.int64(r), keys)
     return keys
@@ -336,7 +340,7 @@ def link(
     (uint32 minima, or their low 8 / 16 bits), ``sh_off``, ``sh`` are indexed by global row. Rows >= ``n_new`` are
     earlier rows: never compared together.
     """
-    _load_target()
+    _compile()
     accept_at, reject_at = agreement_cuts(threshold, sig.shape[1], bits=sig.dtype.itemsize * 8)
     parent = np.arange(n_total, dtype=np.int64)
     edge_a = np.empty(max(n_total - 1, 0), dtype=np.int64)

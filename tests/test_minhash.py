@@ -231,11 +231,15 @@ def test_batches_give_the_same_clusters_as_one_batch() -> None:
     assert np.array_equal(one.labels, many.labels) and np.array_equal(one.a, many.a) and len(one.a) >= 6
 
 
-def test_kernel_loads_without_scipy_linalg() -> None:
+def test_numba_loads_on_first_use_and_without_scipy_linalg() -> None:
     # numba's BLAS probe would import scipy.linalg (~27 MB resident); the kernels hide it, later imports still work.
+    # numba itself is imported on the first kernel call, not with the step registry.
     code = ("import sys, numpy as np\n"
+            "import gristmill.steps\n"
             "from gristmill.curation import minhash_kernel as k\n"
+            "assert 'numba' not in sys.modules\n"
             "k.band_keys(np.zeros((2, 12), np.uint32), 2, 6)\n"
+            "assert 'numba' in sys.modules\n"
             "assert 'scipy.linalg' not in sys.modules\n"
             "import scipy.linalg\n"
             "print(scipy.linalg.cython_blas.__name__)\n")
