@@ -37,13 +37,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gristmill.common.contract import StepResult, require, split, with_meta
+from gristmill.common.contract import StepResult, require, split, sum_stats, with_meta
 from gristmill.common.errors import InputError, MissingFileError
 from gristmill.common.readers import EXTENSIONS, ReadOptions, read_table
 from gristmill.curation.shingles import token_hashes, window_hashes
@@ -287,7 +287,7 @@ def decontaminate(frame: pl.DataFrame, params: DecontamParams) -> StepResult:
     rows_per_item = named.group_by("item_id").agg(pl.len().alias("rows")).sort(
         ["rows", "item_id"], descending=[True, False]
     )
-    file_of = pl.col("item_id").str.replace(r":\d+$", "").alias("file")
+    file_of = pl.col("item_id").str.replace(ITEM_ROW, "").alias("file")
     per_file = (
         items.group_by(file_of, maintain_order=True).agg(pl.len().alias("items"))
         .join(rows_per_item.group_by(file_of).agg(pl.len().alias("items_hit")), on="file", how="left")
@@ -310,3 +310,28 @@ def decontaminate(frame: pl.DataFrame, params: DecontamParams) -> StepResult:
         "eval_ngrams": grams.height,
     }
     return StepResult(kept, dropped, stats, rows_in=frame.height, report=report)
+
+
+ITEM_ROW = r":\d+$"
+"""An eval item's id is ``<file>:<row>``; removing this suffix gives its file."""
+
+
+def merge_slices(stats: list[dict[str, Any]], reports: list[dict[str, Any]], rows_in: int
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """decontaminate's stats and report over the slices of a streamed run: rows hit per eval item added and ranked
+    as one pass ranks them (most rows first, then item id), items hit counted per file; the eval set's own figures
+    are the same in every slice (each slice is matched against the same index).
+
+    Example: slices hitting {"a.jsonl:3": 1} and {"a.jsonl:3": 2, "a.jsonl:1": 2} merge to items_hit
+    {"a.jsonl:3": 3, "a.jsonl:1": 2} and eval_sets["a.jsonl"]["items_hit"] == 2.
+    """
+    per_item = sum_stats([r["items_hit"] for r in reports])
+    items_hit = dict(sorted(per_item.items(), key=lambda kv: (-kv[1], kv[0])))
+    files = Counter(re.sub(ITEM_ROW, "", item) for item in items_hit)
+    report = {**{k: reports[0][k] for k in ("ngram", "min_overlap", "action")},
+              "eval_sets": {f: {"items": v["items"], "items_hit": files[f]}
+                            for f, v in reports[0]["eval_sets"].items()},
+              "items_hit": items_hit}
+    merged = sum_stats(stats, rows_in, keep=("eval_items", "eval_items_checked", "eval_items_skipped_short",
+                                             "eval_ngrams"))
+    return merged | {"eval_items_hit": len(items_hit)}, report

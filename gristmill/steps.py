@@ -6,8 +6,6 @@ tasks, models from the registry, the embedding cache) and hand it over as plain 
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -187,23 +185,6 @@ def _eval_decontaminate(frame: pl.DataFrame, params: decontam.DecontamParams, ct
     return replace(result, dropped=result.dropped.with_columns(reason=pl.lit("eval_contamination")))
 
 
-def _merge_decontam(stats: list[dict[str, Any]], reports: list[dict[str, Any]], rows_in: int
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """decontaminate's stats and report over its slices: rows hit per eval item added and ranked as one pass ranks
-    them (most rows first, then item id), items hit counted per file; the eval set's own figures are the same in
-    every slice (each slice is matched against the same index)."""
-    per_item = sum_stats([r["items_hit"] for r in reports])
-    items_hit = dict(sorted(per_item.items(), key=lambda kv: (-kv[1], kv[0])))
-    files = Counter(re.sub(r":\d+$", "", item) for item in items_hit)  # decontam's item id -> its file
-    report = {**{k: reports[0][k] for k in ("ngram", "min_overlap", "action")},
-              "eval_sets": {f: {"items": v["items"], "items_hit": files[f]}
-                            for f, v in reports[0]["eval_sets"].items()},
-              "items_hit": items_hit}
-    merged = sum_stats(stats, rows_in, keep=("eval_items", "eval_items_checked", "eval_items_skipped_short",
-                                             "eval_ngrams"))
-    return merged | {"eval_items_hit": len(items_hit)}, report
-
-
 def _synthesize(frame: pl.DataFrame, params: GenerationParams, ctx: Context) -> StepResult:
     """Run the method on the chosen engine, through the request cache unless ``cache: false``, with the method's
     post-filter (gristmill/postfilter.py) screening each round's new rows.
@@ -276,9 +257,9 @@ STEPS: dict[str, StepDef] = {
     "quality": StepDef(quality.QualityParams, quality.VERSION, adapter=_quality),
     "signals": StepDef(signals_mod.SignalsParams, signals_mod.VERSION, adapter=_signals),
     "decontaminate": StepDef(decontam.DecontamParams, decontam.VERSION, stage=decontam.decontaminate, row_local=True,
-                             merge_report=_merge_decontam),
+                             merge_report=decontam.merge_slices),
     "eval_decontaminate": StepDef(decontam.DecontamParams, decontam.VERSION, adapter=_eval_decontaminate,
-                                  row_local=True, merge_report=_merge_decontam),
+                                  row_local=True, merge_report=decontam.merge_slices),
     "synthesize": StepDef(GenerationParams, methods.version_for, adapter=_synthesize, select=methods.params_for),
     "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, stage=audit_mod.audit_rows),
     "reweigh": StepDef(reweigh_mod.ReweighParams, reweigh_mod.VERSION, stage=reweigh_mod.reweigh),

@@ -226,3 +226,17 @@ def test_runner_resolves_eval_set_lists_and_writes_the_report(
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(FileNotFoundError, match=r"steps.decontaminate.eval_sets: .*missing.jsonl"):
         Runner(load_recipe(path)).run()
+
+
+def test_slices_merge_as_one_pass_counts() -> None:
+    from gristmill.curation.decontam import merge_slices
+
+    base = {"ngram": 13, "min_overlap": 1, "action": "drop", "eval_sets": {"a.jsonl": {"items": 4, "items_hit": 0}}}
+    stats = {"eval_items": 4, "eval_items_checked": 4, "eval_items_skipped_short": 0, "eval_ngrams": 9}
+    merged, report = merge_slices(
+        [stats | {"dropped": 1}, stats | {"dropped": 4}],
+        [base | {"items_hit": {"a.jsonl:3": 1}}, base | {"items_hit": {"a.jsonl:3": 2, "a.jsonl:1": 2}}], 10)
+    assert report["items_hit"] == {"a.jsonl:3": 3, "a.jsonl:1": 2}
+    assert list(report["items_hit"]) == ["a.jsonl:3", "a.jsonl:1"]
+    assert report["eval_sets"]["a.jsonl"] == {"items": 4, "items_hit": 2}
+    assert merged["eval_items_hit"] == 2 and merged["dropped"] == 5 and merged["eval_items"] == 4
