@@ -9,21 +9,20 @@ runs that need more (the GPU).
 
 Baseline: sentence-transformers ``encode`` in fp32 (its default precision) at every batch size of
 ``--batches``, in increasing order until throughput drops below the best so far (the best is the figure);
-gristmill: ``Embedder`` (``precision="fast"``: on CPU ONNX Runtime with int8 matrix products where installed,
-else bf16 where the hardware runs it natively; no embedding cache, so nothing is skipped; the ONNX export happens
-before any timing) over the same batch sizes. Each side and batch size gets one untimed call first (first use of its shapes);
+gristmill: ``Embedder`` (``precision="fast"``: bf16 where the hardware runs it natively; no cache, so nothing is
+skipped) over the same batch sizes. Each side and batch size gets one untimed call first (first use of its shapes);
 ``--rounds`` repeats the measurements interleaved and keeps each configuration's best (the CPU machine is shared
 and noisy). The timer covers tokenization, the model and pooling of docs + references on both sides. Fidelity:
 Spearman correlation of the quality scores (mean top-3 cosine to the reference set) against the fp32 baseline's.
 ``--st-bf16`` adds sentence-transformers with its weights cast to bf16 as a second reference point;
-``--torch-path`` adds gristmill's torch path (bf16 where native) beside its default one.
+``--onnxruntime`` adds gristmill's opt-in ONNX Runtime int8 path (exported before any timing) as another side.
 
 GPU machines without the MiniLM package: ``--random-init`` builds a randomly initialised model of the same
 architecture from the shipped config (throughput does not depend on weight values; Spearman is then only a check
 that both paths compute the same function).
 
 Run: python bench/embed.py [--docs 600] [--texts real|recombined] [--batches 8,16,32,64] [--rounds 2]
-     [--random-init [--tokenizer DIR]] [--st-bf16] [--torch-path]
+     [--random-init [--tokenizer DIR]] [--st-bf16] [--onnxruntime]
 """
 
 from __future__ import annotations
@@ -127,7 +126,7 @@ def main() -> None:
                     "64,128,256,512,1024,2048)")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats; each configuration's best counts")
     ap.add_argument("--st-bf16", action="store_true", help="also time sentence-transformers with bf16 weights")
-    ap.add_argument("--torch-path", action="store_true", help="also time gristmill's torch path")
+    ap.add_argument("--onnxruntime", action="store_true", help="also time gristmill's ONNX Runtime int8 path")
     ap.add_argument("--random-init", action="store_true")
     ap.add_argument("--tokenizer", help="MiniLM tokenizer files for --random-init (default: the installed package)")
     args = ap.parse_args()
@@ -161,9 +160,9 @@ def main() -> None:
 
     name_ours = f"gristmill ({ours.backend})"
     encoders[name_ours] = our_encoder(ours)
-    if args.torch_path and not ours.backend.startswith("torch"):
-        torch_path = Embedder(path, cache_path=None, backend="torch")
-        encoders[f"gristmill ({torch_path.backend})"] = our_encoder(torch_path)
+    if args.onnxruntime:
+        ort_path = Embedder(path, cache_path=None, backend="onnxruntime")
+        encoders[f"gristmill ({ort_path.backend})"] = our_encoder(ort_path)
     rates: dict[str, dict[int, float]] = {name: {} for name in encoders}
     outputs: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for rnd in range(args.rounds):

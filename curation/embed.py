@@ -3,12 +3,13 @@
 Embedding is the CPU bottleneck of curation, so every vector is computed once per (model, text) and reused by
 later steps and re-runs. Vectors are L2-normalized float32, so a dot product is the cosine similarity.
 
-On CPU, ``precision="fast"`` runs BERT-family models through ONNX Runtime (when ``onnxruntime`` and ``onnx`` are
-installed): the sentence-transformers model is exported once, its attention / LayerNorm / GELU fused by ORT's
+``backend="onnxruntime"`` (opt-in, CPU, BERT-family models; needs ``onnxruntime`` and ``onnx``) runs the model
+through ONNX Runtime: the sentence-transformers model is exported once, its attention / LayerNorm / GELU fused by ORT's
 transformer optimizer, and its matrix products quantized to int8 (per-channel weights, dynamic activations) except
 each FFN's output projection, whose GELU outputs carry outliers that int8 distorts (bench/RESULTS.md has the
 per-layer fidelity figures). The exported model is cached on disk keyed on the model's content and the exporter's
-versions. Elsewhere (no onnxruntime, other architectures, GPUs) the torch path runs, in bf16 where native.
+versions. It is not the default: in two locked runs of bench/embed.py it ran at 1.11x and 0.94x of the torch bf16
+path (noisy 2-core machine) with Spearman 0.996 vs bf16's 0.9999 (bench/RESULTS.md), so no speed win is shown.
 """
 
 from __future__ import annotations
@@ -183,10 +184,9 @@ def export_onnx_int8(model: Any, out: Path) -> Path:
 class Embedder:
     """A sentence-transformers model plus the cache. ``model_path`` is a local model directory.
 
-    ``precision="fast"``: on CPU, BERT-family models through ONNX Runtime int8 (module docstring) when it is
-    installed, else bf16 where the CPU runs it natively; on GPU bf16 (fp16 on older GPUs). ``"fp32"`` is
-    sentence-transformers' default. ``backend`` forces ``"torch"`` or ``"onnxruntime"`` (default ``"auto"``);
-    ``export_dir`` holds exported models (default ``default_export_dir()``).
+    ``precision="fast"``: bf16 where the CPU runs it natively, bf16 (fp16 on older GPUs) on GPU; ``"fp32"`` is
+    sentence-transformers' default. ``backend="onnxruntime"`` runs ONNX Runtime int8 instead (module docstring);
+    ``export_dir`` holds its exported models (default ``default_export_dir()``).
     """
 
     def __init__(
@@ -199,7 +199,7 @@ class Embedder:
         precision: Literal["fast", "fp32"] = "fast",
         device: str | None = None,
         trust_remote_code: bool = False,
-        backend: Literal["auto", "torch", "onnxruntime"] = "auto",
+        backend: Literal["torch", "onnxruntime"] = "torch",
         export_dir: Path | None = None,
     ) -> None:
         try:
@@ -212,11 +212,10 @@ class Embedder:
         self.model = SentenceTransformer(model_path, device=device, trust_remote_code=trust_remote_code)
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
-        if backend == "auto":
-            backend = ("onnxruntime" if precision == "fast" and device == "cpu" and onnxruntime_available()
-                       and self._bert_family() else "torch")
-        elif backend == "onnxruntime" and not (device == "cpu" and self._bert_family()):
+        if backend == "onnxruntime" and not (device == "cpu" and self._bert_family()):
             raise ValueError("the onnxruntime backend runs BERT-family models on CPU only")
+        if backend == "onnxruntime" and not onnxruntime_available():
+            raise ImportError("the onnxruntime backend needs onnxruntime and onnx: pip install 'gristmill[cpu]'")
         # Keyed on the model's content (config + tokenizer + weights), never its folder name: another model in a
         # folder called `model`, or new weights at the same path, must not be served these vectors.
         memo = cache_path.parent / "model_identity.sqlite" if cache_path else None
