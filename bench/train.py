@@ -14,8 +14,10 @@ warm-up and not timed, tokens are the real (non-padding) tokens of the timed ste
     python bench/train.py --random-llama-1b --tokenizer DIR --rows 2048 --batch-size 16   # GPU figure
     ... --compile   # ours with train.compile (regional torch.compile); the baseline also runs a second time with
                     # TrainingArguments(torch_compile=True), and the faster baseline is the one compared
-    ... --bf16      # ours with train.bf16 (CPU: AVX512-BF16 / AMX); the baseline runs in fp32 and a second time
-                    # with TrainingArguments(bf16=True), and the faster baseline is the one compared
+    ... --bf16      # ours with train.bf16 even where it is not gristmill's default
+
+On a CPU where ours computes in bf16 (gristmill's default with native bf16: AVX512-BF16 / AMX) the baseline runs
+twice — in fp32 (HF Trainer's CPU default) and with TrainingArguments(bf16=True) — and the faster one is compared.
 
 The baseline always runs bitsandbytes' own 4-bit layers (``dequant_cache`` off); ours runs with its defaults (on
 CPU the dequantized-weight cache, ``train.dequant_cache``); ``--no-dequant-cache`` turns that off for ours.
@@ -89,10 +91,15 @@ def build_random_llama(tokenizer_dir: str, out: Path) -> str:
 def params_for(args: argparse.Namespace) -> Any:
     """The training settings of ``args.side``: the baseline sides keep bitsandbytes' per-call dequantization and
     run bf16 only as ``baseline-bf16`` (or on CUDA, where bf16 is the default for both)."""
+    import torch
+
     from gristmill.train.params import TrainParams
 
     side = getattr(args, "side", None) or "ours"
-    bf16 = (args.bf16 or None) if side == "ours" else (True if side == "baseline-bf16" else None)
+    if side == "ours":
+        bf16 = True if args.bf16 else None  # None: gristmill's default for the device
+    else:
+        bf16 = side == "baseline-bf16" or torch.cuda.is_available()
     cache = (False if args.no_dequant_cache else None) if side == "ours" else False
     return TrainParams(method=args.method, epochs=1, batch_size=args.batch_size, learning_rate=2e-4,
                        max_seq_length=args.max_seq_length, overlength="truncate", eval_generate_rows=0,
@@ -202,7 +209,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="ours with train.compile; the baseline also with TrainingArguments(torch_compile=True)")
     ap.add_argument("--bf16", action="store_true",
-                    help="ours with train.bf16; the baseline also with TrainingArguments(bf16=True)")
+                    help="ours with train.bf16 even where it is not the default (a bf16 baseline runs beside)")
     ap.add_argument("--no-dequant-cache", action="store_true", help="ours without train.dequant_cache")
     ap.add_argument("--side-timeout", type=float, default=None, help="seconds allowed per side")
     ap.add_argument("--side", choices=["ours", "baseline", "baseline-compiled", "baseline-bf16"],
@@ -220,7 +227,12 @@ def main() -> None:
 
         model_path = resolve(args.model)
     results = {}
-    extra = [*(["baseline-compiled"] if args.compile else []), *(["baseline-bf16"] if args.bf16 else [])]
+    import torch
+
+    from gristmill.train.model import use_bf16
+
+    cpu_bf16 = not torch.cuda.is_available() and use_bf16(params_for(args), "cpu")
+    extra = [*(["baseline-compiled"] if args.compile else []), *(["baseline-bf16"] if cpu_bf16 else [])]
     for side in ("ours", "baseline", *extra):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--model-path", model_path]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
@@ -238,7 +250,6 @@ def main() -> None:
                 continue
             sys.exit(f"{side} failed:\n{out.stderr[-4000:]}")
         results[side] = json.loads(lines[-1][7:])
-    import torch
     import transformers
 
     ours = results["ours"]
@@ -255,7 +266,7 @@ def main() -> None:
            "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
            "model": "random-init Llama ~1.07B" if args.random_llama_1b else args.model, "method": args.method,
            "rows": args.rows, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
-           "compile": args.compile, "bf16": args.bf16, "dequant_cache": not args.no_dequant_cache,
+           "compile": args.compile, "bf16": cpu_bf16 or torch.cuda.is_available(), "dequant_cache": not args.no_dequant_cache,
            "train_seconds": {k: v["train_seconds"] for k, v in results.items()},
            "memory_kind": "peak CUDA allocated" if torch.cuda.is_available() else "peak RSS"}
     print(json.dumps({"bench": "train", "metric": "tokens_per_s", "ours": ours["tokens_per_s"],

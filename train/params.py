@@ -86,9 +86,8 @@ class TrainParams(BaseModel):
     fix_eos: bool = False
     """When an assistant turn does not end with the token generation stops on, append it (instead of refusing)."""
     bf16: bool | None = None
-    """bf16 compute (autocast; the 4-bit weights dequantize to bf16): default on CUDA; on CPU only when set and
-    the CPU has native bf16 (AVX512-BF16 / AMX), since varying batch shapes make oneDNN rebuild bf16 kernels.
-    LoRA weights stay fp32."""
+    """bf16 compute (autocast; the 4-bit weights dequantize to bf16): default on CUDA and on CPUs with native bf16
+    (AVX512-BF16 / AMX; elsewhere bf16 is emulated and slower, so fp32 is used there). LoRA weights stay fp32."""
     dequant_cache: bool | None = None
     """QLoRA: keep one dequantized copy (in the compute dtype) of every frozen 4-bit weight instead of dequantizing
     it again in every forward and backward. The base weights never change during LoRA training, so the values are

@@ -39,7 +39,7 @@ from typing import Any
 from gristmill.common.errors import InputError
 from gristmill.train.params import BiasProbeParams, TrainParams
 
-VERSION = "1"
+VERSION = "2"  # 2: bf16 compute by default on CPUs with native bf16
 """Part of the probe's cache key: bump when a change alters model_bias.json for the same adapter and settings."""
 
 log = logging.getLogger(__name__)

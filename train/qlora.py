@@ -28,7 +28,7 @@ from gristmill.train.packing import collate, plan_epoch
 from gristmill.train.params import LoraParams, TrainParams
 from gristmill.train.tracking import Trackers
 
-VERSION = "4"  # 4: train.resume_adapter continues an earlier adapter; 3: generation eval scores with eval_metrics (ROUGE-L over words, SQuAD exact match)
+VERSION = "5"  # 5: bf16 compute by default on CPUs with native bf16; 4: train.resume_adapter continues an earlier adapter; 3: generation eval scores with eval_metrics (ROUGE-L over words, SQuAD exact match)
 """Part of the training fingerprint: bump when a change alters the adapter trained from the same data and params."""
 
 __all__ = ["LoraParams", "TrainParams", "train_qlora"]
