@@ -32,7 +32,7 @@ import numpy as np
 
 from gristmill.common.hardware import cpu_has_bf16
 from gristmill.common.identity import model_identity
-from gristmill.common.store import open_store, select_in
+from gristmill.common.store import cache_root, open_store, select_in
 
 _HINT = "pip install 'gristmill[models]'  (sentence-transformers, torch)"
 ONNX_EXPORT_VERSION = "1"
@@ -78,15 +78,9 @@ def fast_dtype(device: str) -> Any:
 
 
 def default_export_dir() -> Path:
-    """``onnx/`` under gristmill's cache root (``$GRISTMILL_CACHE``, else the platform's user cache dir: the root
-    ``gristmill.models.cache_root`` names, which a stage may not import), so every run and test session on a
-    machine shares one export per model."""
-    env = os.environ.get("GRISTMILL_CACHE")
-    if env:
-        return Path(env) / "onnx"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("gristmill")) / "onnx"
+    """``onnx/`` under gristmill's cache root, so every run and test session on a machine shares one export per
+    model."""
+    return cache_root() / "onnx"
 
 
 def onnxruntime_available() -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from gristmill.common.errors import UserError
 from gristmill.common.identity import model_identity
+from gristmill.common.store import cache_root
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,6 @@ _CONVERSION = "1"  # bump when _convert_smollm2 changes what it writes (part of 
 
 class ModelError(UserError, RuntimeError):
     """A model that is not registered, not installed or not converted (the message says the command to run)."""
-
-
-def cache_root() -> Path:
-    env = os.environ.get("GRISTMILL_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("gristmill"))
 
 
 def _package_dir(package: str) -> Path | None:

@@ -4,10 +4,22 @@ sqlite's bound-parameter limit."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def cache_root() -> Path:
+    """Where gristmill's on-disk caches live: ``$GRISTMILL_CACHE``, else the platform's user cache dir."""
+    env = os.environ.get("GRISTMILL_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("gristmill"))
+
 
 IN_CHUNK = 500
 """Keys per ``IN (...)`` query; sqlite's default limit on bound parameters is 999 on older builds."""
