@@ -80,8 +80,9 @@ def cache_dequantized_weights(model: Any, dtype: Any) -> int:
     ``dtype`` and route its forward through it; returns the number of weights cached.
 
     bitsandbytes dequantizes a 4-bit weight in every forward and again in every backward; on CPU, without a fused
-    4-bit GEMM, that costs ~40% of the layer's time. LoRA never updates the base weights, so one copy gives the
-    same values for the whole run. The copy is a non-persistent buffer: adapters, checkpoints and merges never
+    4-bit GEMM, one dequantization took 65% as long as the layer's matmul in a micro-benchmark on a loaded 2-core
+    machine (a quiet training run showed no clear gain: bench/RESULTS.md). LoRA never updates the base weights, so
+    one copy gives the same values for the whole run. The copy is a non-persistent buffer: adapters, checkpoints and merges never
     see it. Example: a 4-bit 1536 x 576 projection gains a 1536 x 576 ``gristmill_dense_weight`` equal to
     ``dequantize_4bit(weight)`` and its output equals ``x @ that.T + bias``.
     """

@@ -91,9 +91,9 @@ class TrainParams(BaseModel):
     dequant_cache: bool | None = None
     """QLoRA: keep one dequantized copy (in the compute dtype) of every frozen 4-bit weight instead of dequantizing
     it again in every forward and backward. The base weights never change during LoRA training, so the values are
-    the ones bitsandbytes would recompute. Default on for CPU (no fused 4-bit GEMM there: dequantizing measured
-    ~40% of a linear layer's time), off on CUDA (fused kernels; the memory saving is the point). Costs 2 (bf16) or
-    4 (fp32) bytes per quantized weight."""
+    the ones bitsandbytes would recompute. Default on for CPU (no fused 4-bit GEMM there: 1.35x in an A/B on a
+    loaded machine, no clear gain in a quiet one), off on CUDA (fused kernels; the memory saving is the point).
+    Costs 2 (bf16) or 4 (fp32) bytes per quantized weight."""
     gradient_checkpointing: bool | None = None
     """Recompute activations in the backward pass to save memory; default on for CUDA, off on CPU."""
     compile: bool = False
