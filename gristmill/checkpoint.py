@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import logging
 import os
@@ -269,29 +268,6 @@ def checkpoint_stats(target: Path, expected_fingerprint: str) -> dict[str, Any] 
         log.warning(f"{target}: kept.parquet does not match its recorded hash, recomputing the step")
         return None
     return stats
-
-
-def load_step(target: Path, expected_fingerprint: str) -> tuple[pl.DataFrame, dict[str, Any]] | None:
-    """The kept rows and stats of a complete checkpoint with this fingerprint, else ``None``."""
-    stats_path = target / "stats.json"
-    if not stats_path.exists():
-        return None
-    try:
-        stats = json.loads(stats_path.read_text())
-    except (OSError, ValueError):
-        log.warning(f"{stats_path}: unreadable, recomputing the step")
-        return None
-    if stats.get("fingerprint") != expected_fingerprint:
-        return None
-    try:
-        data = (target / "kept.parquet").read_bytes()
-    except OSError:
-        log.warning(f"{target}: kept.parquet is missing, recomputing the step")
-        return None
-    if hashlib.sha256(data).hexdigest() != stats.get("kept_sha256"):
-        log.warning(f"{target}: kept.parquet does not match its recorded hash, recomputing the step")
-        return None
-    return pl.read_parquet(io.BytesIO(data)), stats
 
 
 def adapter_state(adapter_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gristmill import steps
-from gristmill.checkpoint import load_step, save_step
+from gristmill.checkpoint import checkpoint_stats, save_step
 from gristmill.common import identity
 from gristmill.common.contract import AccountingError, StepResult, no_drops
 from gristmill.common.embedding import EmbeddingParams
@@ -166,11 +166,11 @@ def test_a_recomputed_step_with_other_rows_recomputes_everything_after_it(
 def test_a_tampered_checkpoint_is_recomputed(tmp_path: Path) -> None:
     frame = pl.DataFrame({"id": ["a", "b"], "text": ["x", "y"]})
     save_step(tmp_path / "01-x", frame, no_drops(frame), {"fingerprint": "f"})
-    assert load_step(tmp_path / "01-x", "f") is not None
+    assert checkpoint_stats(tmp_path / "01-x", "f") is not None
     frame.head(1).write_parquet(tmp_path / "01-x" / "kept.parquet")  # another file under the recorded name
-    assert load_step(tmp_path / "01-x", "f") is None
+    assert checkpoint_stats(tmp_path / "01-x", "f") is None
     (tmp_path / "01-x" / "stats.json").write_text("{trunc")
-    assert load_step(tmp_path / "01-x", "f") is None
+    assert checkpoint_stats(tmp_path / "01-x", "f") is None
 
 
 # -- accounting -----------------------------------------------------------------------------------------------------
