@@ -2,18 +2,17 @@
 
 Signatures follow datasketch's default ``affine32`` scheme exactly (same permutations for a seed, same uint32
 arithmetic), so a signature here equals ``datasketch.MinHash(num_perm, seed, hashfunc=identity)`` fed the same
-32-bit shingle hashes; they are computed for whole batches (numba, ``curation.minhash_kernel``). Banding finds the
+32-bit shingle hashes; they are computed for whole batches (C, ``curation.minhash_kernel``). Banding finds the
 same buckets as datasketch's ``MinHashLSH`` with the same (bands, rows) (``curation.lsh``).
 
 Clusters come from one streaming pass over the bands (``minhash_kernel.link``): a bucket member is compared only
-with the bucket's leaders, never with a document already in its cluster, and a comparison is settled by signature
-agreement when that is far from the threshold (error <= 1e-6 per comparison), else by exact Jaccard of the shingle
-sets. So a cluster of k copies of one text costs O(k) comparisons, not the k**2 / 2 candidate pairs; a member
-makes a bounded number of new comparisons per bucket and a rejected pair is not compared again in a later band, so
-fragmented clusters (copies under the threshold of each other) stay linear too. Full signatures live for one batch
-of ``batch_docs`` texts; what outlives it per row is the band keys, one byte of each minimum (b-bit agreement,
-``AGREE_BITS``) and the shingle set, plus at most one accepted edge. One representative per cluster is kept: the
-highest ``meta.quality_score`` when an earlier quality step wrote one, else the first seen.
+with the bucket's leaders, never with a document already in its cluster, and a comparison is settled by exact
+Jaccard of the shingle sets. So a cluster of k copies of one text costs O(k) comparisons, not the k**2 / 2
+candidate pairs; a member makes a bounded number of new comparisons per bucket and a rejected pair is not compared
+again in a later band, so fragmented clusters (copies under the threshold of each other) stay linear too. Full
+signatures live for one batch of ``batch_docs`` texts; what outlives it per row is the band keys and the shingle
+set, plus at most one accepted edge. One representative per cluster is kept: the highest ``meta.quality_score``
+when an earlier quality step wrote one, else the first seen.
 
 Worked example (threshold 0.7, 3-word shingles): ``[BASE, BASE + " today", "gardening ..."]`` -> rows 0 and 1 share
 a band and their exact Jaccard is 0.94 -> one cluster {0, 1}; row 1 is dropped as ``near_duplicate`` with
@@ -36,7 +35,7 @@ from gristmill.curation.clusters import preference_rank, representatives
 from gristmill.curation.lsh import band_keys, optimal_bands
 from gristmill.curation.shingles import hashed_shingles, token_hashes
 
-VERSION = "4"  # 4: comparisons per member and bucket bounded (MAX_COMPARE), rejected pairs not re-compared, 8-bit agreement signatures; 3: earlier rows may come as a persisted sketch (stats earlier_rows_hashed); 2: clusters from leader comparisons with signature shortcuts, not from all verified candidate pairs
+VERSION = "5"  # 5: every comparison by exact Jaccard (no agreement-signature shortcuts; stats signature_* are 0); 4: comparisons per member and bucket bounded (MAX_COMPARE), rejected pairs not re-compared, 8-bit agreement signatures; 3: earlier rows may come as a persisted sketch (stats earlier_rows_hashed); 2: clusters from leader comparisons with signature shortcuts, not from all verified candidate pairs
 SCHEME = "affine32"
 _MAX_HASH = np.uint32((1 << 32) - 1)
 
@@ -53,8 +52,8 @@ class MinhashParams(BaseModel):
     unit: Literal["word", "char"] = "word"
     """Shingle unit: words (default) or characters (CJK, very short texts)."""
     verify: bool = True
-    """Check each compared pair (by signature agreement far from the threshold, else exact Jaccard) before calling
-    it a duplicate; without it sharing one LSH band is enough."""
+    """Check each compared pair (exact Jaccard of the shingle sets) before calling it a duplicate; without it
+    sharing one LSH band is enough."""
     min_recall: float = Field(0.995, gt=0, lt=1)
     """With ``verify``: choose LSH bands so a pair at the threshold is found with at least this probability
     (verification removes the extra candidates); without it datasketch's balanced choice is used."""
@@ -66,8 +65,8 @@ class MinhashParams(BaseModel):
     """Earlier curated sets to deduplicate against: parquet files with ``id`` and ``text`` (e.g. an earlier run's
     ``dataset/data.parquet``). New rows that near-duplicate them are dropped (``near_duplicate_of_earlier``)."""
     batch_docs: int = Field(8192, ge=1)
-    """Documents shingled at a time; only band keys, one byte per permutation and the shingle set of each row
-    outlive a batch (tokens and full signatures do not)."""
+    """Documents shingled at a time; only band keys and the shingle set of each row outlive a batch (tokens and
+    full signatures do not)."""
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -219,20 +218,13 @@ def frame_sketch(frame: pl.DataFrame, num_perm: int) -> Sketch:
                   frame["has_shingles"].to_numpy().astype(bool))
 
 
-AGREE_BITS = 8
-"""Bits of each signature minimum kept for agreement shortcuts (b-bit MinHash): 1 byte, not 4, per permutation and
-row. The low byte: a minimum is small, so its high bits are mostly 0, while its low bits are as uniform as the
-mixed shingle hash (two different minima share them with probability 2**-8). Band keys are made from the full
-minima before they are cut."""
-
-
 def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | None = None,
                          earlier: Sketch | None = None) -> NearDuplicates:
     """Duplicate clusters of ``texts`` (and of ``earlier``'s rows, which follow them) as accepted edges. Rows from
     ``n_new`` on are earlier rows, never compared together.
 
-    Memory: ``batch_docs`` token lists, plus per row its band keys (4 bytes a band; 8 without ``verify``), one
-    byte of each signature minimum (``AGREE_BITS``) and its shingle set; full signatures live for one batch.
+    Memory: ``batch_docs`` token lists, plus per row its band keys (4 bytes a band; 8 without ``verify``) and its
+    shingle set; full signatures live for one batch.
     """
     b, r = optimal_bands(params.threshold, params.num_perm, params.min_recall if params.verify else None)
     n_texts = len(texts)
@@ -240,7 +232,6 @@ def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | N
     # With verification a band key needs 32 bits only: two rows whose different bands fold to one key are
     # compared and rejected like any dissimilar bucket-mates. Without it a collision would be an edge: 64 bits.
     keys = np.empty((n, b), dtype=np.uint32 if params.verify else np.uint64)
-    agree = np.empty((n, params.num_perm), dtype=np.uint8)
     has_shingles = np.zeros(n, dtype=bool)
     offsets = np.zeros(n + 1, dtype=np.int64)
     # One buffer grown in place (realloc moves pages, it does not copy them), not batches concatenated at the end:
@@ -251,7 +242,6 @@ def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | N
         stop = start + len(sig)
         full = minhash_kernel.band_keys(sig, b, r) if minhash_kernel.available() else band_keys(sig, b, r)
         keys[start:stop] = full ^ (full >> np.uint64(32)) if params.verify else full
-        agree[start:stop] = sig & np.uint32((1 << AGREE_BITS) - 1)
         has_shingles[start:stop] = has
         base = offsets[start]
         offsets[start + 1 : stop + 1] = off[1:] + base
@@ -269,7 +259,7 @@ def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | N
     if len(live) < n:
         keys = keys[live]
     edge_a, edge_b, counts, labels = minhash_kernel.link(
-        keys, live, agree, offsets, shingles, n, threshold=params.threshold, verify=params.verify,
+        keys, live, None, offsets, shingles, n, threshold=params.threshold, verify=params.verify,
         n_new=n if n_new is None else n_new,
     )
     return NearDuplicates(edge_a, edge_b, b, r, counts, labels)

@@ -1,4 +1,4 @@
-"""Fused MinHash kernels (numba): sketching and clustering without enumerating candidate pairs.
+"""Fused MinHash kernels (C, else numba): sketching and clustering without enumerating candidate pairs.
 
 ``sketch``: one pass over each document's tokens, parallel over documents: token hashes -> n-gram hashes ->
 fmix32 -> affine32 permutations -> minima (the signature), and the document's sorted unique 32-bit shingle hashes
@@ -7,13 +7,14 @@ fmix32 -> affine32 permutations -> minima (the signature), and the document's so
 ``link``: clusters from LSH band keys in one streaming pass, band by band. Within a band, documents with equal keys
 form a bucket; each member is compared only with the bucket's *leaders* (its first ``MAX_LEADERS`` members, then
 unmatched members replacing the oldest), and not at all with a leader already in its component (union-find). A
-comparison is decided by signature agreement when that is far from the threshold (binomial tails, see
-``agreement_cuts``) and by exact Jaccard of the shingle sets otherwise. A pair once rejected is remembered (a
+comparison is decided by exact Jaccard of the shingle sets (a merge of two sorted arrays that stops as soon as the
+threshold is out of reach), or, when agreement signatures are given, by their agreement where that is far from
+the threshold (binomial tails, see ``agreement_cuts``). A pair once rejected is remembered (a
 bounded direct-mapped table) and not compared again in a later band, and a member makes at most ``MAX_COMPARE``
 new comparisons per bucket (leaders past that wait for a later band, where the pairs already rejected no longer
 count): a fragmented cluster of k documents costs O(k x bands x MAX_COMPARE) comparisons, not O(k x bands x
 MAX_LEADERS). Work per band is O(bucket size x leaders), never O(bucket size**2) pairs, and memory is the
-signatures, the shingle sets, the table (<= 8 MiB) and one accepted edge per merge (at most n - 1). Every accepted
+band keys, the shingle sets (and agreement signatures if given), the table (<= 8 MiB) and one accepted edge per merge (at most n - 1). Every accepted
 edge is checked, so precision does not depend on these bounds; recall does, a little (bench/RESULTS.md).
 
 Worked example (threshold 0.5, one band): docs 0, 1, 2, 3 share a bucket; J(0,1) = 0.9, J(0,2) = 0.2,
@@ -21,13 +22,17 @@ J(1,2) = 0.6 and doc 3 is a copy of doc 0. Doc 1 matches 0 (edge 0-1); 2 fails a
 1-2); 3 matches 0 (edge 0-3) and skips 1 and 2, already in its cluster -> one cluster {0, 1, 2, 3} after 4
 comparisons instead of all 6 pairs.
 
-Without numba the same functions run as plain Python (correct, slow).
+Backends, in order: the same kernels in C (``minhash_native``: compiled on first use with the system C compiler,
+about 1 MB resident), numba (when no C compiler works; ~130 MB resident once a kernel is loaded), plain Python
+(correct, slow). All three give the same signatures, edges, counters and labels (the tests compare them).
+``GRISTMILL_MINHASH_KERNEL=numba`` or ``=python`` picks a fallback explicitly.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 
 import numpy as np
@@ -226,8 +231,29 @@ def _roots(parent):  # type: ignore[no-untyped-def]
 _sketch_c, _compact_c, _band_keys_c, _link_c, _roots_c = _sketch, _compact, _band_keys, _link, _roots
 
 
+def _native():  # type: ignore[no-untyped-def]
+    from gristmill.curation import minhash_native
+
+    return minhash_native.load()
+
+
+def backend() -> str:
+    """The backend the kernels run on: ``native`` (C), ``numba`` or ``python``."""
+    if _native() is not None:
+        return "native"
+    if _HAVE_NUMBA and os.environ.get("GRISTMILL_MINHASH_KERNEL", "") != "python":
+        return "numba"
+    return "python"
+
+
 def available() -> bool:
-    return _HAVE_NUMBA
+    """Whether a compiled backend (C or numba) runs the kernels."""
+    return backend() != "python"
+
+
+def _threads(n_docs: int) -> int:
+    # Documents of one batch are split between threads: not worth a thread below a few hundred documents.
+    return max(1, min(len(os.sched_getaffinity(0)), 8, n_docs // 256))
 
 
 _compiled = False
@@ -243,7 +269,7 @@ def _compile() -> None:
     imports of it work as usual.
     """
     global _compiled, prange, _find, _similar, _sketch_c, _compact_c, _band_keys_c, _link_c, _roots_c
-    if _compiled or not _HAVE_NUMBA:
+    if _compiled or backend() != "numba":
         return
     hide = "scipy.linalg" not in sys.modules and "numba.np.arraymath" not in sys.modules
     if hide:
@@ -275,6 +301,7 @@ def sketch(
     Input is ``token_hashes`` output. ``sh_hashes[sh_offsets[d]:sh_offsets[d+1]]`` are document d's unique 32-bit
     shingle hashes, sorted (what ``hashed_shingles`` returns for it).
     """
+    native = _native()
     _compile()
     n = len(offsets) - 1
     lengths = np.diff(offsets)
@@ -284,19 +311,29 @@ def sketch(
     sig = np.full((n, len(a)), 0xFFFFFFFF, dtype=np.uint32)
     win = np.zeros(int(win_off[-1]), dtype=np.uint32)
     uniq = np.zeros(n, dtype=np.int64)
-    _sketch_c(offsets, tok, np.int64(ngram), a.astype(np.uint64), b.astype(np.uint64), sig, win_off, win, uniq)
+    if native is not None:
+        native.sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq, _threads(n))
+    else:
+        _sketch_c(offsets, tok, np.int64(ngram), a.astype(np.uint64), b.astype(np.uint64), sig, win_off, win, uniq)
     sh_off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(uniq, out=sh_off[1:])
     sh = np.empty(int(sh_off[-1]), dtype=np.uint32)
-    _compact_c(win_off, win, sh_off, sh)
+    if native is not None:
+        native.compact(win_off, win, sh_off, sh)
+    else:
+        _compact_c(win_off, win, sh_off, sh)
     return sig, sh_off, sh
 
 
 def band_keys(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     """``lsh.band_keys`` (same keys, a test checks it) in one pass over each signature row."""
+    native = _native()
     _compile()
     keys = np.empty((sig.shape[0], b), dtype=np.uint64)
-    _band_keys_c(np.ascontiguousarray(sig), np.int64(r), keys)
+    if native is not None:
+        native.band_keys(np.ascontiguousarray(sig, dtype=np.uint32), r, keys)
+    else:
+        _band_keys_c(np.ascontiguousarray(sig), np.int64(r), keys)
     return keys
 
 
@@ -330,7 +367,7 @@ def agreement_cuts(threshold: float, num_perm: int, error: float = 1e-6, bits: i
 
 
 def link(
-    keys: np.ndarray, docs: np.ndarray, sig: np.ndarray, sh_off: np.ndarray, sh: np.ndarray, n_total: int, *,
+    keys: np.ndarray, docs: np.ndarray, sig: np.ndarray | None, sh_off: np.ndarray, sh: np.ndarray, n_total: int, *,
     threshold: float, verify: bool, n_new: int, max_leaders: int = MAX_LEADERS, max_compare: int = MAX_COMPARE,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
     """Accepted edges ``(a, b)`` (a spanning forest of the duplicate clusters), counters and each row's cluster
@@ -338,9 +375,12 @@ def link(
 
     ``keys``: ``(len(docs), bands)`` band keys of the documents ``docs`` (global rows < ``n_total``); ``sig``
     (uint32 minima, or their low 8 / 16 bits), ``sh_off``, ``sh`` are indexed by global row. Rows >= ``n_new`` are
-    earlier rows: never compared together.
+    earlier rows: never compared together. ``sig=None``: every comparison is an exact Jaccard (no agreement
+    shortcuts, so nothing per row but the shingle sets).
     """
+    native = _native()
     _compile()
+    sig = np.zeros((n_total, 0), dtype=np.uint8) if sig is None else np.ascontiguousarray(sig)
     accept_at, reject_at = agreement_cuts(threshold, sig.shape[1], bits=sig.dtype.itemsize * 8)
     parent = np.arange(n_total, dtype=np.int64)
     edge_a = np.empty(max(n_total - 1, 0), dtype=np.int64)
@@ -348,25 +388,43 @@ def link(
     counts = np.zeros(8, dtype=np.int64)
     # 8 bytes a slot, at most 2**20 slots (8 MiB): the table only saves work, a lost entry costs a comparison.
     rejected = np.zeros(1 << int(np.clip(np.ceil(np.log2(max(n_total, 1) * 8)), 10, REJECT_TABLE_BITS)), dtype=np.uint64)
-    docs = docs.astype(np.int64)
+    docs = docs.astype(np.int64, copy=False)
     packed = keys.dtype.itemsize <= 4
-    position = np.arange(keys.shape[0], dtype=np.uint64)
-    for j in range(keys.shape[1]):
-        # Sorted keys and members in bucket order, one band at a time: the pass reads both sequentially (random
-        # reads of a row's key cost more than the comparisons at 10x the clustered corpus). A 32-bit key and the
-        # position packed in one uint64 sort in one SIMD sort (~7x numpy's stable argsort, itself ~10x numba's
-        # mergesort), and the position in the low bits keeps the order stable.
-        if packed:
-            both = (keys[:, j].astype(np.uint64) << np.uint64(32)) | position
+    # Sorted keys and members in bucket order, one band at a time: the pass reads both sequentially (random reads
+    # of a row's key cost more than the comparisons at 10x the clustered corpus). A 32-bit key and the position
+    # packed in one uint64 sort in one SIMD sort (~7x numpy's stable argsort, itself ~10x numba's mergesort), and
+    # the position in the low bits keeps the order stable.
+    if native is not None and packed:
+        # The C kernel splits (key << 32 | position) and reads the rows by position itself: one array per band.
+        keys = np.ascontiguousarray(keys, dtype=np.uint32)
+        both = np.empty(keys.shape[0], dtype=np.uint64)
+        for j in range(keys.shape[1]):
+            native.pack_band(keys, j, both)
             both.sort()
-            band, order = both >> np.uint64(32), (both & np.uint64(0xFFFFFFFF)).astype(np.int64)
-            del both
-        else:
-            order = np.argsort(keys[:, j], kind="stable")
-            band = keys[order, j]
-        _link_c(band, docs[order], sig, sh_off, sh, float(threshold), accept_at, reject_at,
-                np.int64(n_new), verify, max_leaders, max_compare, parent, edge_a, edge_b, counts, rejected)
-    _roots_c(parent)
+            native.link(both, docs, sig, sh_off, sh, threshold, accept_at, reject_at, n_new, verify, max_leaders,
+                        max_compare, parent, edge_a, edge_b, counts, rejected, packed=True)
+        del both
+    else:
+        position = np.arange(keys.shape[0], dtype=np.uint64)
+        for j in range(keys.shape[1]):
+            if packed:
+                both = (keys[:, j].astype(np.uint64) << np.uint64(32)) | position
+                both.sort()
+                band, order = both >> np.uint64(32), (both & np.uint64(0xFFFFFFFF)).astype(np.int64)
+                del both
+            else:
+                order = np.argsort(keys[:, j], kind="stable")
+                band = keys[order, j]
+            if native is not None:
+                native.link(band, docs[order], sig, sh_off, sh, threshold, accept_at, reject_at, n_new, verify,
+                            max_leaders, max_compare, parent, edge_a, edge_b, counts, rejected)
+            else:
+                _link_c(band, docs[order], sig, sh_off, sh, float(threshold), accept_at, reject_at,
+                        np.int64(n_new), verify, max_leaders, max_compare, parent, edge_a, edge_b, counts, rejected)
+    if native is not None:
+        native.roots(parent)
+    else:
+        _roots_c(parent)
     names = ("pairs_compared", "exact_checks", "signature_accepts", "signature_rejects", "skipped_same_cluster",
              "edges", "skipped_rejected", "skipped_budget")
     return edge_a[: counts[5]], edge_b[: counts[5]], dict(zip(names, map(int, counts), strict=True)), parent

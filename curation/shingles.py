@@ -58,18 +58,32 @@ def shingle_sets(texts: pl.Series, ngram: int, unit: Unit = "word") -> list[set[
 _FOLD = np.uint64(0x100000001B3)
 
 
-def token_hashes(texts: pl.Series, unit: Unit = "word") -> tuple[np.ndarray, np.ndarray]:
-    """Per-document token hashes: ``offsets`` (n+1, int64) into a flat uint64 array of token hashes."""
-    lowered = texts.fill_null("").str.to_lowercase()
-    if unit == "word":
-        tokens = lowered.str.extract_all(r"\w+")
-    else:
-        tokens = lowered.str.replace_all(r"\s+", " ").str.strip_chars().str.split("")
-    lengths = tokens.list.len().fill_null(0).to_numpy().astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = tokens.explode().drop_nulls()
-    return offsets, flat.hash(seed=0).to_numpy().astype(np.uint64)
+TOKEN_CHUNK = 1024
+"""Texts tokenized per polars call in ``token_hashes``: the lower-cased copy and the token strings (~4x the text)
+exist for this many texts at a time, only the 8-byte hashes for all."""
+
+
+def token_hashes(texts: pl.Series, unit: Unit = "word", chunk: int = TOKEN_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Per-document token hashes: ``offsets`` (n+1, int64) into a flat uint64 array of token hashes.
+
+    ``token_hashes(pl.Series(["A b", "", "b"]))`` -> offsets ``[0, 2, 2, 3]``; hashes 1 and 2 are equal (``b``).
+    """
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    parts = []
+    for start in range(0, len(texts), chunk):
+        lowered = texts.slice(start, chunk).fill_null("").str.to_lowercase()
+        if unit == "word":
+            tokens = lowered.str.extract_all(r"\w+")
+        else:
+            tokens = lowered.str.replace_all(r"\s+", " ").str.strip_chars().str.split("")
+        del lowered
+        lengths = tokens.list.len().fill_null(0).to_numpy()
+        offsets[start + 1 : start + 1 + len(lengths)] = lengths
+        parts.append(tokens.explode().drop_nulls().hash(seed=0).to_numpy())
+        del tokens
+    np.cumsum(offsets, out=offsets)
+    tok = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+    return offsets, tok.astype(np.uint64, copy=False)
 
 
 def window_hashes(offsets: np.ndarray, tok: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
