@@ -7,15 +7,17 @@ near-identical copies (boilerplate), grown k-fold by ``--scale k`` (``corpus.clu
 What is measured: each tool turns the texts into *documents that have a near duplicate* (word 5-gram Jaccard >=
 threshold). Every timer covers the whole path from the list of texts: shingling/tokenizing, hashing and signatures,
 LSH, and the similarity checks. gristmill: the ``dedup_minhash`` step on a polars frame (``id``, ``text``) read
-from parquet, as a recipe hands it over (polars tokens, numba signatures, LSH buckets streamed band by band, leader
-comparisons settled by signature agreement or exact Jaccard, clusters, kept/dropped frames); a row is flagged when
+from parquet, as a recipe hands it over (polars tokens, C signatures, LSH buckets streamed band by band, leader
+comparisons settled by exact Jaccard, clusters, kept/dropped frames); a row is flagged when
 its cluster has another row. Its accepted edges (``edge_precision``) are computed after the measurement. rensa (its documented dedup API): ``RMinHashDeduplicator(threshold, num_perm,
 use_lsh=True)`` with its default bands, ``add_pairs`` fed lazily (Python word 5-gram shingles), which keeps a row
 unless its estimated Jaccard with an indexed row reaches the threshold, then ``get_duplicate_sets`` for the dropped
 rows to flag the rows they duplicate. datasketch (``--datasketch``): ``MinHash.bulk`` + ``MinHashLSH`` queries with
 estimated Jaccard >= threshold. Each tool runs in its own subprocess (peak memory = that process's VmHWM:
 interpreter, imports, the texts, everything; ``rss_before`` is the same after loading and warm-up), after one
-warm-up call on 300 documents (imports, numba's on-disk compiled-code cache).
+warm-up call on 300 documents (imports; gristmill's C kernels are compiled once per machine into its cache folder,
+by a compiler subprocess, and loaded from there). Each side holds the same texts the way its API takes them:
+gristmill a polars frame read from parquet, rensa and datasketch a Python list read from JSON. Neither side imports the other's libraries: the parent builds the corpus and scores.
 
 Ground truth is exact: a document is a true positive when some other document's word-5-gram shingle set has exact
 Jaccard >= threshold with its own, found by prefix filtering (AllPairs: two sets at Jaccard >= t share a shingle
@@ -195,8 +197,13 @@ def side(args: argparse.Namespace) -> None:
     peak = peak_rss()
     if args.side == "gristmill":
         edges = gristmill_edges(data, args)
+    kernel = None
+    if args.side == "gristmill":
+        from gristmill.curation import minhash_kernel
+
+        kernel = minhash_kernel.backend()
     Path(args.output).write_text(json.dumps({"seconds": seconds, "flagged": sorted(flagged), "edges": edges,
-                                             "peak_rss": peak, "rss_before": rss_before}))
+                                             "peak_rss": peak, "rss_before": rss_before, "kernel": kernel}))
 
 
 def score(found: set[int], truth: set[int]) -> dict[str, float]:
@@ -267,7 +274,7 @@ def main() -> None:
             res = json.loads(out.read_text())
             results[name] = {"docs_per_s": round(len(texts) / res["seconds"], 1), "seconds": round(res["seconds"], 2),
                              **score(set(res["flagged"]), truth), "peak_rss": res["peak_rss"],
-                             "rss_before": res["rss_before"]}
+                             "rss_before": res["rss_before"], "kernel": res["kernel"]}
             if res["edges"]:
                 ok = sum(jaccard(sets[a], sets[b]) >= args.threshold for a, b in res["edges"])
                 results[name]["edge_precision"] = round(ok / len(res["edges"]), 5)
@@ -284,7 +291,9 @@ def main() -> None:
         "quality": {"precision": ours["precision"], "recall": ours["recall"], "f1": ours["f1"],
                     "edge_precision": ours.get("edge_precision"), "baseline_precision": base["precision"],
                     "baseline_recall": base["recall"], "baseline_f1": base["f1"]},
-        "memory": {"ours": ours["peak_rss"], "baseline": base["peak_rss"]},
+        "memory": {"ours": ours["peak_rss"], "baseline": base["peak_rss"], "ours_before": ours["rss_before"],
+                   "baseline_before": base["rss_before"]},
+        "kernel": ours["kernel"],
         "others": {k: v["docs_per_s"] for k, v in results.items() if k not in ("gristmill", "rensa")},
         "env": environment(), "target_ratio": 1.0,
     }))

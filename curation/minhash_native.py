@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import subprocess
 import tempfile
 import threading
@@ -370,7 +371,8 @@ def load() -> Native | None:
         from gristmill.common.store import cache_root
 
         digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
-        target = cache_root() / "kernels" / f"minhash-{digest}.so"
+        # The machine type in the name: a cache folder shared by an x86-64 and an arm64 host keeps both builds.
+        target = cache_root() / "kernels" / f"minhash-{platform.machine()}-{digest}.so"
         try:
             if not target.exists() and not _build(target):
                 return None
