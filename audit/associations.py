@@ -46,11 +46,14 @@ def load_attributes(path: str | None) -> dict[str, list[str]]:
 
 def pmi_table(groups: np.ndarray, attrs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(joint counts, PMI, one-sided Fisher p-value) for every group x attribute (0/1 row matrices)."""
+    joint = groups.T.astype(np.int64) @ attrs.astype(np.int64)
+    return joint, *pmi_from_counts(joint, groups.sum(axis=0), attrs.sum(axis=0), groups.shape[0])
+
+
+def pmi_from_counts(joint: np.ndarray, ng: np.ndarray, na: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(PMI, one-sided Fisher p-value) from the joint counts, each group's and attribute's row count and ``n``."""
     from scipy.stats import fisher_exact
 
-    n = groups.shape[0]
-    joint = groups.T.astype(np.int64) @ attrs.astype(np.int64)
-    ng, na = groups.sum(axis=0), attrs.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         pmi = np.log2(joint * n / np.outer(ng, na))
     p = np.ones_like(pmi)
@@ -58,27 +61,53 @@ def pmi_table(groups: np.ndarray, attrs: np.ndarray) -> tuple[np.ndarray, np.nda
         a = int(joint[i, j])
         table = [[a, int(ng[i]) - a], [int(na[j]) - a, n - int(ng[i]) - int(na[j]) + a]]
         p[i, j] = fisher_exact(table, alternative="greater")[1]
-    return joint, pmi, p
+    return pmi, p
+
+
+def attribute_words(params: AssociationParams) -> list[str]:
+    return sorted({w for ws in load_attributes(params.attributes).values() for w in ws})
+
+
+def attribute_hits(texts: pl.Series, words: list[str]) -> pl.Series:
+    """The attribute words each row mentions (a ``list[str]`` per row): per-row state a streamed audit keeps
+    instead of the text."""
+    return detect(texts, {"attr": Axis({w: [w] for w in words})}, ["attr"])["attr"]
 
 
 def associations(texts: pl.Series, hits: pl.DataFrame, axes: list[str], params: AssociationParams) -> dict[str, Any]:
     """Per axis, the top significant (group, attribute) pairs by PMI, with counts and p-values."""
+    return associations_of(attribute_hits(texts, attribute_words(params)), hits, axes, params)
+
+
+def associations_of(found: pl.Series, hits: pl.DataFrame, axes: list[str], params: AssociationParams,
+                    chunk: int = 50_000) -> dict[str, Any]:
+    """``associations`` from each row's attribute words (``attribute_hits``). The counts are summed ``chunk`` rows
+    at a time: the rows x words matrix is never built for all rows (at 1M rows and ~100 words it was 0.8 GB as
+    int64)."""
     from gristmill.audit.representation import membership
 
     kinds = load_attributes(params.attributes)
     words = sorted({w for ws in kinds.values() for w in ws})
     kind_of = {w: k for k, ws in kinds.items() for w in ws}
-    found = detect(texts, {"attr": Axis({w: [w] for w in words})}, ["attr"])["attr"]
-    attrs = membership(found, words)
     out: dict[str, Any] = {"min_count": params.min_count, "alpha": params.alpha, "axes": {}}
-    for axis in axes:
-        groups = sorted(hits[axis].explode().drop_nulls().unique().to_list())
-        if not groups or not words:
-            continue
-        joint, pmi, p = pmi_table(membership(hits[axis], groups), attrs)
-        pairs = [{"group": groups[i], "attribute": words[j], "kind": kind_of[words[j]], "rows": int(joint[i, j]),
-                  "pmi": round(float(pmi[i, j]), 4), "p_value": float(f"{p[i, j]:.3g}")}
+    names = {axis: sorted(hits[axis].explode().drop_nulls().unique().to_list()) for axis in axes}
+    names = {axis: groups for axis, groups in names.items() if groups and words}
+    joint = {axis: np.zeros((len(g), len(words)), dtype=np.int64) for axis, g in names.items()}
+    ng = {axis: np.zeros(len(g), dtype=np.int64) for axis, g in names.items()}
+    na = np.zeros(len(words), dtype=np.int64)
+    n = len(found)
+    for start in range(0, n, chunk) if names else ():
+        attrs = membership(found.slice(start, chunk), words).astype(np.int64)
+        na += attrs.sum(axis=0)
+        for axis, groups in names.items():
+            g = membership(hits[axis].slice(start, chunk), groups).astype(np.int64)
+            joint[axis] += g.T @ attrs
+            ng[axis] += g.sum(axis=0)
+    for axis, groups in names.items():
+        pmi, p = pmi_from_counts(joint[axis], ng[axis], na, n)
+        pairs = [{"group": groups[i], "attribute": words[j], "kind": kind_of[words[j]],
+                  "rows": int(joint[axis][i, j]), "pmi": round(float(pmi[i, j]), 4), "p_value": float(f"{p[i, j]:.3g}")}
                  for i in range(len(groups)) for j in range(len(words))
-                 if joint[i, j] >= params.min_count and p[i, j] < params.alpha and math.isfinite(pmi[i, j])]
+                 if joint[axis][i, j] >= params.min_count and p[i, j] < params.alpha and math.isfinite(pmi[i, j])]
         out["axes"][axis] = sorted(pairs, key=lambda r: -r["pmi"])[: params.top_k]
     return out

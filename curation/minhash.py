@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from gristmill.common.contract import StepResult, require, split, with_meta
+from gristmill.common.contract import StepResult, TwoPass, require, run_two_pass, split, with_meta
 from gristmill.curation import minhash_kernel
 from gristmill.curation.clusters import preference_rank, representatives
 from gristmill.curation.lsh import band_keys, optimal_bands
@@ -218,6 +218,68 @@ def frame_sketch(frame: pl.DataFrame, num_perm: int) -> Sketch:
                   frame["has_shingles"].to_numpy().astype(bool))
 
 
+class EdgeBuilder:
+    """``near_duplicate_edges`` fed a slice of texts at a time (``add_texts``, in row order; ``n_texts`` in all),
+    then ``link``: what a streamed step keeps of its rows between its passes (band keys, the shingle sets), never the texts."""
+
+    def __init__(self, params: MinhashParams, n_texts: int, n_new: int | None = None,
+                 earlier: Sketch | None = None) -> None:
+        self.params = params
+        self.b, self.r = optimal_bands(params.threshold, params.num_perm, params.min_recall if params.verify else None)
+        self.n_texts = n_texts
+        self.n = n = n_texts + (len(earlier) if earlier is not None else 0)
+        self.n_new = n if n_new is None else n_new
+        self.earlier = earlier
+        # With verification a band key needs 32 bits only: two rows whose different bands fold to one key are
+        # compared and rejected like any dissimilar bucket-mates. Without it a collision would be an edge: 64 bits.
+        self.keys = np.empty((n, self.b), dtype=np.uint32 if params.verify else np.uint64)
+        self.has_shingles = np.zeros(n, dtype=bool)
+        self.offsets = np.zeros(n + 1, dtype=np.int64)
+        # One buffer grown in place (realloc moves pages, it does not copy them), not batches concatenated at the
+        # end: the shingle sets are never held twice.
+        self.shingles = np.empty(0, dtype=np.uint32)
+        self.added = 0
+
+    def _add(self, start: int, sig: np.ndarray, off: np.ndarray, sh: np.ndarray, has: np.ndarray) -> None:
+        stop = start + len(sig)
+        full = minhash_kernel.band_keys(sig, self.b, self.r) if minhash_kernel.available() else \
+            band_keys(sig, self.b, self.r)
+        self.keys[start:stop] = full ^ (full >> np.uint64(32)) if self.params.verify else full
+        self.has_shingles[start:stop] = has
+        base = self.offsets[start]
+        self.offsets[start + 1 : stop + 1] = off[1:] + base
+        if base + len(sh) > len(self.shingles):  # room for the rest at this batch's shingles per row, plus a margin
+            self.shingles.resize(int((base + len(sh)) * 1.05 + len(sh) / max(len(sig), 1) * (self.n - stop)) + 1024,
+                                 refcheck=False)
+        self.shingles[base : base + len(sh)] = sh
+
+    def add_texts(self, texts: pl.Series) -> None:
+        """The next ``len(texts)`` rows."""
+        if self.added + len(texts) > self.n_texts:
+            raise ValueError(f"more than the {self.n_texts} texts announced")
+        for start, *batch in _sketch_batches(texts, self.params):
+            self._add(self.added + start, *batch)
+        self.added += len(texts)
+
+    def link(self) -> NearDuplicates:
+        if self.added != self.n_texts:
+            raise ValueError(f"{self.added} texts added of the {self.n_texts} announced")
+        if self.earlier is not None:
+            e = self.earlier
+            self._add(self.n_texts, e.sig, e.offsets, e.shingles, e.has_shingles)
+        self.shingles.resize(int(self.offsets[-1]), refcheck=False)
+        keys = self.keys
+        live = np.flatnonzero(self.has_shingles)  # empty texts share the all-max signature: keep them out of LSH
+        if len(live) < self.n:
+            keys = keys[live]
+        edge_a, edge_b, counts, labels = minhash_kernel.link(
+            keys, live, None, self.offsets, self.shingles, self.n, threshold=self.params.threshold,
+            verify=self.params.verify, n_new=self.n_new,
+        )
+        self.keys = self.shingles = np.empty(0)  # the state goes once the clusters are known
+        return NearDuplicates(edge_a, edge_b, self.b, self.r, counts, labels)
+
+
 def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | None = None,
                          earlier: Sketch | None = None) -> NearDuplicates:
     """Duplicate clusters of ``texts`` (and of ``earlier``'s rows, which follow them) as accepted edges. Rows from
@@ -226,43 +288,89 @@ def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | N
     Memory: ``batch_docs`` token lists, plus per row its band keys (4 bytes a band; 8 without ``verify``) and its
     shingle set; full signatures live for one batch.
     """
-    b, r = optimal_bands(params.threshold, params.num_perm, params.min_recall if params.verify else None)
-    n_texts = len(texts)
-    n = n_texts + (len(earlier) if earlier is not None else 0)
-    # With verification a band key needs 32 bits only: two rows whose different bands fold to one key are
-    # compared and rejected like any dissimilar bucket-mates. Without it a collision would be an edge: 64 bits.
-    keys = np.empty((n, b), dtype=np.uint32 if params.verify else np.uint64)
-    has_shingles = np.zeros(n, dtype=bool)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    # One buffer grown in place (realloc moves pages, it does not copy them), not batches concatenated at the end:
-    # the shingle sets are never held twice.
-    shingles = np.empty(0, dtype=np.uint32)
+    builder = EdgeBuilder(params, len(texts), n_new, earlier)
+    builder.add_texts(texts)
+    return builder.link()
 
-    def add(start: int, sig: np.ndarray, off: np.ndarray, sh: np.ndarray, has: np.ndarray) -> None:
-        stop = start + len(sig)
-        full = minhash_kernel.band_keys(sig, b, r) if minhash_kernel.available() else band_keys(sig, b, r)
-        keys[start:stop] = full ^ (full >> np.uint64(32)) if params.verify else full
-        has_shingles[start:stop] = has
-        base = offsets[start]
-        offsets[start + 1 : stop + 1] = off[1:] + base
-        if base + len(sh) > len(shingles):  # room for the rest at this batch's shingles per row, plus a margin
-            shingles.resize(int((base + len(sh)) * 1.05 + len(sh) / max(len(sig), 1) * (n - stop)) + 1024,
-                            refcheck=False)
-        shingles[base : base + len(sh)] = sh
 
-    for batch in _sketch_batches(texts, params):
-        add(*batch)
-    if earlier is not None:
-        add(n_texts, earlier.sig, earlier.offsets, earlier.shingles, earlier.has_shingles)
-    shingles.resize(int(offsets[-1]), refcheck=False)
-    live = np.flatnonzero(has_shingles)  # empty texts share the all-max signature: keep them out of LSH
-    if len(live) < n:
-        keys = keys[live]
-    edge_a, edge_b, counts, labels = minhash_kernel.link(
-        keys, live, None, offsets, shingles, n, threshold=params.threshold, verify=params.verify,
-        n_new=n if n_new is None else n_new,
-    )
-    return NearDuplicates(edge_a, edge_b, b, r, counts, labels)
+class MinhashDedup(TwoPass):
+    """``dedup_minhash`` in two passes: the first sketches the texts a slice at a time into an ``EdgeBuilder`` and
+    keeps each row's id and preference rank, then links the clusters; the second marks and splits each slice."""
+
+    columns = ("id", "text", "meta")
+
+    def __init__(self, params: MinhashParams, schema: pl.Schema, rows: int, earlier_ids: pl.Series | None = None,
+                 earlier_sketch: Sketch | None = None, hashed: int = 0) -> None:
+        require(pl.DataFrame(schema=schema), ["id", "text"], "dedup_minhash")
+        self.n = rows
+        self.earlier_ids = earlier_ids
+        self.hashed = hashed
+        self.builder = EdgeBuilder(params, rows, n_new=rows, earlier=earlier_sketch)
+        self._ids: list[pl.Series] = []
+        self._ranks: list[np.ndarray] = []
+        self.extra_stats: dict[str, Any] = {}
+        """Added to the step's stats (the runner's adapter: how the earlier rows' sketches were found)."""
+
+    def scan(self, part: pl.DataFrame) -> None:
+        self.builder.add_texts(part["text"].cast(pl.String).fill_null(""))
+        self._ranks.append(preference_rank(part, "quality"))
+        self._ids.append(part["id"].cast(pl.String))
+
+    def decide(self) -> None:
+        n = self.n
+        rank = np.concatenate(self._ranks) if self._ranks else np.zeros(0)
+        ids = pl.concat(self._ids) if self._ids else pl.Series("id", [], dtype=pl.String)
+        self._ids, self._ranks = [], []
+        if self.earlier_ids is not None:
+            rank = np.concatenate([rank, np.full(len(self.earlier_ids), -np.inf)])
+            ids = pl.concat([ids, self.earlier_ids])
+        found = self.builder.link()
+        total = len(ids)
+        assert found.labels is not None
+        rep = representatives(found.labels, rank)
+        sizes = np.bincount(rep, minlength=total)
+        rep, sizes_new = rep[:n], sizes[rep[:n]]
+        is_dup = rep != np.arange(n)
+        # Columns built in polars, not as Python lists: no Python object per row.
+        marks = pl.DataFrame({"rep": ids.gather(rep), "multi": sizes_new > 1, "dup": is_dup,
+                              "earlier": is_dup & (rep >= n)})
+        self.marks = marks.select(
+            cluster_id=pl.when("multi").then("rep"),
+            duplicate_of=pl.when("dup").then("rep"),
+            reason=pl.when("earlier").then(pl.lit("near_duplicate_of_earlier"))
+            .when("dup").then(pl.lit("near_duplicate")),
+        )
+        self.stats = {
+            "clusters": int(len(np.unique(rep[sizes_new > 1]))),
+            **found.counts,
+            "earlier_rows": total - n,
+            "earlier_rows_hashed": self.hashed,
+            "lsh_bands": found.bands,
+            "lsh_rows": found.rows,
+        }
+
+    def apply(self, part: pl.DataFrame, start: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        marks = self.marks.slice(start, part.height)
+        out = with_meta(part, cluster_id=marks["cluster_id"], duplicate_of=marks["duplicate_of"])
+        return split(out, marks["reason"])
+
+    def finish(self) -> tuple[dict[str, Any], None, None]:
+        return self.stats | self.extra_stats, None, None
+
+
+def earlier_rows(earlier: pl.DataFrame | None, earlier_sketch: Sketch | None, params: MinhashParams
+                 ) -> tuple[pl.Series | None, Sketch | None, int]:
+    """The earlier rows' ids and sketch (hashed here from their text unless ``earlier_sketch`` is given) and how
+    many were hashed; ``(None, None, 0)`` without earlier rows."""
+    if earlier is None or not earlier.height:
+        return None, None, 0
+    hashed = 0
+    if earlier_sketch is None:
+        earlier_sketch = sketch(earlier["text"], params)
+        hashed = earlier.height
+    if len(earlier_sketch) != earlier.height:
+        raise ValueError(f"earlier_sketch has {len(earlier_sketch)} rows for {earlier.height} earlier rows")
+    return earlier["id"].cast(pl.String), earlier_sketch, hashed
 
 
 def dedup_minhash(frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.DataFrame | None = None,
@@ -274,47 +382,5 @@ def dedup_minhash(frame: pl.DataFrame, params: MinhashParams, *, earlier: pl.Dat
     ``near_duplicate_of_earlier`` and ``meta.duplicate_of`` = that row's id; earlier rows are never dropped.
     Stats count the earlier rows hashed here (``earlier_rows_hashed``; 0 when their sketch was given).
     """
-    require(frame, ["id", "text"], "dedup_minhash")
-    n = frame.height
-    texts = frame["text"].cast(pl.String).fill_null("")
-    rank = preference_rank(frame, "quality")
-    ids = frame["id"].cast(pl.String)
-    hashed = 0
-    if earlier is not None and earlier.height:
-        if earlier_sketch is None:
-            earlier_sketch = sketch(earlier["text"], params)
-            hashed = earlier.height
-        if len(earlier_sketch) != earlier.height:
-            raise ValueError(f"earlier_sketch has {len(earlier_sketch)} rows for {earlier.height} earlier rows")
-        rank = np.concatenate([rank, np.full(earlier.height, -np.inf)])
-        ids = pl.concat([ids, earlier["id"].cast(pl.String)])
-    else:
-        earlier_sketch = None
-    found = near_duplicate_edges(texts, params, n_new=n, earlier=earlier_sketch)
-
-    total = len(ids)
-    assert found.labels is not None
-    rep = representatives(found.labels, rank)
-    sizes = np.bincount(rep, minlength=total)
-    rep, sizes_new = rep[:n], sizes[rep[:n]]
-    is_dup = rep != np.arange(n)
-    # Columns built in polars, not as Python lists: no Python object per row.
-    marks = pl.DataFrame({"rep": ids.gather(rep), "multi": sizes_new > 1, "dup": is_dup,
-                          "earlier": is_dup & (rep >= n)})
-    marks = marks.select(
-        cluster_id=pl.when("multi").then("rep"),
-        duplicate_of=pl.when("dup").then("rep"),
-        reason=pl.when("earlier").then(pl.lit("near_duplicate_of_earlier"))
-        .when("dup").then(pl.lit("near_duplicate")),
-    )
-    out = with_meta(frame, cluster_id=marks["cluster_id"], duplicate_of=marks["duplicate_of"])
-    kept, dropped = split(out, marks["reason"])
-    stats = {
-        "clusters": int(len(np.unique(rep[sizes_new > 1]))),
-        **found.counts,
-        "earlier_rows": total - n,
-        "earlier_rows_hashed": hashed,
-        "lsh_bands": found.bands,
-        "lsh_rows": found.rows,
-    }
-    return StepResult(kept, dropped, stats, rows_in=n)
+    ids, sk, hashed = earlier_rows(earlier, earlier_sketch, params)
+    return run_two_pass(MinhashDedup(params, frame.schema, frame.height, ids, sk, hashed), frame)

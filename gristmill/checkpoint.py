@@ -184,13 +184,18 @@ class SchemaDrift(Exception):
     the step cannot be streamed, and the runner runs it on the whole frame instead."""
 
 
-def iter_slices(path: Path, rows: int) -> Iterator[pl.DataFrame]:
-    """The rows of the parquet file ``path``, at most ``rows`` at a time, typed as ``pl.read_parquet`` types them;
-    only the slice in hand and the row group it is read from are in memory, never the whole file."""
+def iter_slices(path: Path, rows: int, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """The rows of the parquet file ``path``, ``rows`` at a time (the last slice fewer; pyarrow's batches run across
+    row groups, so the slices are the same whatever the file's layout), typed as ``pl.read_parquet`` types them;
+    only the slice in hand and the row group it is read from are in memory, never the whole file. ``columns``:
+    only these (in the file's order)."""
     import pyarrow.parquet as pq
 
     schema = pl.Schema(pl.read_parquet_schema(path))
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+    if columns is not None:
+        schema = pl.Schema({k: v for k, v in schema.items() if k in columns})
+        columns = list(schema)
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
         yield frame if frame.schema == schema else frame.cast(dict(schema))

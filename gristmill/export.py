@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,48 +14,97 @@ import polars as pl
 from gristmill.checkpoint import (
     IO_ERRORS,
     ensure_dir,
+    iter_slices,
     output_error,
     replace_dir,
     write_json_atomic,
     write_text_atomic,
 )
+from gristmill.common.contract import SLICE_ROWS
+
+_REJECT_COLUMNS = ("id", "step", "reason", "source", "text", "detail", "meta")
+
+
+class _Appender:
+    """Frames appended to one parquet file as row groups (pyarrow's writer: a polars write needs the whole frame);
+    the file's bytes depend only on the frames, so a streamed and an in-memory run write the same file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows, self._writer = path, 0, None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = frame.to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._writer.write_table(table)
+        self.rows += frame.height
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def slices(rows: pl.DataFrame | Path, slice_rows: int = SLICE_ROWS) -> Iterator[pl.DataFrame]:
+    """``rows`` (a frame, or a parquet file read a slice at a time) as ``slice_rows``-row slices, the same slices
+    either way; a frame without rows is one empty slice (so a file written from them has the columns)."""
+    if isinstance(rows, Path):
+        empty = True
+        for part in iter_slices(rows, slice_rows):
+            empty = False
+            yield part
+        if empty:
+            yield pl.DataFrame(schema=pl.read_parquet_schema(rows))
+        return
+    for start in range(0, max(rows.height, 1), slice_rows):
+        yield rows.slice(start, slice_rows)
+
+
+def _reject_rows(dropped: pl.DataFrame, step: str) -> pl.DataFrame:
+    cols = [
+        pl.col("id").cast(pl.String),
+        pl.lit(step).alias("step"),
+        pl.col("reason").cast(pl.String),
+        *[(pl.col(c).cast(pl.String) if c in dropped.columns else pl.lit(None, pl.String)).alias(c)
+          for c in ("source", "text", "detail")],
+    ]
+    meta = (
+        [json.dumps(m, default=str) for m in dropped["meta"].to_list()]
+        if "meta" in dropped.columns else [None] * dropped.height
+    )
+    return dropped.select(cols).with_columns(pl.Series("meta", meta, dtype=pl.String))
 
 
 def write_rejects(path: Path, step_dirs: list[tuple[str, Path]]) -> dict[str, Any]:
-    """One file with every dropped row of every step: id, step, reason, source, text, detail, meta (as JSON)."""
-    parts = []
-    for step, directory in step_dirs:
-        file = directory / "dropped.parquet"
-        if not file.exists():
-            continue
-        dropped = pl.read_parquet(file)
-        if dropped.height == 0:
-            continue
-        cols = [
-            pl.col("id").cast(pl.String),
-            pl.lit(step).alias("step"),
-            pl.col("reason").cast(pl.String),
-            (pl.col("source").cast(pl.String) if "source" in dropped.columns else pl.lit(None, pl.String)).alias("source"),
-            (pl.col("text").cast(pl.String) if "text" in dropped.columns else pl.lit(None, pl.String)).alias("text"),
-            (pl.col("detail").cast(pl.String) if "detail" in dropped.columns else pl.lit(None, pl.String)).alias("detail"),
-        ]
-        meta = (
-            [json.dumps(m, default=str) for m in dropped["meta"].to_list()]
-            if "meta" in dropped.columns else [None] * dropped.height
-        )
-        parts.append(dropped.select(cols).with_columns(pl.Series("meta", meta, dtype=pl.String)))
-    frame = pl.concat(parts) if parts else pl.DataFrame(
-        schema={k: pl.String for k in ("id", "step", "reason", "source", "text", "detail", "meta")}
-    )
+    """One file with every dropped row of every step: id, step, reason, source, text, detail, meta (as JSON).
+    Written a slice of a step's ``dropped.parquet`` at a time (a row group each): the rejects are never in memory
+    together."""
     tmp = path.with_name(f".{path.name}.tmp")
+    writer = _Appender(tmp)
+    counts: Counter[tuple[str, str]] = Counter()
     try:
-        frame.write_parquet(tmp)
+        for step, directory in step_dirs:
+            file = directory / "dropped.parquet"
+            if not file.exists():
+                continue
+            for dropped in iter_slices(file, SLICE_ROWS):
+                if dropped.height == 0:
+                    continue
+                part = _reject_rows(dropped, step)
+                counts.update(zip(part["step"], part["reason"], strict=True))
+                writer.write(part)
+        writer.close()
+        if writer.rows == 0:
+            pl.DataFrame(schema=dict.fromkeys(_REJECT_COLUMNS, pl.String)).write_parquet(tmp)
         tmp.replace(path)
     except IO_ERRORS as err:
+        writer.close()
         tmp.unlink(missing_ok=True)
         raise output_error(err, path) from err
-    counts = frame.group_by("step", "reason").len().sort("step", "reason").to_dicts()
-    return {"path": str(path), "rows": frame.height, "by_step_reason": counts}
+    by = [{"step": step, "reason": reason, "len": n} for (step, reason), n in sorted(counts.items())]
+    return {"path": str(path), "rows": writer.rows, "by_step_reason": by}
 
 
 def _jsonl_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
@@ -65,8 +116,20 @@ def _jsonl_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def export_dataset(frame: pl.DataFrame, out: Path, recipe: Any, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the final set in the recipe's formats plus README.md; returns what was written.
+def _card_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """What the data card reads of each row (``source``, ``meta.language``, ``meta.synth``), not the text."""
+    cols: list[pl.Expr] = [pl.col("source")] if "source" in frame.columns else []
+    if "meta" in frame.columns and isinstance(frame.schema["meta"], pl.Struct):
+        fields = [f.name for f in frame.schema["meta"].fields if f.name in ("language", "synth")]
+        if fields:
+            cols.append(pl.struct([pl.col("meta").struct.field(f) for f in fields]).alias("meta"))
+    return frame.select(cols) if cols else pl.DataFrame({"_row": pl.Series([None] * frame.height, dtype=pl.Null)})
+
+
+def export_dataset(rows: pl.DataFrame | Path, out: Path, recipe: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the final set (a frame, or the last checkpoint's parquet file, read a slice at a time) in the recipe's
+    formats plus README.md; returns what was written. From a file, only a slice of the rows and what the card
+    needs of each (``_card_rows``) are in memory (``hf_disk`` alone reads the whole file).
 
     Every file is written under a temporary name and renamed into place, so a killed or failed export (disk full,
     permission denied) never leaves a partial ``data.parquet``/``data.jsonl`` that looks complete; such a failure
@@ -74,28 +137,45 @@ def export_dataset(frame: pl.DataFrame, out: Path, recipe: Any, manifest: dict[s
     ensure_dir(out)
     written: dict[str, str] = {}
     tmps: list[Path] = []
+    formats = recipe.output.formats
     try:
-        if "parquet" in recipe.output.formats:
-            tmps.append(out / ".data.parquet.tmp")
-            frame.write_parquet(tmps[-1])
-            tmps[-1].replace(out / "data.parquet")
+        parquet = _Appender(out / ".data.parquet.tmp") if "parquet" in formats else None
+        jsonl = (out / ".data.jsonl.tmp").open("w", encoding="utf-8") if "jsonl" in formats else None
+        tmps += [w.path for w in (parquet,) if w] + ([out / ".data.jsonl.tmp"] if jsonl else [])
+        card_parts, columns = [], None
+        try:
+            for part in slices(rows):
+                columns = part.columns
+                if parquet is not None:
+                    parquet.write(part)
+                if jsonl is not None:
+                    jsonl.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n"
+                                     for row in _jsonl_rows(part))
+                card_parts.append(_card_rows(part))
+        finally:
+            if parquet is not None:
+                parquet.close()
+            if jsonl is not None:
+                jsonl.close()
+        card_rows = pl.concat(card_parts)
+        del card_parts
+        if parquet is not None:
+            parquet.path.replace(out / "data.parquet")
             written["parquet"] = str(out / "data.parquet")
-        if "jsonl" in recipe.output.formats:
-            tmps.append(out / ".data.jsonl.tmp")
-            with tmps[-1].open("w", encoding="utf-8") as fh:
-                for row in _jsonl_rows(frame):
-                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-            tmps[-1].replace(out / "data.jsonl")
+        if jsonl is not None:
+            (out / ".data.jsonl.tmp").replace(out / "data.jsonl")
             written["jsonl"] = str(out / "data.jsonl")
-        if "hf_disk" in recipe.output.formats:
+        if "hf_disk" in formats:
             from datasets import Dataset
 
             tmps.append(out / ".hf.tmp")
-            Dataset(frame.to_arrow()).save_to_disk(str(tmps[-1]))
+            whole = pl.read_parquet(rows) if isinstance(rows, Path) else rows
+            Dataset(whole.to_arrow()).save_to_disk(str(tmps[-1]))
+            del whole
             replace_dir(tmps[-1], out / "hf")
             written["hf_disk"] = str(out / "hf")
         tmps.append(out / ".README.md.tmp")
-        tmps[-1].write_text(data_card(frame, recipe, manifest))
+        tmps[-1].write_text(data_card(card_rows, recipe, manifest, columns=columns))
         tmps[-1].replace(out / "README.md")
     except IO_ERRORS as err:
         raise output_error(err, tmps[-1].with_name(tmps[-1].name.strip(".").removesuffix(".tmp"))) from err
@@ -105,7 +185,7 @@ def export_dataset(frame: pl.DataFrame, out: Path, recipe: Any, manifest: dict[s
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
-    info = {"rows": frame.height, "files": written, "columns": frame.columns}
+    info = {"rows": card_rows.height, "files": written, "columns": columns}
     write_json_atomic(out / "dataset_info.json", info)  # with the umask's mode (checkpoint.public_mode)
     return info
 
@@ -308,11 +388,12 @@ def _limitations(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any], syn
     return out
 
 
-def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any]) -> str:
+def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any], columns: list[str] | None = None) -> str:
     """``README.md`` of the dataset folder: a Hugging Face dataset card (YAML front matter, then sources, curation
     steps with counts, synthetic share and provenance, the audit summary with before/after, the mitigation steps,
     the model's eval and bias probe results (``refresh_card`` fills them in after training), known limitations and
-    how to load it)."""
+    how to load it). ``columns``: the dataset's columns, when ``frame`` holds only what the card reads of each row
+    (``export_dataset``)."""
     synthetic = int(frame["source"].str.starts_with("synth:").sum()) if "source" in frame.columns else 0
     lines = [
         _front_matter(frame, recipe, synthetic),
@@ -322,7 +403,7 @@ def data_card(frame: pl.DataFrame, recipe: Any, manifest: dict[str, Any]) -> str
         f"Curated with gristmill {manifest['versions'].get('gristmill')} from recipe `{Path(recipe.path).name}`.",
         "",
         f"- rows: **{frame.height}** ({synthetic} synthetic, {frame.height - synthetic} from inputs)",
-        "- columns: " + ", ".join(f"`{c}`" for c in frame.columns),
+        "- columns: " + ", ".join(f"`{c}`" for c in (frame.columns if columns is None else columns)),
         "",
         "## Sources",
         "",

@@ -239,15 +239,19 @@ class Runner:
         staging: Path | None = None
         try:
             if definition.row_local and rows_in > self.slice_rows:
-                for left in target.parent.glob(f".tmp-stream-{target.name}-*"):  # a killed run's partial files
-                    _remove(left)
-                try:
-                    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-stream-{target.name}-"))
-                except OSError as err:
-                    raise output_error(err, target) from err
+                staging = self._staging(target)
                 try:
                     counts, own, kept, dropped = self._stream(step.name, definition, params, ctx, source, staging)
                 except SchemaDrift as drift:  # rare (a column all null in one slice): the whole frame instead
+                    log.debug(f"{step.name}: not streamed ({drift})")
+                    _remove(staging)
+                    staging = None
+            elif definition.plan is not None and rows_in > self.slice_rows:
+                staging = self._staging(target)
+                try:
+                    counts, own, kept, dropped = self._two_pass(step.name, definition, params, ctx, source,
+                                                                rows_in, staging)
+                except SchemaDrift as drift:
                     log.debug(f"{step.name}: not streamed ({drift})")
                     _remove(staging)
                     staging = None
@@ -268,7 +272,59 @@ class Runner:
             save_step(target, kept, dropped, stats)
         finally:
             _remove(staging)
+            _release_memory()
         return target / "kept.parquet", stats | {"resumed": False}, chain(fp, stats["kept_sha256"])
+
+    @staticmethod
+    def _staging(target: Path) -> Path:
+        """A fresh folder beside ``target`` for a streamed step's files (a killed run's partial ones removed)."""
+        for left in target.parent.glob(f".tmp-stream-{target.name}-*"):
+            _remove(left)
+        try:
+            return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-stream-{target.name}-"))
+        except OSError as err:
+            raise output_error(err, target) from err
+
+    def _two_pass(self, name: str, definition: StepDef, params: Any, ctx: Context, source: Path, rows_in: int,
+                  staging: Path) -> tuple[dict[str, Any], dict[str, Any], Path, Path]:
+        """A global step (``StepDef.plan``) in two streamed passes over ``source``: the first reads only the columns
+        the plan names, a slice at a time, into its compact per-row state; the second reads the slices again and
+        appends each one's kept and dropped rows, checked like a whole step's, to ``staging``. The same rows, stats,
+        report and gate as the step on the whole frame."""
+        assert definition.plan is not None
+        schema = pl.Schema(pl.read_parquet_schema(source))
+        plan = definition.plan(params, ctx, schema, rows_in)
+        for part in iter_slices(source, self.slice_rows, [c for c in schema if c in plan.columns]):
+            plan.scan(part)
+        del part
+        _release_memory()
+        plan.decide()
+        kept, dropped = SliceWriter(staging / "kept.parquet"), SliceWriter(staging / "dropped.parquet", hold=True)
+        by_reason: Counter[str] = Counter()
+        start, complete = 0, False
+        try:
+            for frame in iter_slices(source, self.slice_rows):
+                result = StepResult(*plan.apply(frame, start), {}, rows_in=frame.height)
+                result.check(name, frame)
+                kept.write(result.kept)
+                dropped.write(result.dropped)
+                by_reason.update(result.dropped_by_reason())
+                start += frame.height
+                ctx.progress(frame.height)
+            complete = True
+        finally:
+            kept.close(complete)
+            dropped.close(complete)
+        if start != rows_in:
+            raise AccountingError(f"step {name}: read {start} of the {rows_in} rows of {source} in its second pass")
+        stats, report, gate = plan.finish()
+        counts = {"rows_in": start, "kept": kept.rows, "dropped": dropped.rows, "dropped_by_reason": dict(by_reason)}
+        own = dict(stats)
+        if gate is not None:
+            own["gate"] = {"passed": gate.passed, "failures": gate.failures}
+        if report is not None:
+            own["report"] = report
+        return counts, own, kept.path, dropped.path
 
     def _whole(self, name: str, definition: StepDef, params: Any, ctx: Context, source: Path
                ) -> tuple[dict[str, Any], dict[str, Any], pl.DataFrame, pl.DataFrame]:
@@ -387,7 +443,7 @@ class Runner:
             write_json_atomic(self.run_dir / "manifest.json", manifest)
             write_report(self.run_dir)
             raise gate_failure
-        manifest["dataset"] = export_dataset(pl.read_parquet(rows), self.run_dir / "dataset", self.recipe, manifest)
+        manifest["dataset"] = export_dataset(rows, self.run_dir / "dataset", self.recipe, manifest)
         manifest["index"] = index_run(self.run_dir, self.recipe, manifest)  # what a continued run reads back
         if train and self.recipe.train is not None:
             manifest["train"] = self.train(pl.read_parquet(rows), fp)
@@ -572,6 +628,20 @@ def retrain(run_dir: Path, overrides: dict[str, Any] | None = None, out: Path | 
         if failures:
             raise GateFailed("bias_probe (after training)", failures)
     return metrics
+
+
+def _release_memory() -> None:
+    """Hand memory freed by a step back to the system before the next one (or a step's second pass) allocates:
+    glibc (numpy, Python) and pyarrow's pool keep freed pages, so each step's peak would sit on what the earlier
+    ones left (bench/RESULTS.md, Scale)."""
+    import ctypes
+    import sys
+    from contextlib import suppress
+
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    with suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _remove(path: Path | None) -> None:

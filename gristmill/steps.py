@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from gristmill.audit import audit as audit_mod
 from gristmill.audit import counterfactual as counterfactual_mod
 from gristmill.audit import reweigh as reweigh_mod
-from gristmill.common.contract import StatsMerge, StepResult, sum_stats
+from gristmill.common.contract import StatsMerge, StepResult, TwoPass, sum_stats
 from gristmill.common.embedding import EmbeddingParams
 from gristmill.common.errors import InputError
 from gristmill.curation import decontam, dedup_exact, filters, minhash, normalize, quality, rulesets, semdedup
@@ -66,6 +66,10 @@ class StepDef:
                            tuple[dict[str, Any], dict[str, Any]]] | None = None
     """A row-local step with a report: (slices' stats, slices' reports, rows in) -> the whole input's stats and
     report (used instead of ``merge``)."""
+    plan: Callable[[Any, Context, pl.Schema, int], TwoPass] | None = None
+    """A global step in two passes (``TwoPass``, built from params, context, the input's schema and row count): the
+    runner streams it, a slice at a time in each pass, from the previous checkpoint into its own; ``stage`` or
+    ``adapter`` is the same step on a whole frame."""
 
     def run(self, frame: pl.DataFrame, params: Any, ctx: Context) -> StepResult:
         if self.adapter is not None:
@@ -171,6 +175,16 @@ def _dedup_minhash(frame: pl.DataFrame, params: minhash.MinhashParams, ctx: Cont
     return result
 
 
+def _minhash_plan(params: minhash.MinhashParams, ctx: Context, schema: pl.Schema, rows: int) -> TwoPass:
+    """``_dedup_minhash`` as a two-pass plan (the runner streams it)."""
+    from gristmill.lineage import earlier_sketches
+
+    earlier, sketch, counts = earlier_sketches(params)
+    plan = minhash.MinhashDedup(params, schema, rows, *minhash.earlier_rows(earlier, sketch, params))
+    plan.extra_stats = counts
+    return plan
+
+
 def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, ctx: Context) -> StepResult:
     embedder = _embedder("dedup_semantic", params, ctx)
     result = semdedup.dedup_semantic(frame, params, embed=lambda texts: embedder.encode(texts, ctx.progress))
@@ -251,8 +265,9 @@ STEPS: dict[str, StepDef] = {
     "filter": StepDef(filters.FilterParams, filters.VERSION, stage=filters.filter_rows, row_local=True),
     "heuristics": StepDef(rulesets.HeuristicsParams, rulesets.VERSION, stage=rulesets.heuristics, row_local=True,
                           merge=rulesets.merge_stats),
-    "dedup_exact": StepDef(dedup_exact.ExactDedupParams, dedup_exact.VERSION, stage=dedup_exact.dedup_exact),
-    "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, adapter=_dedup_minhash),
+    "dedup_exact": StepDef(dedup_exact.ExactDedupParams, dedup_exact.VERSION, stage=dedup_exact.dedup_exact,
+                           plan=lambda params, ctx, schema, rows: dedup_exact.ExactDedup(params, schema, rows)),
+    "dedup_minhash": StepDef(minhash.MinhashParams, minhash.VERSION, adapter=_dedup_minhash, plan=_minhash_plan),
     "dedup_semantic": StepDef(semdedup.SemanticDedupParams, semdedup.VERSION, adapter=_dedup_semantic),
     "quality": StepDef(quality.QualityParams, quality.VERSION, adapter=_quality),
     "signals": StepDef(signals_mod.SignalsParams, signals_mod.VERSION, adapter=_signals),
@@ -261,7 +276,8 @@ STEPS: dict[str, StepDef] = {
     "eval_decontaminate": StepDef(decontam.DecontamParams, decontam.VERSION, adapter=_eval_decontaminate,
                                   row_local=True, merge_report=decontam.merge_slices),
     "synthesize": StepDef(GenerationParams, methods.version_for, adapter=_synthesize, select=methods.params_for),
-    "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, stage=audit_mod.audit_rows),
+    "audit": StepDef(audit_mod.AuditParams, audit_mod.VERSION, stage=audit_mod.audit_rows,
+                     plan=lambda params, ctx, schema, rows: audit_mod.Audit(params, schema, rows)),
     "reweigh": StepDef(reweigh_mod.ReweighParams, reweigh_mod.VERSION, stage=reweigh_mod.reweigh),
     "counterfactual_augment": StepDef(counterfactual_mod.CounterfactualParams, counterfactual_mod.VERSION,
                                       stage=counterfactual_mod.counterfactual_augment),

@@ -1,6 +1,8 @@
-"""The runner streams row-local steps (normalize, filter, heuristics, scrub_pii) a slice at a time from one
-checkpoint into the next: the kept and dropped rows, the stats, the rejects and the dataset must be exactly those
-of the same steps run on the whole frame. A tiny ``slice_rows`` makes the quickstart sample (332 rows) many slices.
+"""The runner streams row-local steps (normalize, filter, heuristics, scrub_pii, decontaminate) a slice at a time
+from one checkpoint into the next, and global steps with a two-pass plan (dedup_exact, dedup_minhash, audit) in
+two streamed passes: the kept and dropped rows, the stats, reports, the rejects and the dataset must be exactly
+those of the same steps run on the whole frame. A tiny ``slice_rows`` makes the quickstart sample (332 rows) many
+slices.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ STEPS = [
                     "min_words_judged": 30}},
     {"scrub_pii": {}},
     {"dedup_exact": {}},
+    {"dedup_minhash": {"threshold": 0.7, "ngram": 3}},
     {"filter": {"min_chars": 10}},
+    {"audit": {"axes": ["gender", "age"], "associations": {"min_count": 1, "alpha": 0.5}, "n_boot": 20}},
 ]
 _TIMING = ("seconds", "rows_per_s", "fingerprint", "kept_sha256")
 
@@ -67,9 +71,18 @@ def test_streamed_run_equals_in_memory_run(tmp_path: Path, sample_dir: Path) -> 
     # Its report is merged over the slices too (stats.json holds it; compared above).
     assert decontam["dropped_by_reason"] == {"contaminated": 2} and decontam["eval_items_hit"] == 2
     assert sum(v["items_hit"] for v in decontam["report"]["eval_sets"].values()) == 2
-    # The row-local steps really were streamed: a row group per slice of 23 rows.
-    normalized = pq.ParquetFile(b / "steps" / "01-normalize" / "kept.parquet").metadata
-    assert normalized.num_row_groups == -(-normalized.num_rows // 23) > 10
+    # The row-local and two-pass steps really were streamed: a row group per slice of 23 rows.
+    for name in ("01-normalize", "06-dedup_exact", "07-dedup_minhash", "09-audit"):
+        rows_in = json.loads((b / "steps" / name / "stats.json").read_text())["rows_in"]
+        assert pq.ParquetFile(b / "steps" / name / "kept.parquet").metadata.num_row_groups == -(-rows_in // 23) >= 5
+    # The global steps did something to compare: duplicates dropped, groups and associations found.
+    minhash = json.loads((b / "steps" / "07-dedup_minhash" / "stats.json").read_text())
+    assert minhash["dropped"] > 0 and minhash["clusters"] > 0
+    audit = json.loads((b / "steps" / "09-audit" / "stats.json").read_text())["report"]
+    assert audit["axes"]["gender"]["rows_with_any"] > 0 and audit["associations"]["axes"]
+    assert (a / "reports" / "09-audit.json").read_bytes() == (b / "reports" / "09-audit.json").read_bytes()
+    assert pl.read_parquet(b / "steps" / "09-audit" / "kept.parquet")["meta"].struct.field("demographics").struct \
+        .field("gender").list.len().sum() > 0
     # Something was dropped by each kind of rule, so the comparison means something.
     dropped = {json.loads((a / "steps" / n / "stats.json").read_text())["dropped"] for n in names[1:]}
     assert len(dropped) > 2

@@ -216,6 +216,55 @@ def run_sliced(stage: Callable[[pl.DataFrame, Any], StepResult], frame: pl.DataF
     return StepResult(*whole, merge(stats, frame.height), rows_in=frame.height)
 
 
+class TwoPass:
+    """A step that needs all its rows before it can decide about one (deduplication, the audit), in a shape a runner
+    can stream: ``scan`` sees the input a slice at a time, in order, only the ``columns`` it names, and keeps compact
+    per-row state (a hash, band keys, the groups a row mentions), never the slice itself; ``decide`` settles every
+    row; ``apply`` then gets the same slices again, all columns, with the position of their first row, and returns
+    each one's kept and dropped rows; ``finish`` gives the step's stats, report and gate. The step on a whole frame
+    is one slice of it (``run_two_pass``): the streamed and the in-memory step run the same code.
+
+    Built by the step from its params, the input's schema and row count (the runner reads both from the parquet
+    footer), so it can check required columns and size its per-row state before the first slice."""
+
+    columns: tuple[str, ...] = ()
+    """Columns ``scan`` reads (those the input lacks are left out)."""
+
+    def scan(self, part: pl.DataFrame) -> None:
+        raise NotImplementedError
+
+    def decide(self) -> None:
+        """After the last ``scan``: settle every row (default: nothing to do)."""
+
+    def apply(self, part: pl.DataFrame, start: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Kept and dropped (with ``reason``) rows of ``part``, the input's rows ``start`` to ``start + height``."""
+        raise NotImplementedError
+
+    def finish(self) -> tuple[dict[str, Any], dict[str, Any] | None, Gate | None]:
+        """The step's own stats, report and gate, after the last ``apply``."""
+        return {}, None, None
+
+
+def run_two_pass(plan: TwoPass, frame: pl.DataFrame) -> StepResult:
+    """``plan`` on ``frame`` as one slice: the in-memory step.
+
+    >>> class Odd(TwoPass):
+    ...     columns = ("x",)
+    ...     def scan(self, part): self.n = part.height
+    ...     def apply(self, part, start):
+    ...         return split(part, pl.when(pl.col("x") % 2 == 1).then(pl.lit("odd")))
+    ...     def finish(self): return {"n": self.n}, None, None
+    >>> r = run_two_pass(Odd(), pl.DataFrame({"x": [1, 2], "y": ["a", "b"]}))
+    >>> r.kept.to_dicts(), r.stats
+    ([{'x': 2, 'y': 'b'}], {'n': 2})
+    """
+    plan.scan(frame.select([c for c in frame.columns if c in plan.columns]))
+    plan.decide()
+    kept, dropped = plan.apply(frame, 0)
+    stats, report, gate = plan.finish()
+    return StepResult(kept, dropped, stats, rows_in=frame.height, report=report, gate=gate)
+
+
 def no_drops(frame: pl.DataFrame) -> pl.DataFrame:
     """An empty dropped frame with ``frame``'s schema and a ``reason`` column."""
     return frame.clear().with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
