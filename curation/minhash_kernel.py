@@ -253,7 +253,8 @@ def available() -> bool:
 
 def _threads(n_docs: int) -> int:
     # Documents of one batch are split between threads: not worth a thread below a few hundred documents.
-    return max(1, min(len(os.sched_getaffinity(0)), 8, n_docs // 256))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 8, n_docs // 256))
 
 
 _compiled = False
@@ -378,6 +379,8 @@ def link(
     earlier rows: never compared together. ``sig=None``: every comparison is an exact Jaccard (no agreement
     shortcuts, so nothing per row but the shingle sets).
     """
+    if max_leaders < 1 or max_compare < 0:
+        raise ValueError(f"max_leaders must be >= 1 and max_compare >= 0, got {max_leaders}, {max_compare}")
     native = _native()
     _compile()
     sig = np.zeros((n_total, 0), dtype=np.uint8) if sig is None else np.ascontiguousarray(sig)

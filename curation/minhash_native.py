@@ -18,6 +18,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -323,10 +324,9 @@ class Native:
         bits = int(rejected.shape[0]).bit_length() - 1
         assert 1 << bits == rejected.shape[0] and sig.flags.c_contiguous
         rc = self.lib.mh_link(_ptr(band), _ptr(members), int(packed), len(band), _ptr(sig), sig.dtype.itemsize,
-                              sig.shape[1],
-                              _ptr(sh_off), _ptr(sh), float(threshold), accept_at, reject_at, n_new, int(verify),
-                              max_leaders, max_compare, _ptr(parent), _ptr(edge_a), _ptr(edge_b), _ptr(counts),
-                              _ptr(rejected), bits)
+                              sig.shape[1], _ptr(sh_off), _ptr(sh), float(threshold), accept_at, reject_at, n_new,
+                              int(verify), max_leaders, max_compare, _ptr(parent), _ptr(edge_a), _ptr(edge_b),
+                              _ptr(counts), _ptr(rejected), bits)
         if rc:
             raise MemoryError("mh_link: out of memory")
 
@@ -342,14 +342,14 @@ _tried = False
 def _build(target: Path) -> bool:
     """Compile ``SOURCE`` into ``target``; False when no compiler works (missing, or no ``target_clones``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    cc = os.environ.get("CC", "cc")
+    cc = shlex.split(os.environ.get("CC", "cc"))
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src = Path(tmp) / "minhash.c"
         src.write_text(SOURCE)
         out = Path(tmp) / target.name
         for extra in ([], ["-DMH_NO_CLONES"]):
             try:
-                done = subprocess.run([cc, "-O3", "-shared", "-fPIC", "-std=c99", *extra, "-o", str(out), str(src)],
+                done = subprocess.run([*cc, "-O3", "-shared", "-fPIC", "-std=c99", *extra, "-o", str(out), str(src)],
                                       capture_output=True, timeout=120)
             except (OSError, subprocess.TimeoutExpired):
                 return False
