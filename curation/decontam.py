@@ -69,8 +69,10 @@ class DecontamParams(BaseModel):
     """Whether csv eval files start with a header row; unset = detect (see the module documentation)."""
     min_item_words: int = Field(5, ge=1)
     """Eval items with fewer words are skipped (too short to tell contamination from coincidence)."""
-    batch_rows: int = Field(50_000, ge=1)
-    """Rows cut into n-grams at a time (bounds memory)."""
+    batch_rows: int = Field(10_000, ge=1)
+    """Rows cut into n-grams at a time (bounds memory: ~5 KB per row of ~150 words while a batch is hashed; 10k
+    rows were also faster than 50k, 0.55 vs 0.9 CPU s for 50k rows against 500 eval items). The output does not
+    depend on it."""
 
     @model_validator(mode="after")
     def _short_items(self) -> DecontamParams:
@@ -221,7 +223,7 @@ def eval_ngrams(texts: pl.Series, ngram: int, min_item_words: int = 1) -> EvalGr
 
 
 def contamination_hits(
-    texts: pl.Series, index: EvalGrams, min_overlap: int = 1, batch_rows: int = 50_000
+    texts: pl.Series, index: EvalGrams, min_overlap: int = 1, batch_rows: int = 10_000
 ) -> pl.DataFrame:
     """Contaminating pairs ``(row, item, shared)``: rows of ``texts`` sharing n-grams with eval items.
 

@@ -26,10 +26,12 @@ import json
 import logging
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from gristmill.checkpoint import write_json_atomic
@@ -231,10 +233,17 @@ def _index_paths(run_dir: Path, params: minhash.MinhashParams) -> tuple[Path, Pa
     return stem.with_suffix(".parquet"), stem.with_suffix(".json")
 
 
-def write_index(run_dir: Path, data: Path, params: minhash.MinhashParams) -> dict[str, Any]:
-    """Sketch the curated rows in ``data`` (a file of ``run_dir``) and persist the sketch with the file's sha256."""
-    frame = pl.read_parquet(data, columns=["id", "text"])
-    return _persist(run_dir, data, params, frame["id"], minhash.sketch(frame["text"], params))
+def write_index(run_dir: Path, data: Path, params: minhash.MinhashParams, slice_rows: int = 0) -> dict[str, Any]:
+    """Sketch the curated rows in ``data`` (a file of ``run_dir``) and persist the sketch with the file's sha256,
+    ``slice_rows`` rows at a time (default ``SLICE_ROWS``)."""
+    from gristmill.checkpoint import iter_slices
+    from gristmill.common.contract import SLICE_ROWS
+
+    # A sketch is per row, so slice by slice gives the index of all rows at once, without ever holding the whole
+    # set's texts and signatures (512 bytes a row at 128 permutations, plus the shingle sets).
+    parts = ((part["id"], minhash.sketch(part["text"], params))
+             for part in iter_slices(data, slice_rows or SLICE_ROWS, ["id", "text"]))
+    return _persist_parts(run_dir, data, params, parts)
 
 
 def _run_of(data: Path) -> Path | None:
@@ -299,6 +308,41 @@ def _persist(run_dir: Path, data: Path, params: minhash.MinhashParams, ids: pl.S
     except OSError as err:  # a read-only earlier run: the sketch is only not reused next time
         log.warning(f"could not persist the MinHash index of {data} under {run_dir / 'index'}: {err}")
     return meta
+
+
+def _persist_parts(run_dir: Path, data: Path, params: minhash.MinhashParams,
+                   parts: Iterator[tuple[pl.Series, minhash.Sketch]]) -> dict[str, Any]:
+    """``_persist`` of the sketch of ``data``'s rows given in consecutive parts, a row group each (the run's own
+    index, written after the run)."""
+    from gristmill.checkpoint import SliceWriter
+
+    table_path, meta_path = _index_paths(run_dir, params)
+    tmp = table_path.with_suffix(".parquet.tmp")
+    writer = SliceWriter(tmp)
+    try:
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+        complete = False
+        try:
+            for ids, sk in parts:
+                writer.write(minhash.sketch_frame(ids, sk))
+            complete = True
+        finally:
+            writer.close(complete)
+        if writer.rows == 0:  # no rows: the empty table, with its columns
+            minhash.sketch_frame(pl.Series("id", [], dtype=pl.String), minhash.Sketch(
+                np.zeros((0, params.num_perm), dtype=np.uint32), np.zeros(1, dtype=np.int64),
+                np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=bool))).write_parquet(tmp)
+        tmp.replace(table_path)
+        write_json_atomic(meta_path, _index_meta(run_dir, data, params, writer.rows) | {"sha256": fingerprint_path(data)})
+    except OSError as err:  # as _persist: the sketch is only not reused next time
+        tmp.unlink(missing_ok=True)
+        log.warning(f"could not persist the MinHash index of {data} under {run_dir / 'index'}: {err}")
+    return _index_meta(run_dir, data, params, writer.rows)
+
+
+def _index_meta(run_dir: Path, data: Path, params: minhash.MinhashParams, rows: int) -> dict[str, Any]:
+    return {"key": minhash.sketch_key(params), "file": str(data.resolve().relative_to(run_dir.resolve())),
+            "rows": rows, "index": str(_index_paths(run_dir, params)[0])}
 
 
 def index_run(run_dir: Path, recipe: Recipe, manifest: dict[str, Any]) -> list[dict[str, Any]]:

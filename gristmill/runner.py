@@ -407,6 +407,7 @@ class Runner:
             log.warning("[yellow]![/] trust_remote_code: true: Python code in the embedding, synthesis and base "
                         "model directories may run with your permissions")
         rows, stats, fp = self._ingest()
+        _release_memory()
         self._say("00 ingest", stats)
         manifest["steps"].append(stats)
         dropped_dirs = [("ingest", self.run_dir / "steps" / "00-ingest")]
@@ -437,6 +438,7 @@ class Runner:
         manifest["fingerprint"] = fp
         manifest["rows_final"] = _rows(rows)
         manifest["rejects"] = write_rejects(self.run_dir / "rejects.parquet", dropped_dirs)
+        _release_memory()
         if gate_failure:
             manifest["status"] = "gate_failed"
             manifest["gate_failures"] = gate_failure.failures
@@ -444,7 +446,9 @@ class Runner:
             write_report(self.run_dir)
             raise gate_failure
         manifest["dataset"] = export_dataset(rows, self.run_dir / "dataset", self.recipe, manifest)
+        _release_memory()
         manifest["index"] = index_run(self.run_dir, self.recipe, manifest)  # what a continued run reads back
+        _release_memory()
         if train and self.recipe.train is not None:
             manifest["train"] = self.train(pl.read_parquet(rows), fp)
             if "continues" in manifest:

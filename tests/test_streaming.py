@@ -235,3 +235,24 @@ def test_slice_writer_and_reader_round_trip(tmp_path: Path) -> None:
     with pytest.raises(SchemaDrift):
         drift.write(frame.with_columns(pl.col("id").cast(pl.Categorical)))
     drift.close(complete=False)
+
+
+def test_run_index_written_in_slices_equals_the_whole_sketch(tmp_path: Path) -> None:
+    from gristmill import lineage
+    from gristmill.curation import minhash
+
+    run = tmp_path / "run"
+    (run / "dataset").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    texts = [f"row {i} says the same few words about gardens and rivers {i % 7}" for i in range(40)] + ["", "a b"]
+    data = run / "dataset" / "data.parquet"
+    pl.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts}).write_parquet(data)
+    params = minhash.MinhashParams(ngram=3, num_perm=32)
+    meta = lineage.write_index(run, data, params, slice_rows=9)
+    table = pl.read_parquet(meta["index"])
+    whole = minhash.sketch_frame(pl.Series("id", [f"r{i}" for i in range(len(texts))]),
+                                 minhash.sketch(pl.Series(texts), params))
+    assert meta["rows"] == len(texts) and table.equals(whole)
+    assert pq.ParquetFile(meta["index"]).metadata.num_row_groups == 5
+    back = minhash.frame_sketch(table, 32)
+    assert back.sig.shape == (len(texts), 32) and not back.has_shingles[40]
