@@ -256,3 +256,58 @@ def test_run_index_written_in_slices_equals_the_whole_sketch(tmp_path: Path) -> 
     assert pq.ParquetFile(meta["index"]).metadata.num_row_groups == 5
     back = minhash.frame_sketch(table, 32)
     assert back.sig.shape == (len(texts), 32) and not back.has_shingles[40]
+
+
+def test_export_from_the_checkpoint_file_equals_export_from_the_frame(tmp_path: Path) -> None:
+    """export_dataset reads the last checkpoint a slice at a time; the files and the card are those of the frame
+    (the card from each row's source, meta.language and meta.synth only)."""
+    from types import SimpleNamespace
+
+    from gristmill.export import data_card, export_dataset
+
+    synth = pl.struct(pl.lit("self_instruct").alias("method"), pl.lit("tiny").alias("model"))
+    frame = pl.DataFrame({"id": ["1", "2", "3"], "text": ["a", "b", "c"], "source": ["in.jsonl", "in.jsonl", "synth:x"],
+                          "lang": ["en", "de", "en"], "messages": [None, [{"role": "user", "content": "hi"}], None]}
+                         ).select("id", "text", pl.col("messages").cast(pl.List(pl.Struct({"role": pl.String,
+                                                                                           "content": pl.String}))),
+                                  "source", pl.struct(pl.col("lang").alias("language"), synth.alias("synth"),
+                                                      pl.lit(0.5).alias("score")).alias("meta"))
+    recipe = SimpleNamespace(name="crafted", path="r.yaml", raw={}, inputs=[SimpleNamespace(path="in.jsonl",
+                                                                                            mapping="alpaca")],
+                             output=SimpleNamespace(formats=["parquet", "jsonl"]))
+    manifest = {"versions": {"gristmill": "0"}, "steps": [{"step": "ingest", "rows_in": 3, "kept": 3, "dropped": 0}]}
+    frame.write_parquet(tmp_path / "kept.parquet")
+    a = export_dataset(frame, tmp_path / "a", recipe, manifest)
+    b = export_dataset(tmp_path / "kept.parquet", tmp_path / "b", recipe, manifest)
+    assert a == {**b, "files": {k: v.replace("/b/", "/a/") for k, v in b["files"].items()}}
+    assert a["rows"] == 3 and a["columns"] == frame.columns
+    for name in ("data.parquet", "data.jsonl", "README.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert pl.read_parquet(tmp_path / "b" / "data.parquet").equals(frame)
+    lines = [json.loads(line) for line in (tmp_path / "b" / "data.jsonl").read_text().splitlines()]
+    assert lines[1] == {"id": "2", "messages": [{"role": "user", "content": "hi"}], "source": "in.jsonl"}
+    assert (tmp_path / "b" / "README.md").read_text() == data_card(frame, recipe, manifest)
+    empty = export_dataset(frame.clear(), tmp_path / "c", recipe, manifest)
+    assert empty["rows"] == 0 and pl.read_parquet(tmp_path / "c" / "data.parquet").schema == frame.schema
+
+
+def test_rejects_are_written_a_slice_at_a_time_with_their_counts(tmp_path: Path) -> None:
+    from gristmill.export import write_rejects
+
+    a, b, none = tmp_path / "a", tmp_path / "b", tmp_path / "none"
+    for folder in (a, b, none):
+        folder.mkdir()
+    pl.DataFrame({"id": ["1", "2"], "reason": ["short", "long"], "meta": [{"n": 1}, None]}).write_parquet(
+        a / "dropped.parquet")
+    pl.DataFrame({"id": ["3"], "text": ["t"], "reason": ["short"]}).write_parquet(b / "dropped.parquet")
+    pl.DataFrame(schema={"id": pl.String, "reason": pl.String}).write_parquet(none / "dropped.parquet")
+    out = write_rejects(tmp_path / "rejects.parquet", [("x", a), ("empty", none), ("y", b)])
+    frame = pl.read_parquet(tmp_path / "rejects.parquet")
+    assert frame.columns == ["id", "step", "reason", "source", "text", "detail", "meta"]
+    assert frame.select("id", "step", "text", "meta").rows() == [("1", "x", None, '{"n": 1}'), ("2", "x", None, "null"),
+                                                                 ("3", "y", "t", None)]
+    assert out["rows"] == 3 and out["by_step_reason"] == [{"step": "x", "reason": "long", "len": 1},
+                                                          {"step": "x", "reason": "short", "len": 1},
+                                                          {"step": "y", "reason": "short", "len": 1}]
+    nothing = write_rejects(tmp_path / "r0.parquet", [("empty", none)])
+    assert nothing["rows"] == 0 and pl.read_parquet(tmp_path / "r0.parquet").columns == frame.columns
