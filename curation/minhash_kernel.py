@@ -37,8 +37,9 @@ import sys
 
 import numpy as np
 
-# numba is imported on the first kernel call, not with this module: every gristmill process imports the step
-# registry, and numba costs ~76 MB resident at import (~130 MB once a kernel is loaded). ``prange`` is ``range``
+# numba (the fallback when the C kernels cannot be built) is imported on the first kernel call, not with this
+# module: every gristmill process imports the step registry, and numba costs ~76 MB resident at import (~130 MB
+# once a kernel is loaded). ``prange`` is ``range``
 # until then (the plain-Python fallback); ``_compile`` rebinds it and the kernels.
 prange = range
 _HAVE_NUMBA = importlib.util.find_spec("numba") is not None
@@ -46,9 +47,9 @@ _HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 MAX_LEADERS = 64
 """Leaders kept per bucket: bounds the comparisons of a bucket of mutually dissimilar documents."""
 MAX_COMPARE = 8
+"""New comparisons per member and bucket (pairs rejected in an earlier band are skipped and do not count)."""
 REJECT_TABLE_BITS = 20
 """At most 2**20 slots (8 MiB) in the table of rejected pairs (a smaller table only repeats some comparisons)."""
-"""New comparisons per member and bucket (pairs rejected in an earlier band are skipped and do not count)."""
 
 
 def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq):  # type: ignore[no-untyped-def]
