@@ -131,7 +131,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("method", ["qlora", "lora"])
 def test_packed_and_padded_batches_give_the_same_token_losses(tiny: Path, method: str) -> None:
-    from gristmill.train.model import load_model, token_losses
+    from gristmill.train.model import load_model, token_losses, varlen_attention
     from gristmill.train.packing import collate
 
     model, tok = load_model(str(tiny), TrainParams(method=method, bf16=False))  # fp32: exact comparison
@@ -148,6 +148,10 @@ def test_packed_and_padded_batches_give_the_same_token_losses(tiny: Path, method
         rows = collate(examples, tok.pad_token_id, packing=True, max_row=40)  # several rows + padding blocks
         multi, _ = token_losses(model, rows)
         wide, _ = token_losses(model, collate(examples, tok.pad_token_id, packing=True, max_row=40, pad_multiple=128))
+        # One row with its example boundaries: per-example causal attention (fused.varlen_sdpa on CPU).
+        varlen, _ = token_losses(model, collate(examples, tok.pad_token_id, packing=True, flash_kwargs=True))
+    assert varlen_attention(model)  # CPU: the trainer runs the per-example path
+    assert torch.allclose(varlen, alone, atol=2e-4)
     assert rows["input_ids"].shape[0] > 1
     assert packed.shape == padded.shape == alone.shape == (sum(e.n_targets for e in examples),)
     # Per example: token losses are in example order in packed/padded/alone; rows reorder examples.
@@ -180,6 +184,49 @@ def test_dequantized_weight_cache_gives_bitsandbytes_results(tiny: Path) -> None
     assert runs[False][1].keys() == runs[True][1].keys() and len(runs[True][1]) > 0
     assert all(torch.allclose(runs[False][1][n], runs[True][1][n], atol=1e-6) for n in runs[True][1])
     assert runs[False][2] == runs[True][2]  # the copy is not part of the model's state
+
+
+def test_lora_linear_matches_the_unfused_formula_and_its_gradients() -> None:
+    """fused.lora_linear: y = x W^T + b + s (x A^T) B^T, gradients for x, A, B; a 1-token known answer too."""
+    from gristmill.train.fused import lora_linear
+
+    x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    w, bias = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0.5, 0.0, 0.0])
+    a, b = torch.tensor([[1.0, -1.0]], requires_grad=True), torch.tensor([[1.0], [0.0], [2.0]], requires_grad=True)
+    y = lora_linear(x, w, bias, a, b, 2.0)  # x A^T = -1 -> 2 * -1 * [1, 0, 2] = [-2, 0, -4]
+    assert y.tolist() == [[1.5 - 2.0, 2.0, 3.0 - 4.0]]
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    w, bias = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    a = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, a, b: lora_linear(x, w, bias, a, b, 0.5), (x, a, b))
+    reference = x @ w.T + bias + 0.5 * (x @ a.T) @ b.T
+    assert torch.allclose(lora_linear(x, w, None, a, b, 0.5), reference - bias)
+
+
+def test_varlen_sdpa_is_per_example_causal_attention() -> None:
+    """fused.varlen_sdpa on a packed row = sdpa on each example alone (GQA: 4 query heads over 2 kv heads)."""
+    from types import SimpleNamespace
+
+    from gristmill.train.fused import varlen_sdpa
+
+    torch.manual_seed(0)
+    lengths = [3, 5, 1]
+    q = torch.randn(1, 4, 9, 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, 2, 9, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    bounds = torch.tensor([0, 3, 8, 9], dtype=torch.int32)
+    out, _ = varlen_sdpa(module, q, k, v, None, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds)
+    alone = [torch.nn.functional.scaled_dot_product_attention(qs, ks.repeat_interleave(2, 1),
+                                                              vs.repeat_interleave(2, 1), is_causal=True)
+             for qs, ks, vs in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2), strict=True)]
+    assert out.shape == (1, 9, 4, 8)
+    assert torch.allclose(out, torch.cat(alone, 2).transpose(1, 2))
+    # The 1-token example attends only to itself: its output is its own value vector.
+    assert torch.allclose(out[0, 8, :2], v[0, 0, 8].expand(2, 8)) and torch.allclose(out[0, 8, 2:], v[0, 1, 8].expand(2, 8))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: varlen_sdpa(module, q, k, v, None, cu_seq_lens_q=bounds)[0], (q, k, v))
 
 
 def test_weights_scale_the_loss_as_the_formula_says(tiny: Path) -> None:

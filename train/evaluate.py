@@ -21,8 +21,10 @@ def _quiet(phase: str, done: int, total: int, note: str) -> None:
 
 
 def eval_loss(model: Any, examples: list[Example], *, pad_id: int, packing: bool, token_budget: int,
-              max_row: int | None = None, phase: str = "eval", progress: Progress = _quiet) -> dict[str, float]:
-    """Mean (unweighted) token loss over ``examples`` and its perplexity; batches of similar length."""
+              max_row: int | None = None, varlen: bool = False, phase: str = "eval",
+              progress: Progress = _quiet) -> dict[str, float]:
+    """Mean (unweighted) token loss over ``examples`` and its perplexity; batches of similar length. ``varlen``:
+    packed rows carry their example boundaries (``model.varlen_attention``)."""
     import torch
 
     was_training = model.training
@@ -33,7 +35,7 @@ def eval_loss(model: Any, examples: list[Example], *, pad_id: int, packing: bool
     with torch.no_grad():
         for i, idx in enumerate(batches, 1):
             losses, _ = token_losses(model, collate([examples[j] for j in idx], pad_id, packing,
-                                                            max_row=max_row))
+                                                    max_row=max_row, flash_kwargs=varlen))
             total += float(losses.sum())
             count += losses.numel()
             progress(phase, i, len(batches), f"{count} tokens")

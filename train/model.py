@@ -167,6 +167,13 @@ def load_model(model_path: str, params: TrainParams, *, trust_remote_code: bool 
             use_dora=params.method == "dora",
             task_type="CAUSAL_LM",
         ))
+    from gristmill.train.fused import fuse_lora, register_varlen_attention
+
+    if not on_gpu and getattr(model.config, "_attn_implementation", None) == "sdpa":
+        # CPU: per-example causal attention inside one packed row (no varlen kernel here, and sdpa over a masked
+        # square costs about what packing saves; bench/RESULTS.md). A model whose code cannot switch keeps sdpa.
+        model.set_attn_implementation(register_varlen_attention())
+    fuse_lora(model)  # only LoRA layers over a dequantized-weight cache (train.dequant_cache)
     if params.compile:
         # Regional compilation: one graph per decoder layer, reused by every layer of the same shape, compiles in
         # a fraction of a whole-model compile; dynamic shapes because packed batches change size every step.
@@ -192,8 +199,11 @@ def keep_4bit_weights_trainable(model: Any) -> None:
 
 
 def varlen_attention(model: Any) -> bool:
-    """True when attention runs flash-attention's varlen kernel (a packed batch is best one row long)."""
-    return getattr(model.config, "_attn_implementation", None) == "flash_attention_2"
+    """True when attention runs per example inside a packed row (flash-attention's varlen kernel, or on CPU
+    ``fused.varlen_sdpa``): a packed batch is then best one row long, with its example boundaries."""
+    from gristmill.train.fused import VARLEN
+
+    return getattr(model.config, "_attn_implementation", None) in ("flash_attention_2", VARLEN)
 
 
 def make_optimizer(trainable: list[Any], lr: float, on_gpu: bool) -> Any:

@@ -28,7 +28,7 @@ from gristmill.train.packing import collate, plan_epoch
 from gristmill.train.params import LoraParams, TrainParams
 from gristmill.train.tracking import Trackers
 
-VERSION = "5"  # 5: bf16 compute by default on CPUs with native bf16; 4: train.resume_adapter continues an earlier adapter; 3: generation eval scores with eval_metrics (ROUGE-L over words, SQuAD exact match)
+VERSION = "6"  # 6: CPU trains on one packed row per batch with per-example attention (fused.varlen_sdpa) and fused LoRA layers (same losses up to bf16 rounding); 5: bf16 compute by default on CPUs with native bf16; 4: train.resume_adapter continues an earlier adapter; 3: generation eval scores with eval_metrics (ROUGE-L over words, SQuAD exact match)
 """Part of the training fingerprint: bump when a change alters the adapter trained from the same data and params."""
 
 __all__ = ["LoraParams", "TrainParams", "train_qlora"]
@@ -131,10 +131,11 @@ def train_qlora(
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: min(1.0, (s + 1) / (params.warmup_steps + 1)))
     varlen = varlen_attention(model)
-    # Without varlen flash attention, packed rows are capped at max_seq_length (sdpa computes each row's square).
+    # Without per-example attention (flash varlen on CUDA, fused.varlen_sdpa on CPU), packed rows are capped at
+    # max_seq_length: sdpa computes each row's full square.
     max_row = None if varlen else params.max_seq_length
     eval_kw = {"pad_id": pad, "packing": params.packing, "token_budget": budget, "max_row": max_row,
-               "progress": say}
+               "varlen": varlen, "progress": say}
     gen_kw = {"max_new_tokens": params.eval_max_new_tokens, "stop_ids": stops, "batch_size": params.batch_size * 2,
               "progress": say}
     if state["eval_before"] is None:
