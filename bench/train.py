@@ -19,8 +19,10 @@ warm-up and not timed, tokens are the real (non-padding) tokens of the timed ste
 On a CPU where ours computes in bf16 (gristmill's default with native bf16: AVX512-BF16 / AMX) the baseline runs
 twice — in fp32 (HF Trainer's CPU default) and with TrainingArguments(bf16=True) — and the faster one is compared.
 
-The baseline always runs bitsandbytes' own 4-bit layers (``dequant_cache`` off); ours runs with its defaults (on
-CPU the dequantized-weight cache, ``train.dequant_cache``); ``--no-dequant-cache`` turns that off for ours.
+The baseline always runs bitsandbytes' own 4-bit layers (``dequant_cache`` off) and transformers' sdpa attention;
+ours runs with its defaults: on CPU the dequantized-weight cache (``train.dequant_cache``) with fused LoRA layers
+over it, and each batch packed into one row with per-example causal attention (``train/fused.py``);
+``--no-dequant-cache`` turns the cache (and the fused layers) off for ours.
 
 Prints a table and, last, one JSON line.
 """

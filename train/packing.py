@@ -1,9 +1,10 @@
 """Batches: packed (one sequence per batch, no padding) or padded (batches of similar length), and their plan.
 
 Packing concatenates a batch's examples into one row and restarts the position ids at every example, with no
-attention mask. transformers then keeps attention inside each example: flash-attention's varlen kernel on GPU,
-or, for sdpa/eager, a block-diagonal causal mask built from the position ids
-(``masking_utils.find_packed_sequence_indices``). The first label of every example is -100, so no example
+attention mask. Attention then stays inside each example: flash-attention's varlen kernel on GPU, on CPU
+``fused.varlen_sdpa`` (causal sdpa per example, from the row's example boundaries), or, for plain sdpa/eager, a
+block-diagonal causal mask transformers builds from the position ids (``masking_utils.find_packed_sequence_indices``;
+it computes the row's full square, so those rows are capped at ``max_seq_length``). The first label of every example is -100, so no example
 predicts across a boundary. Packed and padded batches therefore give the same per-token losses.
 
 Worked example: examples ``[5, 6, 7]`` and ``[8, 9]`` pack into input ids ``[[5, 6, 7, 8, 9]]`` with position ids

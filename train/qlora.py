@@ -28,7 +28,7 @@ from gristmill.train.packing import collate, plan_epoch
 from gristmill.train.params import LoraParams, TrainParams
 from gristmill.train.tracking import Trackers
 
-VERSION = "6"  # 6: CPU trains on one packed row per batch with per-example attention (fused.varlen_sdpa) and fused LoRA layers (same losses up to bf16 rounding); 5: bf16 compute by default on CPUs with native bf16; 4: train.resume_adapter continues an earlier adapter; 3: generation eval scores with eval_metrics (ROUGE-L over words, SQuAD exact match)
+VERSION = "7"  # 7: fused LoRA adds the adapter term in the input dtype (fp32), not in a bf16 sum; 6: CPU trains on one packed row per batch with per-example attention (fused.varlen_sdpa) and fused LoRA layers (same losses up to bf16 rounding); 5: bf16 compute by default on CPUs with native bf16; 4: train.resume_adapter continues an earlier adapter; 3: generation eval scores with eval_metrics (ROUGE-L over words, SQuAD exact match)
 """Part of the training fingerprint: bump when a change alters the adapter trained from the same data and params."""
 
 __all__ = ["LoraParams", "TrainParams", "train_qlora"]
