@@ -133,6 +133,9 @@ def varlen_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: A
     # In the inputs' dtype (fp32 on CPU) rather than autocast's bf16: the CPU flash kernel ran forward + backward
     # over a batch's examples 1.3x faster in fp32 (21 vs 28 ms, 1 thread), and the six casts go away.
     # split's backward is one cat of the per-example gradients (slicing would zero-fill a full tensor each).
+    # Under autocast a plain nn.Linear returns bf16 while rotary returns fp32: one common dtype, the wider.
+    dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     with torch.autocast(query.device.type, enabled=False):
         parts = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
                                                                   is_causal=True, enable_gqa=gqa)
