@@ -82,7 +82,8 @@ class TrainParams(BaseModel):
     from the right. Either way their number is in the metrics and the log."""
     packing: bool = True
     """Concatenate each batch's examples into one sequence (position ids restart per example, attention stays
-    inside each example): no padding, same loss as unpacked. Off: batches of similar length, padded."""
+    inside each example: flash varlen on CUDA when installed, per-example causal sdpa on CPU, train/fused.py): no
+    padding, same loss as unpacked. Off: batches of similar length, padded."""
     fix_eos: bool = False
     """When an assistant turn does not end with the token generation stops on, append it (instead of refusing)."""
     bf16: bool | None = None
@@ -93,7 +94,8 @@ class TrainParams(BaseModel):
     it again in every forward and backward. The base weights never change during LoRA training, so the values are
     the ones bitsandbytes would recompute. Default on for CPU (no fused 4-bit GEMM there: 1.35x in an A/B on a
     loaded machine, no clear gain in a quiet one), off on CUDA (fused kernels; the memory saving is the point).
-    Costs 2 (bf16) or 4 (fp32) bytes per quantized weight."""
+    Costs 2 (bf16) or 4 (fp32) bytes per quantized weight. The LoRA layers over the cache run as one fused autograd
+    function (train/fused.py: fewer fp32<->bf16 copies; same values up to bf16 rounding)."""
     gradient_checkpointing: bool | None = None
     """Recompute activations in the backward pass to save memory; default on for CUDA, off on CPU."""
     compile: bool = False
