@@ -69,8 +69,8 @@ _FN: list[Any] = []
 
 
 def lora_linear(x: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scale: float) -> Any:
-    """``x W^T + bias + scale (x A^T) B^T`` computed in ``weight``'s dtype, returned in ``x``'s dtype, with a
-    hand-written backward (W and bias frozen)."""
+    """``x W^T + bias + scale (x A^T) B^T``: the frozen matmul in ``weight``'s dtype, the adapter's term added in
+    ``x``'s dtype, returned in ``x``'s dtype, with a hand-written backward (W and bias frozen)."""
     if not _FN:
         _FN.append(_lora_linear_fn())
     return _FN[0].apply(x, weight, bias, lora_a, lora_b, scale)
