@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gristmill-installed
 
-.PHONY: install quickstart test test-fast lint imports models chromium clean
+.PHONY: install quickstart test test-fast lint imports models chromium compiler clean
 
 install: $(STAMP)
 
@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml Makefile
 models: $(STAMP)
 	$(VENV)/bin/gristmill models pull
 
-quickstart: models
+quickstart: models compiler
 	$(VENV)/bin/gristmill validate recipes/*.yaml
 	$(VENV)/bin/gristmill run recipes/quickstart.yaml
 
-test: models imports chromium
+test: models imports chromium compiler
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
@@ -37,6 +37,12 @@ test: models imports chromium
 chromium:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
 		(apt-get update && apt-get install -y chromium)
+
+# MinHash's kernels are C compiled on first use (curation/minhash_native.py; numba, at ~124 MB more memory, when no
+# compiler works). A C compiler is installed here when missing and apt is ours to use, as chromium above.
+compiler:
+	@command -v cc >/dev/null || command -v gcc >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		(apt-get update && apt-get install -y gcc libc6-dev)
 
 # Stage boundaries (.importlinter). import-linter walks the package on disk, so it checks a regular install of the
 # project (where gristmill.curation really is gristmill/curation), run from outside the source tree.
