@@ -300,7 +300,8 @@ class MinhashDedup(TwoPass):
     columns = ("id", "text", "meta")
 
     def __init__(self, params: MinhashParams, schema: pl.Schema, rows: int, earlier_ids: pl.Series | None = None,
-                 earlier_sketch: Sketch | None = None, hashed: int = 0) -> None:
+                 earlier_sketch: Sketch | None = None, hashed: int = 0, extra_stats: dict[str, Any] | None = None
+                 ) -> None:
         require(pl.DataFrame(schema=schema), ["id", "text"], "dedup_minhash")
         self.n = rows
         self.earlier_ids = earlier_ids
@@ -308,8 +309,7 @@ class MinhashDedup(TwoPass):
         self.builder = EdgeBuilder(params, rows, n_new=rows, earlier=earlier_sketch)
         self._ids: list[pl.Series] = []
         self._ranks: list[np.ndarray] = []
-        self.extra_stats: dict[str, Any] = {}
-        """Added to the step's stats (the runner's adapter: how the earlier rows' sketches were found)."""
+        self.extra_stats = extra_stats or {}  # added to the step's stats (how the earlier rows' sketches were found)
 
     def scan(self, part: pl.DataFrame) -> None:
         self.builder.add_texts(part["text"].cast(pl.String).fill_null(""))

@@ -13,6 +13,7 @@ import polars as pl
 
 from gristmill.checkpoint import (
     IO_ERRORS,
+    SliceWriter,
     ensure_dir,
     iter_slices,
     output_error,
@@ -23,28 +24,6 @@ from gristmill.checkpoint import (
 from gristmill.common.contract import SLICE_ROWS
 
 _REJECT_COLUMNS = ("id", "step", "reason", "source", "text", "detail", "meta")
-
-
-class _Appender:
-    """Frames appended to one parquet file as row groups (pyarrow's writer: a polars write needs the whole frame);
-    the file's bytes depend only on the frames, so a streamed and an in-memory run write the same file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.rows, self._writer = path, 0, None
-
-    def write(self, frame: pl.DataFrame) -> None:
-        import pyarrow.parquet as pq
-
-        table = frame.to_arrow()
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
-        self._writer.write_table(table)
-        self.rows += frame.height
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
 
 def slices(rows: pl.DataFrame | Path, slice_rows: int = SLICE_ROWS) -> Iterator[pl.DataFrame]:
@@ -82,7 +61,7 @@ def write_rejects(path: Path, step_dirs: list[tuple[str, Path]]) -> dict[str, An
     Written a slice of a step's ``dropped.parquet`` at a time (a row group each): the rejects are never in memory
     together."""
     tmp = path.with_name(f".{path.name}.tmp")
-    writer = _Appender(tmp)
+    writer = SliceWriter(tmp)
     counts: Counter[tuple[str, str]] = Counter()
     try:
         for step, directory in step_dirs:
@@ -139,7 +118,7 @@ def export_dataset(rows: pl.DataFrame | Path, out: Path, recipe: Any, manifest: 
     tmps: list[Path] = []
     formats = recipe.output.formats
     try:
-        parquet = _Appender(out / ".data.parquet.tmp") if "parquet" in formats else None
+        parquet = SliceWriter(out / ".data.parquet.tmp") if "parquet" in formats else None
         jsonl = (out / ".data.jsonl.tmp").open("w", encoding="utf-8") if "jsonl" in formats else None
         tmps += [w.path for w in (parquet,) if w] + ([out / ".data.jsonl.tmp"] if jsonl else [])
         card_parts, columns = [], None

@@ -180,9 +180,8 @@ def _minhash_plan(params: minhash.MinhashParams, ctx: Context, schema: pl.Schema
     from gristmill.lineage import earlier_sketches
 
     earlier, sketch, counts = earlier_sketches(params)
-    plan = minhash.MinhashDedup(params, schema, rows, *minhash.earlier_rows(earlier, sketch, params))
-    plan.extra_stats = counts
-    return plan
+    return minhash.MinhashDedup(params, schema, rows, *minhash.earlier_rows(earlier, sketch, params),
+                                extra_stats=counts)
 
 
 def _dedup_semantic(frame: pl.DataFrame, params: semdedup.SemanticDedupParams, ctx: Context) -> StepResult:
