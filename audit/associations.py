@@ -74,14 +74,10 @@ def attribute_hits(texts: pl.Series, words: list[str]) -> pl.Series:
     return detect(texts, {"attr": Axis({w: [w] for w in words})}, ["attr"])["attr"]
 
 
-def associations(texts: pl.Series, hits: pl.DataFrame, axes: list[str], params: AssociationParams) -> dict[str, Any]:
-    """Per axis, the top significant (group, attribute) pairs by PMI, with counts and p-values."""
-    return associations_of(attribute_hits(texts, attribute_words(params)), hits, axes, params)
-
-
 def associations_of(found: pl.Series, hits: pl.DataFrame, axes: list[str], params: AssociationParams,
                     chunk: int = 50_000) -> dict[str, Any]:
-    """``associations`` from each row's attribute words (``attribute_hits``). The counts are summed ``chunk`` rows
+    """Per axis, the top significant (group, attribute) pairs by PMI, with counts and p-values, from each row's
+    attribute words (``attribute_hits``). The counts are summed ``chunk`` rows
     at a time: the rows x words matrix is never built for all rows (at 1M rows and ~100 words it was 0.8 GB as
     int64)."""
     from gristmill.audit.representation import membership
