@@ -56,8 +56,10 @@ def check(frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame, stats:
     assert set(stats["dropped_by_reason"]) <= KNOWN, stats["dropped_by_reason"]
     assert stats["output_tokens_per_s"] > 0
     new = kept.filter(pl.col("source") == f"synth:{method}") if method != "answer" else kept
-    if method == "answer":
-        new = new.filter(pl.col("meta").struct.field("synth").is_not_null()) if new.height else new
+    if method == "answer":  # answered rows carry meta.synth; when the post-filters dropped them all, none has it
+        meta = new.schema.get("meta")
+        fields = {f.name for f in meta.fields} if isinstance(meta, pl.Struct) else set()
+        new = new.filter(pl.col("meta").struct.field("synth").is_not_null()) if "synth" in fields else new.clear()
     if new.height == 0:
         return new
     for msgs in new["messages"].to_list():
