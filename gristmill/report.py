@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,6 @@ class RunData:
 
     run_dir: Path
     manifest: dict[str, Any]
-    _frames: dict[tuple[str, str], pl.DataFrame | None] = field(default_factory=dict)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunData:
@@ -134,13 +133,12 @@ class RunData:
         """Index of the first step called ``name`` (0 is ingest), or None when the recipe has none."""
         return next((i for i, s in enumerate(self.steps) if s.get("step") == name), None)
 
-    def frame(self, index: int, which: str) -> pl.DataFrame | None:
-        """``kept`` or ``dropped`` rows of step ``index``, None when the checkpoint is gone."""
-        key = (str(index), which)
-        if key not in self._frames:
-            file = self.folder(index) / f"{which}.parquet"
-            self._frames[key] = pl.read_parquet(file) if file.is_file() else None
-        return self._frames[key]
+    def scan(self, index: int, which: str) -> pl.LazyFrame | None:
+        """``kept`` or ``dropped`` rows of step ``index`` as a lazy scan (None when the checkpoint is gone): a section
+        that needs a few columns or rows of a million-row checkpoint selects and filters them before anything is
+        read (reading the MinHash checkpoint whole made write_report's peak at 1M rows, bench/RESULTS.md Scale)."""
+        file = self.folder(index) / f"{which}.parquet"
+        return pl.scan_parquet(file) if file.is_file() else None
 
     def json(self, relative: str) -> dict[str, Any] | None:
         file = self.run_dir / relative

@@ -4,6 +4,7 @@ says so when its inputs are missing (a recipe without the step, a run stopped by
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -94,26 +95,46 @@ def funnel(run: RunData, charts: Charts) -> str:
 
 
 def drop_examples(run: RunData, charts: Charts) -> str:
-    """A few rows per (step, reason) from rejects.parquet, collapsed."""
+    """A few rows per (step, reason) from rejects.parquet, collapsed. The step and reason columns are read to count
+    and pick the examples, then only the examples' texts (a 1M-row run rejects ~136k rows)."""
     file = run.run_dir / "rejects.parquet"
     if not file.is_file():
         return missing("No rejects.parquet in this run.")
-    rejects = pl.read_parquet(file)
-    if rejects.height == 0:
+    keys = pl.scan_parquet(file).select("step", "reason").with_row_index("\x00i").collect()
+    if keys.height == 0:
         return missing("No row was dropped.")
     order = {s["step"]: i for i, s in reversed(list(enumerate(run.steps)))}
-    groups = rejects.group_by("step", "reason", maintain_order=True).agg(pl.len().alias("n"))
+    groups = keys.group_by("step", "reason", maintain_order=True).agg(
+        pl.len().alias("n"), pl.col("\x00i").head(EXAMPLES_PER_REASON).alias("examples"))
     groups = groups.sort(pl.col("step").replace_strict(order, default=len(order)), "reason")
+    by_index = _rows_at(file, groups["examples"].explode().to_list(), ["id", "text", "detail"])
     out = []
-    for step, reason, n in groups.iter_rows():
-        sample = rejects.filter((pl.col("step") == step) & (pl.col("reason") == reason)).head(EXAMPLES_PER_REASON)
+    for step, reason, n, examples in groups.iter_rows():
         rows = "".join(f'<tr><td>{esc(r["id"])}</td><td class="text">{esc(_short(r["text"]))}</td>'
-                       f'<td>{esc(r["detail"])}</td></tr>' for r in sample.iter_rows(named=True))
+                       f'<td>{esc(r["detail"])}</td></tr>' for r in (by_index[i] for i in examples))
         out.append(f"<details><summary><b>{esc(step)}</b> · {esc(reason)} · {n} rows</summary>"
                    f"<table><thead><tr><th>id</th><th>text</th><th>detail</th></tr></thead>"
                    f"<tbody>{rows}</tbody></table></details>")
     return (f'<p class="muted">{EXAMPLES_PER_REASON} examples per reason; every dropped row is in '
             "<code>rejects.parquet</code>.</p>" + "".join(out))
+
+
+def _rows_at(file: Path, indices: list[int], columns: list[str]) -> dict[int, dict[str, Any]]:
+    """Rows ``indices`` of a parquet file by their index, each run of consecutive indices read as one slice (only
+    the row groups a slice overlaps are read; a scan filtered on a row index decodes every row group, and pyarrow's
+    ``read_row_group`` kept +110 MB for three of rejects.parquet's at 1M rows). Example: ``indices`` [4, 1, 2]
+    reads rows 1-2 and row 4 and gives ``{1: {...}, 2: {...}, 4: {...}}``."""
+    scan = pl.scan_parquet(file).select(columns)
+    out: dict[int, dict[str, Any]] = {}
+    runs: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    for run in runs:
+        out.update(zip(run, scan.slice(run[0], len(run)).collect().iter_rows(named=True), strict=True))
+    return out
 
 
 def _threshold(run: RunData, index: int, kept: pl.Series) -> tuple[float | None, str]:
@@ -132,7 +153,8 @@ def quality(run: RunData, charts: Charts) -> str:
     index = run.find("quality")
     if index is None:
         return missing("No quality step in this recipe.")
-    kept, dropped = run.frame(index, "kept"), run.frame(index, "dropped")
+    kept, dropped = (scan.select("meta").collect() if (scan := run.scan(index, which)) is not None
+                     and "meta" in scan.collect_schema() else None for which in ("kept", "dropped"))
     name = next((n for n in ("quality_score", "reference_similarity") if _meta_field(kept, n) is not None), None)
     if name is None:
         return missing(f"The quality step's checkpoint ({run.folder(index).name}) holds no scores.")
@@ -174,41 +196,51 @@ def word_diff(a: str, b: str) -> tuple[str, str]:
             _marked(wb, [(j1, j2) for _, _, _, j1, j2 in changed]))
 
 
+def _has_meta_field(scan: pl.LazyFrame, name: str) -> bool:
+    meta = scan.collect_schema().get("meta")
+    return isinstance(meta, pl.Struct) and name in [f.name for f in meta.fields]
+
+
 def clusters(run: RunData, charts: Charts) -> str:
     """Cluster-size distribution of the MinHash step and its two largest clusters, a kept row beside a dropped
-    near-duplicate with the differing words marked."""
+    near-duplicate with the differing words marked. Only the ids and cluster ids of clustered rows are read, and the
+    texts of the rows shown (the whole checkpoint was ~500 MB at 1M rows)."""
     import plotly.graph_objects as go
 
     index = run.find("dedup_minhash")
     if index is None:
         return missing("No dedup_minhash step in this recipe.")
-    frames = [f for f in (run.frame(index, "kept"), run.frame(index, "dropped")) if f is not None]
-    cols = [pl.col("id"), pl.col("text"), pl.col("meta").struct.field("cluster_id").alias("cluster")]
-    parts = [f.select(cols) for f in frames if _meta_field(f, "cluster_id") is not None]
+    scans = {which: scan for which in ("kept", "dropped") if (scan := run.scan(index, which)) is not None}
+    parts = [scan.select("id", pl.col("meta").struct.field("cluster_id").alias("cluster"),
+                         pl.lit(which == "dropped").alias("dropped"))
+             for which, scan in scans.items() if _has_meta_field(scan, "cluster_id")]
     if not parts:
         return missing("The MinHash step's checkpoint holds no cluster ids (meta.cluster_id).")
-    rows = pl.concat(parts).filter(pl.col("cluster").is_not_null())
+    rows = pl.concat(parts).filter(pl.col("cluster").is_not_null()).collect(engine="streaming")
     if rows.height == 0:
         return missing("The MinHash step found no near-duplicates.")
     sizes = rows.group_by("cluster").len().sort("len", "cluster", descending=[True, False])
     dist = sizes.group_by("len").agg(pl.len().alias("clusters")).sort("len")
     fig = go.Figure(go.Bar(x=dist["len"].to_list(), y=dist["clusters"].to_list(), marker_color="#4c78a8"))
     fig.update_layout(xaxis_title="rows in cluster", yaxis_title="clusters", xaxis={"dtick": 1})
-    dropped_ids = set(run.frame(index, "dropped")["id"].to_list()) if run.frame(index, "dropped") is not None else set()
-    examples = []
+    pairs = []
     for cluster, size in sizes.head(2).iter_rows():
         members = rows.filter(pl.col("cluster") == cluster)
-        keep = members.filter(~pl.col("id").is_in(list(dropped_ids)))
-        keeper = (keep if keep.height else members).row(0, named=True)
-        other = members.filter(pl.col("id") != keeper["id"])
-        if other.height == 0:
-            continue
-        dup = other.row(0, named=True)
-        left, right = word_diff(keeper["text"] or "", dup["text"] or "")
+        keep = members.filter(~pl.col("dropped"))
+        keeper = (keep if keep.height else members)["id"][0]
+        other = members.filter(pl.col("id") != keeper)
+        if other.height:
+            pairs.append((cluster, size, keeper, other["id"][0]))
+    wanted = [i for _, _, keeper, dup in pairs for i in (keeper, dup)]
+    texts = dict(pl.concat([scan.select("id", "text") for scan in scans.values()])
+                 .filter(pl.col("id").is_in(wanted)).collect().iter_rows()) if wanted else {}
+    examples = []
+    for cluster, size, keeper, dup in pairs:
+        left, right = word_diff(texts.get(keeper) or "", texts.get(dup) or "")
         examples.append(
             f"<h3>cluster <code>{esc(cluster)}</code> ({size} rows)</h3><div class=side>"
-            f"<div><b>kept</b> <code>{esc(keeper['id'])}</code>\n{left}</div>"
-            f"<div><b>dropped</b> <code>{esc(dup['id'])}</code>\n{right}</div></div>")
+            f"<div><b>kept</b> <code>{esc(keeper)}</code>\n{left}</div>"
+            f"<div><b>dropped</b> <code>{esc(dup)}</code>\n{right}</div></div>")
     return (f'<p class="muted">{sizes.height} clusters, {rows.height} rows in them '
             f"({run.steps[index].get('dropped', 0)} dropped).</p>" + charts.html(fig, 300) + "".join(examples))
 

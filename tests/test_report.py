@@ -112,6 +112,23 @@ def test_clusters_show_sizes_and_a_kept_row_beside_its_duplicate(tmp_path: Path)
     assert "a b <mark>c</mark>" in out and "a b <mark>d</mark>" in out
 
 
+def test_rows_at_reads_rows_by_index_across_row_groups(tmp_path: Path) -> None:
+    file = tmp_path / "r.parquet"
+    pl.DataFrame({"id": [f"r{i}" for i in range(7)], "n": range(7)}).write_parquet(file, row_group_size=3)
+    rows = report_sections._rows_at(file, [4, 1, 2, 6], ["id"])
+    assert rows == {1: {"id": "r1"}, 2: {"id": "r2"}, 4: {"id": "r4"}, 6: {"id": "r6"}}
+
+
+def test_clusters_take_the_kept_row_of_a_cluster_whatever_the_order(tmp_path: Path) -> None:
+    run = _run(tmp_path, [{"step": "ingest"}, {"step": "dedup_minhash", "dropped": 1}])
+    frame = pl.DataFrame({"id": ["k", "d"], "text": ["one two", "one three"], "cluster": ["c", "c"]}).select(
+        "id", "text", pl.struct(pl.col("cluster").alias("cluster_id"), pl.lit(1).alias("source_line")).alias("meta"))
+    _checkpoint(run, 1, frame.filter(pl.col("id") == "k"), frame.filter(pl.col("id") == "d"))
+    out = report_sections.clusters(run, Charts())
+    assert "<b>kept</b> <code>k</code>" in out and "<b>dropped</b> <code>d</code>" in out
+    assert "one <mark>two</mark>" in out and "one <mark>three</mark>" in out
+
+
 def test_synthesis_yield_from_the_steps_stats(tmp_path: Path) -> None:
     run = _run(tmp_path, [{"step": "ingest"}, {"step": "synthesize", "rows_added": 44, "dropped": 21,
                                               "requested": 44, "generated": 44, "parsed": 39, "post_filtered": 2,
