@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,11 +30,12 @@ Format = Literal["jsonl", "json", "csv", "parquet", "hf_disk"]
 _N, _ERR, _TEXT, _MSGS = "\x00number", "\x00error", "\x00text", "\x00messages"
 
 
-VERSION = "6"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
+VERSION = "7"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
 # not part of the first record (a BOM-prefixed jsonl's first line was rejected), hostile records rejected not crashing;
 # 4: a rejected jsonl line keeps its original text (was its JSON re-encoded, cut at 2000 characters); 5: `source` is
 # the input path as the recipe gives it (was the machine's absolute path), so a dataset moves between machines;
-# 6: a rejected csv record keeps its text as in the file (was its fields as JSON)
+# 6: a rejected csv record keeps its text as in the file (was its fields as JSON); 7: the runner writes the checkpoint
+# a slice at a time (a parquet input is read so too): the same rows, other row groups and bytes
 
 
 class InputSpec(BaseModel):
@@ -75,12 +77,12 @@ def fingerprint_path(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read(spec: InputSpec, path: Path, mapping: Mapping) -> readers.Table:
+def _tables(spec: InputSpec, path: Path, mapping: Mapping, rows: int | None) -> Iterator[readers.Table]:
     if not path.exists():
         raise MissingFileError(f"{path}: input file not found (inputs[].path is relative to the recipe file)")
     try:
-        return readers.read_table(path, spec.format or readers.infer_format(path),
-                                  readers.ReadOptions(accept=mapping.check))
+        yield from readers.iter_tables(path, spec.format or readers.infer_format(path),
+                                       readers.ReadOptions(accept=mapping.check), rows)
     except IngestError:
         raise
     except InputError as err:
@@ -154,7 +156,9 @@ def _raw_column(table: readers.Table, kept: pl.Series, key: str) -> pl.Series:
         return table.frame[key].gather(kept).cast(_python_dtype(dtype)).alias(f"raw_{key}")
     # Objects (and, for JSON formats, values polars may have coerced) come from the records as read.
     values = [table.record(i).get(key) for i in kept.to_list()]
-    return pl.Series(f"raw_{key}", [json.dumps(v) if isinstance(v, dict) else v for v in values])
+    # A typed struct gives JSON text or null: String even in a slice where every value is null.
+    dtype_out = pl.String if table.exact_types else None
+    return pl.Series(f"raw_{key}", [json.dumps(v) if isinstance(v, dict) else v for v in values], dtype=dtype_out)
 
 
 def _reject(path: Path, spec: InputSpec, table: readers.Table, bad: readers.Bad) -> dict[str, Any]:
@@ -183,20 +187,20 @@ def _guess_mapping(record: Any) -> str | None:
     return None
 
 
-def _check_yield(spec: InputSpec, path: Path, table: readers.Table, rows: pl.DataFrame, bad: list[readers.Bad],
-                 records: int) -> None:
+def _check_yield(spec: InputSpec, path: Path, table: readers.Table, kept: int, rejected: int,
+                 first: readers.Bad | None, records: int) -> None:
     """An input that holds nothing, or whose records are mostly rejected, stops the run with what to fix: a run
-    that "succeeds" with zero rows hides a wrong path, format or mapping."""
+    that "succeeds" with zero rows hides a wrong path, format or mapping. ``first``: the first rejected record."""
     if records == 0:
         raise IngestError(f"{path}: the input holds no records (empty file?); fix inputs[].path or remove the input")
-    share = len(bad) / records
-    if rows.height == 0 or share > spec.max_reject_fraction:
-        first = bad[0]
+    share = rejected / records
+    if kept == 0 or share > spec.max_reject_fraction:
+        assert first is not None  # records > 0 and nothing kept, or a share rejected
         guess = _guess_mapping(first.record)
         hint = (f"the records look like `mapping: {guess}`" if guess and guess != spec.mapping
                 else "check the input's `mapping` and `format`")
         raise IngestError(
-            f"{path}: {len(bad)} of {records} records rejected ({share:.0%}, more than max_reject_fraction "
+            f"{path}: {rejected} of {records} records rejected ({share:.0%}, more than max_reject_fraction "
             f"{spec.max_reject_fraction}); first: {table.where(first.number)}: {first.reason} (mapping: "
             f"{spec.mapping}); {hint}, or raise the input's `max_reject_fraction`")
 
@@ -205,8 +209,36 @@ def ingest_counted(spec: InputSpec, path: Path, *, enforce_yield: bool = True
                    ) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """``ingest`` plus the number of records the file held (kept + rejected must add up to it). With
     ``enforce_yield`` (a recipe's inputs) an empty input, or one rejected beyond ``max_reject_fraction``, raises."""
+    ((rows, rejects, records),) = ingest_slices(spec, path, None, enforce_yield=enforce_yield)
+    return rows, rejects, records
+
+
+def ingest_slices(spec: InputSpec, path: Path, rows: int | None, *, enforce_yield: bool = True
+                  ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, int]]:
+    """``ingest_counted`` a slice of at most ``rows`` records at a time where the format allows (parquet; see
+    ``readers.iter_tables``; ``None``: the whole file in one slice): per slice its kept rows (``empty_frame()``
+    when it kept none), rejects and records read. Concatenated, the slices are what one read gives (the same ids,
+    order, columns and types). A malformed record raises in its slice (``on_error: raise``); the yield check
+    comes after the last slice."""
     mapping = MAPPINGS[spec.mapping]
-    table = _read(spec, path, mapping)
+    records = kept = rejected = 0
+    first: readers.Bad | None = None
+    table = None
+    for table in _tables(spec, path, mapping, rows):
+        out, bad, read = _map(spec, path, mapping, table)
+        records, kept, rejected = records + read, kept + out.height, rejected + len(bad)
+        if first is None and bad:
+            first = bad[0]
+        rejects = pl.DataFrame([_reject(path, spec, table, b) for b in bad], infer_schema_length=None) if bad \
+            else pl.DataFrame()
+        yield out, rejects, read
+    if enforce_yield and table is not None:
+        _check_yield(spec, path, table, kept, rejected, first, records)
+
+
+def _map(spec: InputSpec, path: Path, mapping: Mapping, table: readers.Table
+         ) -> tuple[pl.DataFrame, list[readers.Bad], int]:
+    """One table's kept rows in the data contract, its bad records and how many records it held."""
     records = table.number.len() + len(table.bad)
     base = table.frame.with_columns(table.number.alias(_N)) if table.frame.width else pl.DataFrame(table.number
                                                                                                    .alias(_N))
@@ -219,17 +251,13 @@ def ingest_counted(spec: InputSpec, path: Path, *, enforce_yield: bool = True
         hint = f"the record looks like `mapping: {guess}`; " if guess and guess != spec.mapping else ""
         raise IngestError(f"{table.where(first.number)}: {first.reason} (mapping: {spec.mapping}); {hint}fix the "
                           "record or set `on_error: skip` on this input")
-    rejects = pl.DataFrame([_reject(path, spec, table, b) for b in bad], infer_schema_length=None) if bad \
-        else pl.DataFrame()
     ok = pl.col(_ERR).is_null() | (pl.col(_ERR) == RECHECK)
     if bad:  # RECHECK rows the record mapper accepted stay; the rest of the errors go
         failed = pl.Series([b.number for b in bad], dtype=pl.Int64)
         ok = ok & ~pl.col(_N).is_in(failed.implode())
     kept_index = mapped.with_row_index("\x00i").filter(ok)["\x00i"]
     if kept_index.len() == 0:
-        if enforce_yield:
-            _check_yield(spec, path, table, empty_frame(), bad, records)
-        return empty_frame(), rejects, records
+        return empty_frame(), bad, records
     consumed = mapping.consumed | set(RESERVED)
     passing = [pl.col(c).cast(_python_dtype(t)) for c, t in table.frame.schema.items() if c not in consumed]
     rows = mapped.filter(ok).select(
@@ -241,9 +269,7 @@ def ingest_counted(spec: InputSpec, path: Path, *, enforce_yield: bool = True
         *passing,
     )
     raw = [_raw_column(table, kept_index, key) for key in ("source", "meta") if key in table.frame.columns]
-    if bad and enforce_yield:
-        _check_yield(spec, path, table, rows, bad, records)
-    return (rows.with_columns(raw) if raw else rows), rejects, records
+    return (rows.with_columns(raw) if raw else rows), bad, records
 
 
 def empty_frame() -> pl.DataFrame:
@@ -253,8 +279,11 @@ def empty_frame() -> pl.DataFrame:
     )
 
 
-def check_unique_ids(frame: pl.DataFrame) -> None:
-    dup = frame.group_by("id").agg(pl.len(), pl.col("source").first()).filter(pl.col("len") > 1)
+def check_unique_ids(frame: pl.DataFrame | pl.LazyFrame) -> None:
+    """Raise when an id occurs twice; ``frame`` needs ``id`` and ``source`` (a scan of the ingest checkpoint reads
+    only those columns)."""
+    dup = (frame.lazy().group_by("id").agg(pl.len(), pl.col("source").first()).filter(pl.col("len") > 1)
+           .collect(engine="streaming"))
     if dup.height:
         first = dup.row(0, named=True)
         raise IngestError(

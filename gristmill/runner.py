@@ -40,7 +40,14 @@ from gristmill.common.contract import SLICE_ROWS, AccountingError, StepResult, s
 from gristmill.common.errors import GateFailed, MissingFileError
 from gristmill.export import export_dataset, write_rejects
 from gristmill.ingest import VERSION as ingest_version
-from gristmill.ingest import check_unique_ids, fingerprint_path, ingest_counted
+from gristmill.ingest import (
+    InputSpec,
+    check_unique_ids,
+    empty_frame,
+    fingerprint_path,
+    ingest_counted,
+    ingest_slices,
+)
 from gristmill.models import cache_root
 from gristmill.models import identity as model_identity
 from gristmill.recipe import Recipe, Step, path_fields
@@ -177,6 +184,87 @@ class Runner:
         if cached:
             return target / "kept.parquet", cached | {"resumed": True}, chain(fp, cached["kept_sha256"])
         started = time.perf_counter()
+        ensure_dir(target.parent)
+        staging = self._staging(target)
+        try:
+            try:
+                kept, dropped, records = self._ingest_streamed(specs, staging)
+            except SchemaDrift as drift:  # an input whose slices map to other types: read whole instead
+                log.debug(f"ingest: not streamed ({drift})")
+                kept, dropped, records = self._ingest_whole(specs)
+            rows = _rows(kept) if isinstance(kept, Path) else kept.height
+            # Same accounting as a step: every record read is kept or rejected, each once.
+            if records != rows + dropped.height:
+                raise AccountingError(f"step ingest: {records} rows in + 0 added != {rows} kept + "
+                                      f"{dropped.height} dropped")
+            stats = {"step": "ingest", "fingerprint": fp, "rows_in": records,
+                     "kept": rows, "dropped": dropped.height,
+                     "dropped_by_reason": {"malformed_input": dropped.height} if dropped.height else {},
+                     "seconds": round(time.perf_counter() - started, 3)}
+            save_step(target, kept, dropped, stats)
+        finally:
+            _remove(staging)
+        return target / "kept.parquet", stats | {"resumed": False}, chain(fp, stats["kept_sha256"])
+
+    def _ingest_streamed(self, specs: list[tuple[InputSpec, Path]], staging: Path) -> tuple[Path, pl.DataFrame, int]:
+        """Every input mapped a slice at a time (``ingest_slices``) and its rows written to ``staging`` as they come:
+        a parquet input is never in memory whole (the 1M-row bench's ingest peaked at 931 MB read whole,
+        bench/RESULTS.md Scale); a JSON or CSV input is still read whole (``readers.iter_tables``). Several inputs
+        are then joined into one file with the columns and types ``pl.concat(how="diagonal_relaxed")`` gives their
+        frames, a slice at a time. Returns the kept rows' file (ids checked unique), the rejects and the records
+        read."""
+        parts: list[tuple[Path | None, pl.Schema]] = []
+        rejects: list[pl.DataFrame] = []
+        hashes: list[pl.Series] = []  # of the ids, 8 bytes a row: only ids whose hash repeats are compared as text
+        records = 0
+        # Half a step's slice: reading a parquet slice takes ~6x its text in polars' decoding (1M-row bench, 25k
+        # rows: peak 262 MB, 50k: 341 MB).
+        rows_per_slice = max(1, self.slice_rows // 2)
+        for n, (spec, path) in enumerate(specs):
+            part = SliceWriter(staging / f"input-{n}.parquet")
+            schema = empty_frame().schema  # an input that keeps no row adds ingest's empty frame's columns
+            try:
+                for rows, bad, read in ingest_slices(spec, path, rows_per_slice):
+                    records += read
+                    if bad.height:
+                        rejects.append(bad)
+                    if rows.height:  # a whole-file format's one big slice still becomes slice-sized row groups
+                        schema = rows.schema
+                        hashes.append(rows["id"].hash())
+                        for start in range(0, rows.height, rows_per_slice):
+                            part.write(rows.slice(start, rows_per_slice))
+                    del rows
+            finally:
+                part.close()
+            parts.append((part.path if part.rows else None, schema))
+        union = pl.concat([pl.DataFrame(schema=schema) for _, schema in parts], how="diagonal_relaxed")
+        filled = [file for file, _ in parts if file is not None]
+        kept = staging / "kept.parquet"
+        if not filled:
+            union.write_parquet(kept)
+        elif len(parts) == 1:
+            kept = filled[0]
+        else:
+            joined = SliceWriter(kept)
+            try:
+                for file in filled:
+                    for piece in iter_slices(file, self.slice_rows):
+                        joined.write(pl.concat([union, piece], how="diagonal_relaxed"))
+            finally:
+                joined.close()
+        ids = (pl.concat(hashes) if hashes else pl.Series([], dtype=pl.UInt64)).sort()  # sorted: no hash table
+        repeated = ids.filter(ids == ids.shift(1))
+        del ids, hashes
+        if repeated.len():
+            check_unique_ids(pl.scan_parquet(kept).select("id", "source")
+                             .filter(pl.col("id").hash().is_in(repeated.implode())))
+        dropped = pl.concat(rejects, how="diagonal_relaxed") if rejects else pl.DataFrame(
+            schema={"id": pl.String, "reason": pl.String})
+        return kept, dropped, records
+
+    @staticmethod
+    def _ingest_whole(specs: list[tuple[InputSpec, Path]]) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+        """Every input read whole and concatenated; the rejects and the records read."""
         frames, rejects, records = [], [], 0
         for spec, path in specs:
             rows, bad, read = ingest_counted(spec, path)
@@ -188,14 +276,7 @@ class Runner:
         check_unique_ids(frame)
         dropped = pl.concat(rejects, how="diagonal_relaxed") if rejects else pl.DataFrame(
             schema={"id": pl.String, "reason": pl.String})
-        # Same accounting as a step: every record read is kept or rejected, each once.
-        StepResult(frame, dropped, {}, records).check("ingest")
-        stats = {"step": "ingest", "fingerprint": fp, "rows_in": records,
-                 "kept": frame.height, "dropped": dropped.height,
-                 "dropped_by_reason": {"malformed_input": dropped.height} if dropped.height else {},
-                 "seconds": round(time.perf_counter() - started, 3)}
-        save_step(target, frame, dropped, stats)
-        return target / "kept.parquet", stats | {"resumed": False}, chain(fp, stats["kept_sha256"])
+        return frame, dropped, records
 
     def _run_step(self, index: int, step: Step, source: Path, prev_fp: str,
                   progress: Progress) -> tuple[Path, dict[str, Any], str]:

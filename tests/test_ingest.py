@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from gristmill.common.readers import READERS, Bad, read_table
-from gristmill.ingest import IngestError, InputSpec, check_unique_ids, ingest
+from gristmill.common.readers import READERS, Bad, iter_tables, read_table
+from gristmill.ingest import IngestError, InputSpec, check_unique_ids, ingest, ingest_counted, ingest_slices
 from gristmill.mappings import MAPPINGS, map_alpaca, map_messages, map_sharegpt, map_text
 
 ALPACA = [
@@ -235,3 +235,79 @@ def test_records_whose_types_clash_become_rejects(tmp_path: Path) -> None:
     _check_against_record_mapper(path, "messages", records)
     with pytest.raises(IngestError, match=r"clash.jsonl:2: field 'messages' must be a non-empty list"):
         ingest(InputSpec(path=str(path), mapping="messages"), path)
+
+
+def test_parquet_slices_never_cross_a_row_group(tmp_path: Path) -> None:
+    path = tmp_path / "g.parquet"
+    pl.DataFrame({"text": [f"t{i}" for i in range(8)]}).write_parquet(path, row_group_size=5)
+    import pyarrow.parquet as pq
+
+    assert [pq.read_metadata(path).row_group(i).num_rows for i in range(2)] == [5, 3]
+    tables = list(iter_tables(path, rows=2))
+    assert [t.number.to_list() for t in tables] == [[0, 1], [2, 3], [4], [5, 6], [7]]
+    assert [t.frame["text"].to_list() for t in tables][3] == ["t5", "t6"] and tables[3].where(5) == f"{path}:row 5"
+    assert [t.number.to_list() for t in iter_tables(path)] == [list(range(8))]  # rows=None: one whole read
+
+
+def _sliced(spec: InputSpec, path: Path, rows: int) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    parts = list(ingest_slices(spec, path, rows))
+    kept = pl.concat([k for k, _, _ in parts if k.height])
+    rejects = pl.concat([r for _, r, _ in parts if r.height]) if any(r.height for _, r, _ in parts) else pl.DataFrame()
+    return kept, rejects, sum(n for _, _, n in parts)
+
+
+def test_sliced_ingest_equals_the_whole_read(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    frame = pl.DataFrame({"instruction": ["a", None, "c", "d", "e", "f", None], "output": ["o"] * 7,
+                          "n": pl.Series(range(7), dtype=pl.Int32), "meta": [{"k": i} if i != 2 else None for i in range(7)]})
+    frame.write_parquet(path, row_group_size=3)
+    spec = InputSpec(path="p.parquet", on_error="skip")
+    whole, whole_rejects, records = ingest_counted(spec, path)
+    kept, rejects, read = _sliced(spec, path, 2)  # the slice of row 2 has only a null meta: still String
+    assert kept.schema == whole.schema and kept.equals(whole) and read == records == 7
+    assert rejects.equals(whole_rejects) and rejects["id"].to_list() == ["p.parquet:1", "p.parquet:6"]
+    assert "p.parquet:row 6: missing field 'instruction'" in rejects["detail"][1]
+    with pytest.raises(IngestError, match=r"p.parquet:row 1: missing field 'instruction'.*on_error: skip"):
+        list(ingest_slices(InputSpec(path="p.parquet"), path, 2))
+    # The yield check counts every slice: 2 of 7 rejected is over 0.2, and a slice keeping nothing is no failure.
+    with pytest.raises(IngestError, match=r"2 of 7 records rejected \(29%.*first: .*p.parquet:row 1"):
+        list(ingest_slices(InputSpec(path="p.parquet", on_error="skip", max_reject_fraction=0.2), path, 1))
+
+
+def _ingest_run(tmp_path: Path, inputs: list[dict], slice_rows: int) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    recipe = tmp_path / f"r{slice_rows}.yaml"
+    recipe.write_text(json.dumps({"name": "i", "inputs": inputs, "steps": [{"normalize": {}}],
+                                  "output": {"dir": str(tmp_path / f"run{slice_rows}"), "formats": ["parquet"]}}))
+    from gristmill.recipe import load_recipe
+    from gristmill.runner import Runner
+
+    kept, stats, _ = Runner(load_recipe(recipe), slice_rows=slice_rows)._ingest()
+    return pl.read_parquet(kept), pl.read_parquet(kept.parent / "dropped.parquet"), stats
+
+
+def test_runner_ingest_streams_several_inputs_to_the_rows_of_one_read(tmp_path: Path) -> None:
+    pl.DataFrame({"id": [f"a{i}" for i in range(9)], "text": [f"row {i}" for i in range(9)],
+                  "lang": ["en"] * 9}).write_parquet(tmp_path / "a.parquet", row_group_size=4)
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": f"b {i}", "score": i}) + "\n" for i in range(5))
+                                      + "{oops\n")
+    inputs = [{"path": "a.parquet", "mapping": "text"}, {"path": "b.jsonl", "mapping": "text", "on_error": "skip"}]
+    kept, dropped, stats = _ingest_run(tmp_path, inputs, 4)  # slices of 2 rows
+    specs = [(InputSpec(**i), tmp_path / i["path"]) for i in inputs]
+    expected = pl.concat([ingest_counted(s, p)[0] for s, p in specs], how="diagonal_relaxed")
+    assert kept.schema == expected.schema and kept.equals(expected)
+    assert kept.columns[-2:] == ["lang", "score"] and kept["id"].to_list()[-1] == "b.jsonl:5"
+    assert dropped["id"].to_list() == ["b.jsonl:6"] and (stats["rows_in"], stats["kept"], stats["dropped"]) == (15, 14, 1)
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(tmp_path / "run4" / "steps" / "00-ingest" / "kept.parquet")
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4, 4, 1, 4, 1]  # joined by slices
+
+
+def test_runner_ingest_finds_an_id_repeated_across_slices_and_inputs(tmp_path: Path) -> None:
+    pl.DataFrame({"id": ["x", "y", "z", "w"], "text": ["1", "2", "3", "4"]}).write_parquet(tmp_path / "a.parquet")
+    pl.DataFrame({"id": ["v", "z"], "text": ["5", "6"]}).write_parquet(tmp_path / "b.parquet")
+    inputs = [{"path": "a.parquet", "mapping": "text"}, {"path": "b.parquet", "mapping": "text"}]
+    with pytest.raises(IngestError, match=r"id 'z' occurs 2 times \(1 ids repeat\)"):
+        _ingest_run(tmp_path, inputs, 2)
+    kept, _, _ = _ingest_run(tmp_path, inputs[:1], 2)
+    assert kept["id"].to_list() == ["x", "y", "z", "w"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -245,12 +245,43 @@ def _csv_records(text: str) -> list[str]:
     return out
 
 
+def _unreadable_parquet(path: Path, err: Exception) -> InputError:
+    return InputError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]}); a truncated or partly "
+                      "copied file? Write it again")
+
+
 def read_parquet(path: Path, options: ReadOptions) -> Table:
     try:
         return _rows(path, pl.read_parquet(path))
     except (pl.exceptions.PolarsError, OSError) as err:
-        raise InputError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]}); a truncated or "
-                         "partly copied file? Write it again") from err
+        raise _unreadable_parquet(path, err) from err
+
+
+def _parquet_slices(path: Path, rows: int) -> Iterator[Table]:
+    """The parquet file's rows as Tables of at most ``rows`` rows, never crossing a row group (each row group is
+    decoded once, and only the slice in hand is in memory); ``number`` counts rows from the file's start. Example:
+    row groups of 5 and 3 rows with ``rows=2`` give slices of rows 0-1, 2-3, 4, 5-6, 7."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+        scan = pl.scan_parquet(path)
+        if meta.num_rows == 0:
+            yield _rows(path, scan.head(0).collect())
+            return
+    except (pl.exceptions.PolarsError, OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise _unreadable_parquet(path, err) from err
+    start = 0
+    for group in range(meta.num_row_groups):
+        end = start + meta.row_group(group).num_rows
+        for offset in range(start, end, rows):
+            try:
+                frame = scan.slice(offset, min(rows, end - offset)).collect()
+            except (pl.exceptions.PolarsError, OSError) as err:
+                raise _unreadable_parquet(path, err) from err
+            yield Table(path, frame, pl.int_range(offset, offset + frame.height, dtype=pl.Int64, eager=True)
+                        .alias("number"), "row ")
+        start = end
 
 
 def read_hf_disk(path: Path, options: ReadOptions) -> Table:
@@ -296,6 +327,18 @@ def infer_format(path: Path, key: str = "format") -> str:
         raise InputError(f"{path}: cannot infer the format from {path.suffix!r}; set `{key}:` to one of "
                          f"{', '.join(READERS)}")
     return fmt
+
+
+def iter_tables(path: Path, fmt: str | None = None, options: ReadOptions | None = None, rows: int | None = None,
+                missing: str = "does not exist") -> Iterator[Table]:
+    """``read_table`` at most ``rows`` records at a time where the format allows it (parquet; a JSON or CSV file is
+    read whole, its records' types are inferred over the whole file), so a large input is never in memory whole.
+    The Tables' ``number`` and ``where`` are those the whole read gives."""
+    fmt = fmt or infer_format(path)
+    if rows is None or fmt != "parquet" or not path.is_file() or path.stat().st_size == 0:
+        yield read_table(path, fmt, options, missing)
+        return
+    yield from _parquet_slices(path, rows)
 
 
 def read_table(path: Path, fmt: str | None = None, options: ReadOptions | None = None,
