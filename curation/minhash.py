@@ -10,9 +10,11 @@ with the bucket's leaders, never with a document already in its cluster, and a c
 Jaccard of the shingle sets. So a cluster of k copies of one text costs O(k) comparisons, not the k**2 / 2
 candidate pairs; a member makes a bounded number of new comparisons per bucket and a rejected pair is not compared
 again in a later band, so fragmented clusters (copies under the threshold of each other) stay linear too. Full
-signatures live for one batch of ``batch_docs`` texts; what outlives it per row is the band keys and the shingle
-set, plus at most one accepted edge. One representative per cluster is kept: the highest ``meta.quality_score``
-when an earlier quality step wrote one, else the first seen.
+signatures live for one batch of ``batch_docs`` texts; what outlives it per row is its band keys. Only rows that
+share a bucket with another row can be compared (``minhash_kernel.candidates``, a fifth of the rows in the scale
+benchmark's corpus): the texts are read a second time and only those rows' shingle sets are kept, for the exact
+Jaccard. One representative per cluster is kept: the highest ``meta.quality_score`` when an earlier quality step
+wrote one, else the first seen.
 
 Worked example (threshold 0.7, 3-word shingles): ``[BASE, BASE + " today", "gardening ..."]`` -> rows 0 and 1 share
 a band and their exact Jaccard is 0.94 -> one cluster {0, 1}; row 1 is dropped as ``near_duplicate`` with
@@ -35,7 +37,7 @@ from gristmill.curation.clusters import preference_rank, representatives
 from gristmill.curation.lsh import band_keys, optimal_bands
 from gristmill.curation.shingles import hashed_shingles, token_hashes
 
-VERSION = "5"  # 5: every comparison by exact Jaccard (no agreement-signature shortcuts; stats signature_* are 0); 4: comparisons per member and bucket bounded (MAX_COMPARE), rejected pairs not re-compared, 8-bit agreement signatures; 3: earlier rows may come as a persisted sketch (stats earlier_rows_hashed); 2: clusters from leader comparisons with signature shortcuts, not from all verified candidate pairs
+VERSION = "6"  # 6: stats signature_accepts / signature_rejects gone (same clusters); 5: every comparison by exact Jaccard (no agreement-signature shortcuts; stats signature_* are 0); 4: comparisons per member and bucket bounded (MAX_COMPARE), rejected pairs not re-compared, 8-bit agreement signatures; 3: earlier rows may come as a persisted sketch (stats earlier_rows_hashed); 2: clusters from leader comparisons with signature shortcuts, not from all verified candidate pairs
 SCHEME = "affine32"
 _MAX_HASH = np.uint32((1 << 32) - 1)
 
@@ -65,8 +67,8 @@ class MinhashParams(BaseModel):
     """Earlier curated sets to deduplicate against: parquet files with ``id`` and ``text`` (e.g. an earlier run's
     ``dataset/data.parquet``). New rows that near-duplicate them are dropped (``near_duplicate_of_earlier``)."""
     batch_docs: int = Field(8192, ge=1)
-    """Documents shingled at a time; only band keys and the shingle set of each row outlive a batch (tokens and
-    full signatures do not)."""
+    """Documents shingled at a time; only band keys (and the shingle sets of rows that share a bucket) outlive a
+    batch (tokens and full signatures do not)."""
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +120,7 @@ class NearDuplicates:
     bands: int
     rows: int
     counts: dict[str, int] = field(default_factory=dict)
-    """Comparisons made and how they were settled (``minhash_kernel.link``)."""
+    """Comparisons made and what they settled (``minhash_kernel.link``)."""
     labels: np.ndarray | None = None
     """Each row's cluster label (the lowest row of its cluster)."""
 
@@ -157,20 +159,24 @@ def sketch_key(params: MinhashParams) -> str:
     return f"{params.unit}{params.ngram}-p{params.num_perm}-s{params.seed}-v{SKETCH_VERSION}"
 
 
-def _sketch_batches(texts: pl.Series, params: MinhashParams
+def _sketch_batches(texts: pl.Series, params: MinhashParams, what: Literal["both", "signatures", "sets"] = "both"
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """``(start, signatures, shingle offsets, shingle hashes, has_shingles)`` of ``batch_docs`` texts at a time:
-    token lists live for one batch only."""
+    token lists live for one batch only. ``what="signatures"``: every shingle set empty (the kernel skips sorting
+    them); ``"sets"``: signatures without columns (no permutations computed)."""
     texts = texts.cast(pl.String).fill_null("")
     a_perm, b_perm = permutations(params.num_perm, params.seed)
+    if what == "sets":
+        a_perm, b_perm = a_perm[:0], b_perm[:0]
     for start in range(0, len(texts), params.batch_docs):
         chunk = texts.slice(start, params.batch_docs)
         offsets, tok = token_hashes(chunk, params.unit)
         if minhash_kernel.available():
-            chunk_sig, off, sh = minhash_kernel.sketch(offsets, tok, params.ngram, a_perm, b_perm)
+            chunk_sig, off, sh = minhash_kernel.sketch(offsets, tok, params.ngram, a_perm, b_perm,
+                                                       sets=what != "signatures")
         else:  # pragma: no cover - numba is a declared dependency
             doc, sh = hashed_shingles(chunk, params.ngram, params.unit)
-            chunk_sig = signatures(doc, sh, len(chunk), params.num_perm, params.seed, params.batch_shingles)
+            chunk_sig = signatures(doc, sh, len(chunk), len(a_perm), params.seed, params.batch_shingles)
             off = np.r_[0, np.cumsum(np.bincount(doc, minlength=len(chunk)))].astype(np.int64)
         del tok
         yield start, chunk_sig, np.asarray(off, dtype=np.int64), np.asarray(sh, dtype=np.uint32), np.diff(offsets) > 0
@@ -219,8 +225,11 @@ def frame_sketch(frame: pl.DataFrame, num_perm: int) -> Sketch:
 
 
 class EdgeBuilder:
-    """``near_duplicate_edges`` fed a slice of texts at a time (``add_texts``, in row order; ``n_texts`` in all),
-    then ``link``: what a streamed step keeps of its rows between its passes (band keys, the shingle sets), never the texts."""
+    """``near_duplicate_edges`` fed a slice of texts at a time, in two passes over the same texts: ``add_texts``
+    (in row order; ``n_texts`` in all) keeps each row's band keys; then, while ``shingles_wanted()``,
+    ``add_shingles`` gets the same texts again (in row order) and keeps the shingle sets of the rows that share a
+    bucket with another row (the only ones ``link`` may compare); then ``link``. What a streamed step keeps of its
+    rows between its passes, never the texts."""
 
     def __init__(self, params: MinhashParams, n_texts: int, n_new: int | None = None,
                  earlier: Sketch | None = None) -> None:
@@ -233,47 +242,105 @@ class EdgeBuilder:
         # With verification a band key needs 32 bits only: two rows whose different bands fold to one key are
         # compared and rejected like any dissimilar bucket-mates. Without it a collision would be an edge: 64 bits.
         self.keys = np.empty((n, self.b), dtype=np.uint32 if params.verify else np.uint64)
-        self.has_shingles = np.zeros(n, dtype=bool)
-        self.offsets = np.zeros(n + 1, dtype=np.int64)
-        # One buffer grown in place (realloc moves pages, it does not copy them), not batches concatenated at the
-        # end: the shingle sets are never held twice.
-        self.shingles = np.empty(0, dtype=np.uint32)
+        self.live = np.zeros(n, dtype=bool)  # False for texts without tokens: they share the all-max signature
         self.added = 0
+        self.docs: np.ndarray | None = None
+        """The rows ``link`` may compare (ascending), once the first pass is over."""
+        self.lengths = np.zeros(0, dtype=np.uint32)
+        self.shingles = np.zeros(0, dtype=np.uint32)
+        self.used = 0
+        self.shingled = 0
 
-    def _add(self, start: int, sig: np.ndarray, off: np.ndarray, sh: np.ndarray, has: np.ndarray) -> None:
-        stop = start + len(sig)
+    def _add_keys(self, start: int, sig: np.ndarray, live: np.ndarray) -> None:
         full = minhash_kernel.band_keys(sig, self.b, self.r) if minhash_kernel.available() else \
             band_keys(sig, self.b, self.r)
-        self.keys[start:stop] = full ^ (full >> np.uint64(32)) if self.params.verify else full
-        self.has_shingles[start:stop] = has
-        base = self.offsets[start]
-        self.offsets[start + 1 : stop + 1] = off[1:] + base
-        if base + len(sh) > len(self.shingles):  # room for the rest at this batch's shingles per row, plus a margin
-            self.shingles.resize(int((base + len(sh)) * 1.05 + len(sh) / max(len(sig), 1) * (self.n - stop)) + 1024,
-                                 refcheck=False)
-        self.shingles[base : base + len(sh)] = sh
+        self.keys[start : start + len(sig)] = full ^ (full >> np.uint64(32)) if self.params.verify else full
+        self.live[start : start + len(sig)] = live
 
     def add_texts(self, texts: pl.Series) -> None:
         """The next ``len(texts)`` rows."""
         if self.added + len(texts) > self.n_texts:
             raise ValueError(f"more than the {self.n_texts} texts announced")
-        for start, *batch in _sketch_batches(texts, self.params):
-            self._add(self.added + start, *batch)
+        for start, sig, _, _, live in _sketch_batches(texts, self.params, "signatures"):
+            self._add_keys(self.added + start, sig, live)
         self.added += len(texts)
 
-    def link(self) -> NearDuplicates:
+    def _settle(self) -> None:
+        """After the first pass: the rows ``link`` may compare and their keys (the others' are freed)."""
         if self.added != self.n_texts:
             raise ValueError(f"{self.added} texts added of the {self.n_texts} announced")
         if self.earlier is not None:
-            e = self.earlier
-            self._add(self.n_texts, e.sig, e.offsets, e.shingles, e.has_shingles)
-        self.shingles.resize(int(self.offsets[-1]), refcheck=False)
-        keys = self.keys
-        live = np.flatnonzero(self.has_shingles)  # empty texts share the all-max signature: keep them out of LSH
-        if len(live) < self.n:
-            keys = keys[live]
+            self._add_keys(self.n_texts, self.earlier.sig, self.earlier.has_shingles)
+        if self.params.verify:
+            docs = np.flatnonzero(minhash_kernel.candidates(self.keys, None if self.live.all() else self.live))
+        else:
+            docs = np.flatnonzero(self.live)
+        # A copy of the kept rows' keys only when rows are left out (in a heavily duplicated corpus every row is a
+        # candidate: no second copy of every key then).
+        self.keys = self.keys if len(docs) == self.n else self.keys[docs]
+        self.docs = docs
+        self.live = np.zeros(0, dtype=bool)
+        self.lengths = np.zeros(self.n if self.params.verify else 0, dtype=np.uint32)
+
+    def shingles_wanted(self) -> bool:
+        """After the first pass: whether ``add_shingles`` must see the texts again (some new row shares a bucket
+        and verification needs its shingle set); False once it has seen them all."""
+        if self.docs is None:
+            self._settle()
+        assert self.docs is not None
+        return self.params.verify and self.shingled < self.n_texts and bool(np.any(self.docs < self.n_texts))
+
+    def _append(self, rows: np.ndarray, off: np.ndarray, sh: np.ndarray) -> None:
+        """The shingle sets of ``rows`` (ascending, after every row appended so far), CSR as ``sketch`` gives them."""
+        lengths = np.diff(off)
+        if not np.all(lengths > 0):  # every candidate had tokens in the first pass
+            raise ValueError("add_shingles got other texts than add_texts")
+        self.lengths[rows] = lengths
+        if self.used + len(sh) > len(self.shingles):
+            # Room for the candidates still to come at this batch's shingles per row, plus a margin: the buffer is
+            # grown in place a few times (realloc moves pages, it does not copy them), never held twice.
+            assert self.docs is not None
+            left = len(self.docs) - int(np.searchsorted(self.docs, rows[-1], side="right"))
+            self.shingles.resize(int((self.used + len(sh)) * 1.05 + len(sh) / len(rows) * left) + 1024, refcheck=False)
+        self.shingles[self.used : self.used + len(sh)] = sh
+        self.used += len(sh)
+
+    def add_shingles(self, texts: pl.Series) -> None:
+        """The next ``len(texts)`` rows again (the same texts as ``add_texts`` got): the shingle sets of those
+        that ``link`` may compare, tokenized again (only them)."""
+        if self.docs is None:
+            self._settle()
+        assert self.docs is not None
+        first = self.shingled
+        if first + len(texts) > self.n_texts:
+            raise ValueError(f"more than the {self.n_texts} texts announced")
+        lo, hi = np.searchsorted(self.docs, [first, first + len(texts)])
+        rows = self.docs[lo:hi]
+        if len(rows):
+            picked = texts.gather(rows - first)
+            for start, _, off, sh, _ in _sketch_batches(picked, self.params, "sets"):
+                self._append(rows[start : start + len(off) - 1], off, sh)
+        self.shingled += len(texts)
+
+    def link(self) -> NearDuplicates:
+        if self.shingles_wanted():
+            raise ValueError(f"{self.shingled} texts shingled of the {self.n_texts} announced")
+        assert self.docs is not None
+        e = self.earlier
+        if self.params.verify and e is not None:  # earlier rows follow the new ones and come with their sets
+            rows = self.docs[self.docs >= self.n_texts]
+            if len(rows):
+                first = e.offsets[rows - self.n_texts]
+                lengths = e.offsets[rows - self.n_texts + 1] - first
+                off = np.zeros(len(rows) + 1, dtype=np.int64)
+                np.cumsum(lengths, out=off[1:])
+                self._append(rows, off, e.shingles[np.repeat(first - off[:-1], lengths) + np.arange(off[-1])])
+        self.shingles.resize(self.used, refcheck=False)
+        offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=offsets[1:])
+        self.lengths = np.zeros(0, dtype=np.uint32)
         edge_a, edge_b, counts, labels = minhash_kernel.link(
-            keys, live, None, self.offsets, self.shingles, self.n, threshold=self.params.threshold,
+            self.keys, self.docs, offsets, self.shingles, self.n, threshold=self.params.threshold,
             verify=self.params.verify, n_new=self.n_new,
         )
         self.keys = self.shingles = np.empty(0)  # the state goes once the clusters are known
@@ -285,17 +352,20 @@ def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | N
     """Duplicate clusters of ``texts`` (and of ``earlier``'s rows, which follow them) as accepted edges. Rows from
     ``n_new`` on are earlier rows, never compared together.
 
-    Memory: ``batch_docs`` token lists, plus per row its band keys (4 bytes a band; 8 without ``verify``) and its
-    shingle set; full signatures live for one batch.
+    Memory: ``batch_docs`` token lists, plus per row its band keys (4 bytes a band; 8 without ``verify``), plus the
+    shingle sets of the rows that share a bucket; full signatures live for one batch.
     """
     builder = EdgeBuilder(params, len(texts), n_new, earlier)
     builder.add_texts(texts)
+    if builder.shingles_wanted():
+        builder.add_shingles(texts)
     return builder.link()
 
 
 class MinhashDedup(TwoPass):
-    """``dedup_minhash`` in two passes: the first sketches the texts a slice at a time into an ``EdgeBuilder`` and
-    keeps each row's id and preference rank, then links the clusters; the second marks and splits each slice."""
+    """``dedup_minhash`` in streamed passes: the first sketches the texts a slice at a time into an ``EdgeBuilder``
+    and keeps each row's id and preference rank; a second scan (``rescan``: the text column alone) shingles the
+    rows that share a bucket; ``decide`` links the clusters; the last pass marks and splits each slice."""
 
     columns = ("id", "text", "meta")
 
@@ -310,11 +380,20 @@ class MinhashDedup(TwoPass):
         self._ids: list[pl.Series] = []
         self._ranks: list[np.ndarray] = []
         self.extra_stats = extra_stats or {}  # added to the step's stats (how the earlier rows' sketches were found)
+        self._scans = 0
 
     def scan(self, part: pl.DataFrame) -> None:
-        self.builder.add_texts(part["text"].cast(pl.String).fill_null(""))
+        texts = part["text"].cast(pl.String).fill_null("")
+        if self._scans:
+            self.builder.add_shingles(texts)
+            return
+        self.builder.add_texts(texts)
         self._ranks.append(preference_rank(part, "quality"))
         self._ids.append(part["id"].cast(pl.String))
+
+    def rescan(self) -> tuple[str, ...]:
+        self._scans += 1
+        return ("text",) if self._scans == 1 and self.builder.shingles_wanted() else ()
 
     def decide(self) -> None:
         n = self.n

@@ -8,14 +8,14 @@ fmix32 -> affine32 permutations -> minima (the signature), and the document's so
 form a bucket; each member is compared only with the bucket's *leaders* (its first ``MAX_LEADERS`` members, then
 unmatched members replacing the oldest), and not at all with a leader already in its component (union-find). A
 comparison is decided by exact Jaccard of the shingle sets (a merge of two sorted arrays that stops as soon as the
-threshold is out of reach), or, when agreement signatures are given, by their agreement where that is far from
-the threshold (binomial tails, see ``agreement_cuts``). A pair once rejected is remembered (a
-bounded direct-mapped table) and not compared again in a later band, and a member makes at most ``MAX_COMPARE``
-new comparisons per bucket (leaders past that wait for a later band, where the pairs already rejected no longer
-count): a fragmented cluster of k documents costs O(k x bands x MAX_COMPARE) comparisons, not O(k x bands x
-MAX_LEADERS). Work per band is O(bucket size x leaders), never O(bucket size**2) pairs, and memory is the
-band keys, the shingle sets (and agreement signatures if given), the table (<= 8 MiB) and one accepted edge per merge (at most n - 1). Every accepted
-edge is checked, so precision does not depend on these bounds; recall does, a little (bench/RESULTS.md).
+threshold is out of reach). A pair once rejected is remembered (a bounded direct-mapped table) and not compared
+again in a later band, and a member makes at most ``MAX_COMPARE`` new comparisons per bucket (leaders past that
+wait for a later band, where the pairs already rejected no longer count): a fragmented cluster of k documents
+costs O(k x bands x MAX_COMPARE) comparisons, not O(k x bands x MAX_LEADERS). Work per band is O(bucket size x
+leaders), never O(bucket size**2) pairs, and memory is the band keys and shingle sets of the documents given (only
+those in some bucket of two or more need be: ``candidates``), the table (<= 8 MiB) and one accepted edge per merge.
+Every accepted edge is checked, so precision does not depend on these bounds; recall does, a little
+(bench/RESULTS.md).
 
 Worked example (threshold 0.5, one band): docs 0, 1, 2, 3 share a bucket; J(0,1) = 0.9, J(0,2) = 0.2,
 J(1,2) = 0.6 and doc 3 is a copy of doc 0. Doc 1 matches 0 (edge 0-1); 2 fails against 0, then matches 1 (edge
@@ -31,9 +31,9 @@ about 1 MB resident), numba (when no C compiler works; ~130 MB resident once a k
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -52,7 +52,7 @@ REJECT_TABLE_BITS = 20
 """At most 2**20 slots (8 MiB) in the table of rejected pairs (a smaller table only repeats some comparisons)."""
 
 
-def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq):  # type: ignore[no-untyped-def]
+def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq, sets):  # type: ignore[no-untyped-def]
     fold = np.uint64(0x100000001B3)
     mask = np.uint64(0xFFFFFFFF)
     c1 = np.uint64(0x85EBCA6B)
@@ -71,7 +71,8 @@ def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq):  # type: ignore
             for k in range(width):
                 h = (h * fold) ^ tok[start + i + k]
             h32 = (h ^ (h >> np.uint64(32))) & mask
-            win[w0 + i] = np.uint32(h32)
+            if sets:
+                win[w0 + i] = np.uint32(h32)
             x = h32 ^ (h32 >> np.uint64(16))
             x = (x * c1) & mask
             x = x ^ (x >> np.uint64(13))
@@ -81,6 +82,8 @@ def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq):  # type: ignore
                 v = np.uint32((x * a[p] + b[p]) & mask)
                 if v < sig[d, p]:
                     sig[d, p] = v
+        if not sets:
+            continue
         part = np.sort(win[w0 : w0 + windows])
         u = 0
         for i in range(windows):
@@ -117,18 +120,7 @@ def _find(parent, x):  # type: ignore[no-untyped-def]
     return root
 
 
-def _similar(m, o, sig, sh_off, sh, threshold, accept_at, reject_at, counts):  # type: ignore[no-untyped-def]
-    agree = 0
-    for p in range(sig.shape[1]):
-        if sig[m, p] == sig[o, p]:
-            agree += 1
-    if agree >= accept_at:
-        counts[2] += 1
-        return True
-    if agree <= reject_at:
-        counts[3] += 1
-        return False
-    counts[1] += 1
+def _similar(m, o, sh_off, sh, threshold):  # type: ignore[no-untyped-def]
     i, i_end = sh_off[m], sh_off[m + 1]
     j, j_end = sh_off[o], sh_off[o + 1]
     sizes = (i_end - i) + (j_end - j)
@@ -152,11 +144,10 @@ def _similar(m, o, sig, sh_off, sh, threshold, accept_at, reject_at, counts):  #
     return union == 0 or inter >= threshold * union
 
 
-def _link(band, members, sig, sh_off, sh, threshold, accept_at, reject_at, n_new, verify, max_leaders,
-          max_compare, parent, edge_a, edge_b, counts, rejected):  # type: ignore[no-untyped-def]
+def _link(band, members, sh_off, sh, threshold, n_new, verify, max_leaders, max_compare, parent, edge_a, edge_b,
+          counts, rejected):  # type: ignore[no-untyped-def]
     # One band: ``band`` its keys sorted, ``members`` the rows in that order (stable: by row within a key).
-    # counts: [checked, exact, shortcut_accept, shortcut_reject, skipped_joined, edges, skipped_rejected,
-    #          skipped_budget]
+    # counts: [checked, exact, skipped_joined, edges, skipped_rejected, skipped_budget]
     # rejected: a direct-mapped table of rejected pairs (pair + 1; a newer rejection evicts an older one)
     shift = np.uint64(64 - int(np.log2(rejected.shape[0])))
     n = members.shape[0]
@@ -174,7 +165,7 @@ def _link(band, members, sig, sh_off, sh, threshold, accept_at, reject_at, n_new
             for idx in range(s, e):
                 m = members[idx]
                 if n_lead > 0 and uniform and _find(parent, m) == _find(parent, leaders[0]):
-                    counts[4] += n_lead
+                    counts[2] += n_lead
                     matched = True
                 else:
                     matched = False
@@ -184,7 +175,7 @@ def _link(band, members, sig, sh_off, sh, threshold, accept_at, reject_at, n_new
                         rm = _find(parent, m)
                         ro = _find(parent, o)
                         if rm == ro:
-                            counts[4] += 1
+                            counts[2] += 1
                             matched = True
                             continue
                         if m >= n_new and o >= n_new:  # two earlier rows: not this run's business
@@ -194,19 +185,20 @@ def _link(band, members, sig, sh_off, sh, threshold, accept_at, reject_at, n_new
                         pair = (np.uint64(min(m, o)) << np.uint64(32)) | np.uint64(max(m, o))
                         slot = (pair * np.uint64(0x9E3779B97F4A7C15)) >> shift
                         if rejected[slot] == pair + np.uint64(1):
-                            counts[6] += 1
+                            counts[4] += 1
                             continue
                         if tried == max_compare:  # the rest of the leaders wait for a later band
-                            counts[7] += 1
+                            counts[5] += 1
                             break
                         tried += 1
                         counts[0] += 1
-                        if not verify or _similar(m, o, sig, sh_off, sh, threshold, accept_at, reject_at,
-                                                  counts):
+                        if verify:
+                            counts[1] += 1
+                        if not verify or _similar(m, o, sh_off, sh, threshold):
                             parent[max(rm, ro)] = min(rm, ro)
-                            edge_a[counts[5]] = o
-                            edge_b[counts[5]] = m
-                            counts[5] += 1
+                            edge_a[counts[3]] = o
+                            edge_b[counts[3]] = m
+                            counts[3] += 1
                             matched = True
                         else:
                             rejected[slot] = pair + np.uint64(1)  # 0 marks an empty slot
@@ -296,12 +288,13 @@ def _compile() -> None:
 
 
 def sketch(
-    offsets: np.ndarray, tok: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray
+    offsets: np.ndarray, tok: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray, sets: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Signatures ``(n_docs, num_perm)`` uint32 and shingle sets as CSR: ``(sig, sh_offsets, sh_hashes)``.
 
     Input is ``token_hashes`` output. ``sh_hashes[sh_offsets[d]:sh_offsets[d+1]]`` are document d's unique 32-bit
-    shingle hashes, sorted (what ``hashed_shingles`` returns for it).
+    shingle hashes, sorted (what ``hashed_shingles`` returns for it). Without ``sets`` every set is empty (the
+    signatures alone: no sorting, a third of the kernel's time); with no permutations, the sets alone.
     """
     native = _native()
     _compile()
@@ -311,12 +304,13 @@ def sketch(
     win_off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(windows, out=win_off[1:])
     sig = np.full((n, len(a)), 0xFFFFFFFF, dtype=np.uint32)
-    win = np.zeros(int(win_off[-1]), dtype=np.uint32)
+    win = np.zeros(int(win_off[-1]) if sets else 0, dtype=np.uint32)
     uniq = np.zeros(n, dtype=np.int64)
     if native is not None:
-        native.sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq, _threads(n))
+        native.sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq, _threads(n), sets)
     else:
-        _sketch_c(offsets, tok, np.int64(ngram), a.astype(np.uint64), b.astype(np.uint64), sig, win_off, win, uniq)
+        _sketch_c(offsets, tok, np.int64(ngram), a.astype(np.uint64), b.astype(np.uint64), sig, win_off, win, uniq,
+                  sets)
     sh_off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(uniq, out=sh_off[1:])
     sh = np.empty(int(sh_off[-1]), dtype=np.uint32)
@@ -346,89 +340,96 @@ def signatures_from_tokens(
     return sketch(offsets, tok, ngram, a, b)[0]
 
 
-def agreement_cuts(threshold: float, num_perm: int, error: float = 1e-6, bits: int = 32) -> tuple[int, int]:
-    """Signature agreements ``(accept_at, reject_at)`` that decide a pair without exact Jaccard.
+def _packed_bands(keys: np.ndarray, keep: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Each band's 32-bit keys and positions packed as ``key << 32 | position``, sorted: a band's buckets in key
+    order, members by position within a bucket; only the positions ``keep`` (a mask) marks, if given.
 
-    Agreements of a pair with Jaccard J are Binomial(num_perm, J). ``accept_at``: the fewest agreements that a pair
-    at J = threshold (or below) reaches with probability <= ``error``; ``reject_at``: the most that a pair at
-    J >= threshold falls to with probability <= ``error``. ``num_perm + 1`` / ``-1`` disable a side.
-    ``agreement_cuts(0.8, 128) == (122, 78)``: accept >= 95% agreement, reject <= 61%, else compute exactly.
-    With ``bits`` < 32 only that many bits of each minimum are compared (b-bit MinHash): two different minima
-    agree by chance with probability 2**-bits, so a pair agrees with probability J + (1 - J) * 2**-bits;
-    ``agreement_cuts(0.8, 128, bits=8) == (122, 78)`` too.
+    A 32-bit key and the position in one uint64 sort in one SIMD sort (~7x numpy's stable argsort, itself ~10x
+    numba's mergesort), and the position in the low bits keeps the order stable.
     """
-    # Exact binomial tails in Python: importing scipy.stats for this would cost more memory than the signatures.
-    p = threshold + (1 - threshold) * (2.0**-bits if bits < 32 else 0.0)
-    pmf = [math.comb(num_perm, k) * p**k * (1 - p) ** (num_perm - k) for k in range(num_perm + 1)]
-    upper = np.cumsum(pmf[::-1])[::-1]  # P(X >= k)
-    lower = np.cumsum(pmf)  # P(X <= k)
-    ks = np.arange(num_perm + 1)
-    accept = ks[upper <= error]
-    reject = ks[lower <= error]
-    return (int(accept[0]) if len(accept) else num_perm + 1), (int(reject[-1]) if len(reject) else -1)
+    native = _native()
+    keys = np.ascontiguousarray(keys, dtype=np.uint32)
+    both = np.empty(keys.shape[0], dtype=np.uint64)
+    position = None if native is not None else np.arange(keys.shape[0], dtype=np.uint64)
+    for j in range(keys.shape[1]):
+        if native is not None:
+            native.pack_band(keys, j, both)
+        else:
+            np.left_shift(keys[:, j], np.uint64(32), out=both, dtype=np.uint64)
+            both |= position
+        part = both if keep is None else both[keep]
+        part.sort()
+        yield part
+
+
+def candidates(keys: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Which documents share a band key with another one in some band: the only ones ``link`` may compare.
+
+    ``keys``: ``(docs, bands)`` uint32; ``keep``: a mask of the documents that take part (others are neither
+    candidates nor make one). ``candidates(np.array([[1, 5], [2, 5], [3, 6]], np.uint32))`` -> ``[True, True,
+    False]`` (documents 0 and 1 share band 1's key 5; document 2 shares nothing).
+    """
+    found = np.zeros(keys.shape[0], dtype=bool)
+    if keys.shape[0] < 2:
+        return found
+    for both in _packed_bands(keys, keep):
+        key = both >> np.uint64(32)
+        same = key[1:] == key[:-1]  # entry i + 1 has entry i's key: both are in a bucket of two or more
+        del key
+        position = both & np.uint64(0xFFFFFFFF)
+        found[position[1:][same]] = True
+        found[position[:-1][same]] = True
+    return found
 
 
 def link(
-    keys: np.ndarray, docs: np.ndarray, sig: np.ndarray | None, sh_off: np.ndarray, sh: np.ndarray, n_total: int, *,
+    keys: np.ndarray, docs: np.ndarray, sh_off: np.ndarray, sh: np.ndarray, n_total: int, *,
     threshold: float, verify: bool, n_new: int, max_leaders: int = MAX_LEADERS, max_compare: int = MAX_COMPARE,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
     """Accepted edges ``(a, b)`` (a spanning forest of the duplicate clusters), counters and each row's cluster
     label (the cluster's lowest row).
 
-    ``keys``: ``(len(docs), bands)`` band keys of the documents ``docs`` (global rows < ``n_total``); ``sig``
-    (uint32 minima, or their low 8 / 16 bits), ``sh_off``, ``sh`` are indexed by global row. Rows >= ``n_new`` are
-    earlier rows: never compared together. ``sig=None``: every comparison is an exact Jaccard (no agreement
-    shortcuts, so nothing per row but the shingle sets).
+    ``keys``: ``(len(docs), bands)`` band keys of the documents ``docs`` (global rows < ``n_total``, ascending);
+    ``sh_off``, ``sh`` (each row's sorted shingle hashes, for the exact Jaccard) are indexed by global row. Rows
+    >= ``n_new`` are earlier rows: never compared together. A document in no bucket of two or more is never
+    compared, so leaving it out of ``docs`` (``candidates``) changes nothing: the same edges, counters and labels.
     """
     if max_leaders < 1 or max_compare < 0:
         raise ValueError(f"max_leaders must be >= 1 and max_compare >= 0, got {max_leaders}, {max_compare}")
     native = _native()
     _compile()
-    sig = np.zeros((n_total, 0), dtype=np.uint8) if sig is None else np.ascontiguousarray(sig)
-    accept_at, reject_at = agreement_cuts(threshold, sig.shape[1], bits=sig.dtype.itemsize * 8)
     parent = np.arange(n_total, dtype=np.int64)
-    edge_a = np.empty(max(n_total - 1, 0), dtype=np.int64)
-    edge_b = np.empty(max(n_total - 1, 0), dtype=np.int64)
-    counts = np.zeros(8, dtype=np.int64)
+    # Each edge joins two clusters of ``docs``: at most len(docs) - 1 of them.
+    edge_a = np.empty(max(len(docs) - 1, 0), dtype=np.int64)
+    edge_b = np.empty(max(len(docs) - 1, 0), dtype=np.int64)
+    counts = np.zeros(6, dtype=np.int64)
     # 8 bytes a slot, at most 2**20 slots (8 MiB): the table only saves work, a lost entry costs a comparison.
     rejected = np.zeros(1 << int(np.clip(np.ceil(np.log2(max(n_total, 1) * 8)), 10, REJECT_TABLE_BITS)), dtype=np.uint64)
     docs = docs.astype(np.int64, copy=False)
-    packed = keys.dtype.itemsize <= 4
     # Sorted keys and members in bucket order, one band at a time: the pass reads both sequentially (random reads
-    # of a row's key cost more than the comparisons at 10x the clustered corpus). A 32-bit key and the position
-    # packed in one uint64 sort in one SIMD sort (~7x numpy's stable argsort, itself ~10x numba's mergesort), and
-    # the position in the low bits keeps the order stable.
-    if native is not None and packed:
-        # The C kernel splits (key << 32 | position) and reads the rows by position itself: one array per band.
-        keys = np.ascontiguousarray(keys, dtype=np.uint32)
-        both = np.empty(keys.shape[0], dtype=np.uint64)
-        for j in range(keys.shape[1]):
-            native.pack_band(keys, j, both)
-            both.sort()
-            native.link(both, docs, sig, sh_off, sh, threshold, accept_at, reject_at, n_new, verify, max_leaders,
-                        max_compare, parent, edge_a, edge_b, counts, rejected, packed=True)
-        del both
-    else:
-        position = np.arange(keys.shape[0], dtype=np.uint64)
-        for j in range(keys.shape[1]):
-            if packed:
-                both = (keys[:, j].astype(np.uint64) << np.uint64(32)) | position
-                both.sort()
+    # of a row's key cost more than the comparisons at 10x the clustered corpus).
+    if keys.dtype.itemsize <= 4:
+        for both in _packed_bands(keys):
+            if native is not None:  # the C kernel splits (key << 32 | position) and reads the rows by position
+                native.link(both, docs, sh_off, sh, threshold, n_new, verify, max_leaders, max_compare, parent,
+                            edge_a, edge_b, counts, rejected, packed=True)
+            else:
                 band, order = both >> np.uint64(32), (both & np.uint64(0xFFFFFFFF)).astype(np.int64)
-                del both
-            else:
-                order = np.argsort(keys[:, j], kind="stable")
-                band = keys[order, j]
+                _link_c(band, docs[order], sh_off, sh, float(threshold), np.int64(n_new), verify, max_leaders,
+                        max_compare, parent, edge_a, edge_b, counts, rejected)
+    else:
+        for j in range(keys.shape[1]):
+            order = np.argsort(keys[:, j], kind="stable")
+            band = keys[order, j]
             if native is not None:
-                native.link(band, docs[order], sig, sh_off, sh, threshold, accept_at, reject_at, n_new, verify,
-                            max_leaders, max_compare, parent, edge_a, edge_b, counts, rejected)
+                native.link(band, docs[order], sh_off, sh, threshold, n_new, verify, max_leaders, max_compare,
+                            parent, edge_a, edge_b, counts, rejected)
             else:
-                _link_c(band, docs[order], sig, sh_off, sh, float(threshold), accept_at, reject_at,
-                        np.int64(n_new), verify, max_leaders, max_compare, parent, edge_a, edge_b, counts, rejected)
+                _link_c(band, docs[order], sh_off, sh, float(threshold), np.int64(n_new), verify, max_leaders,
+                        max_compare, parent, edge_a, edge_b, counts, rejected)
     if native is not None:
         native.roots(parent)
     else:
         _roots_c(parent)
-    names = ("pairs_compared", "exact_checks", "signature_accepts", "signature_rejects", "skipped_same_cluster",
-             "edges", "skipped_rejected", "skipped_budget")
-    return edge_a[: counts[5]], edge_b[: counts[5]], dict(zip(names, map(int, counts), strict=True)), parent
+    names = ("pairs_compared", "exact_checks", "skipped_same_cluster", "edges", "skipped_rejected", "skipped_budget")
+    return edge_a[: counts[3]], edge_b[: counts[3]], dict(zip(names, map(int, counts), strict=True)), parent

@@ -63,7 +63,7 @@ static void sort_u32(uint32_t *x, uint32_t *tmp, int64_t n) {
 MH_CLONES
 int64_t mh_sketch(const int64_t *offsets, const uint64_t *tok, int64_t ngram, const uint32_t *a,
                   const uint32_t *b, int64_t num_perm, uint32_t *sig, const int64_t *win_off, uint32_t *win,
-                  int64_t *uniq, int64_t d0, int64_t d1) {
+                  int64_t *uniq, int64_t d0, int64_t d1, int64_t sets) {
     int64_t cap = 0;
     uint32_t *tmp = NULL;
     for (int64_t d = d0; d < d1; d++) {
@@ -78,13 +78,14 @@ int64_t mh_sketch(const int64_t *offsets, const uint64_t *tok, int64_t ngram, co
             uint64_t h = 0;
             for (int64_t k = 0; k < width; k++) h = (h * FOLD) ^ tok[start + i + k];
             uint32_t x = (uint32_t)(h ^ (h >> 32));
-            w[i] = x;
+            if (sets) w[i] = x;
             x ^= x >> 16; x *= 0x85EBCA6Bu; x ^= x >> 13; x *= 0xC2B2AE35u; x ^= x >> 16;
             for (int64_t p = 0; p < num_perm; p++) {
                 uint32_t v = x * a[p] + b[p];
                 row[p] = v < row[p] ? v : row[p];
             }
         }
+        if (!sets) continue;
         if (windows > cap) {
             free(tmp);
             cap = windows * 2;
@@ -132,31 +133,7 @@ static int64_t find(int64_t *parent, int64_t x) {
     return root;
 }
 
-static int64_t agreements(const void *sig, int64_t itemsize, int64_t num_perm, int64_t m, int64_t o) {
-    int64_t agree = 0;
-    if (itemsize == 1) {
-        const uint8_t *x = (const uint8_t *)sig + m * num_perm, *y = (const uint8_t *)sig + o * num_perm;
-        for (int64_t p = 0; p < num_perm; p++) agree += x[p] == y[p];
-    } else if (itemsize == 2) {
-        const uint16_t *x = (const uint16_t *)sig + m * num_perm, *y = (const uint16_t *)sig + o * num_perm;
-        for (int64_t p = 0; p < num_perm; p++) agree += x[p] == y[p];
-    } else if (itemsize == 4) {
-        const uint32_t *x = (const uint32_t *)sig + m * num_perm, *y = (const uint32_t *)sig + o * num_perm;
-        for (int64_t p = 0; p < num_perm; p++) agree += x[p] == y[p];
-    } else {
-        const uint64_t *x = (const uint64_t *)sig + m * num_perm, *y = (const uint64_t *)sig + o * num_perm;
-        for (int64_t p = 0; p < num_perm; p++) agree += x[p] == y[p];
-    }
-    return agree;
-}
-
-static int similar(int64_t m, int64_t o, const void *sig, int64_t itemsize, int64_t num_perm,
-                   const int64_t *sh_off, const uint32_t *sh, double threshold, int64_t accept_at,
-                   int64_t reject_at, int64_t *counts) {
-    int64_t agree = agreements(sig, itemsize, num_perm, m, o);
-    if (agree >= accept_at) { counts[2]++; return 1; }
-    if (agree <= reject_at) { counts[3]++; return 0; }
-    counts[1]++;
+static int similar(int64_t m, int64_t o, const int64_t *sh_off, const uint32_t *sh, double threshold) {
     int64_t i = sh_off[m], i_end = sh_off[m + 1], j = sh_off[o], j_end = sh_off[o + 1];
     int64_t sizes = (i_end - i) + (j_end - j), inter = 0;
     while (i < i_end && j < j_end) {
@@ -178,12 +155,10 @@ static int similar(int64_t m, int64_t o, const void *sig, int64_t itemsize, int6
 #define KEY(i) (packed ? band[i] >> 32 : band[i])
 #define MEMBER(i) (packed ? members[band[i] & 0xFFFFFFFFULL] : members[i])
 
-int64_t mh_link(const uint64_t *band, const int64_t *members, int64_t packed, int64_t n, const void *sig,
-                int64_t itemsize,
-                int64_t num_perm, const int64_t *sh_off, const uint32_t *sh, double threshold, int64_t accept_at,
-                int64_t reject_at, int64_t n_new, int64_t verify, int64_t max_leaders, int64_t max_compare,
-                int64_t *parent, int64_t *edge_a, int64_t *edge_b, int64_t *counts, uint64_t *rejected,
-                int64_t table_bits) {
+int64_t mh_link(const uint64_t *band, const int64_t *members, int64_t packed, int64_t n, const int64_t *sh_off,
+                const uint32_t *sh, double threshold, int64_t n_new, int64_t verify, int64_t max_leaders,
+                int64_t max_compare, int64_t *parent, int64_t *edge_a, int64_t *edge_b, int64_t *counts,
+                uint64_t *rejected, int64_t table_bits) {
     int shift = 64 - (int)table_bits;
     int64_t *leaders = (int64_t *)malloc((max_leaders > 0 ? max_leaders : 1) * sizeof(int64_t));
     if (!leaders) return -1;
@@ -199,7 +174,7 @@ int64_t mh_link(const uint64_t *band, const int64_t *members, int64_t packed, in
                 int64_t m = MEMBER(idx);
                 int matched;
                 if (n_lead > 0 && uniform && find(parent, m) == find(parent, leaders[0])) {
-                    counts[4] += n_lead;
+                    counts[2] += n_lead;
                     matched = 1;
                 } else {
                     matched = 0;
@@ -207,21 +182,21 @@ int64_t mh_link(const uint64_t *band, const int64_t *members, int64_t packed, in
                     for (int64_t li = 0; li < n_lead; li++) {
                         int64_t o = leaders[li];
                         int64_t rm = find(parent, m), ro = find(parent, o);
-                        if (rm == ro) { counts[4]++; matched = 1; continue; }
+                        if (rm == ro) { counts[2]++; matched = 1; continue; }
                         if (m >= n_new && o >= n_new) continue;
                         uint64_t lo = (uint64_t)(m < o ? m : o), hi = (uint64_t)(m < o ? o : m);
                         uint64_t pair = (lo << 32) | hi;
                         uint64_t slot = (pair * 0x9E3779B97F4A7C15ULL) >> shift;
-                        if (rejected[slot] == pair + 1) { counts[6]++; continue; }
-                        if (tried == max_compare) { counts[7]++; break; }
+                        if (rejected[slot] == pair + 1) { counts[4]++; continue; }
+                        if (tried == max_compare) { counts[5]++; break; }
                         tried++;
                         counts[0]++;
-                        if (!verify || similar(m, o, sig, itemsize, num_perm, sh_off, sh, threshold, accept_at,
-                                               reject_at, counts)) {
+                        if (verify) counts[1]++;
+                        if (!verify || similar(m, o, sh_off, sh, threshold)) {
                             parent[rm > ro ? rm : ro] = rm < ro ? rm : ro;
-                            edge_a[counts[5]] = o;
-                            edge_b[counts[5]] = m;
-                            counts[5]++;
+                            edge_a[counts[3]] = o;
+                            edge_b[counts[3]] = m;
+                            counts[3]++;
                             matched = 1;
                         } else {
                             rejected[slot] = pair + 1;
@@ -250,11 +225,10 @@ void mh_roots(int64_t *parent, int64_t n) {
 
 _I64, _F64, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 _SIGNATURES = {
-    "mh_sketch": (_I64, [_P, _P, _I64, _P, _P, _I64, _P, _P, _P, _P, _I64, _I64]),
+    "mh_sketch": (_I64, [_P, _P, _I64, _P, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64]),
     "mh_compact": (None, [_P, _P, _P, _P, _I64]),
     "mh_band_keys": (None, [_P, _I64, _I64, _I64, _I64, _P]),
-    "mh_link": (_I64, [_P, _P, _I64, _I64, _P, _I64, _I64, _P, _P, _F64, _I64, _I64, _I64, _I64, _I64, _I64, _P,
-                       _P, _P, _P, _P, _I64]),
+    "mh_link": (_I64, [_P, _P, _I64, _I64, _P, _P, _F64, _I64, _I64, _I64, _I64, _P, _P, _P, _P, _P, _I64]),
     "mh_pack_band": (None, [_P, _I64, _I64, _I64, _P]),
     "mh_roots": (None, [_P, _I64]),
 }
@@ -275,7 +249,7 @@ class Native:
             fn.restype, fn.argtypes = res, args
 
     def sketch(self, offsets: np.ndarray, tok: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray, sig: np.ndarray,
-               win_off: np.ndarray, win: np.ndarray, uniq: np.ndarray, threads: int) -> None:
+               win_off: np.ndarray, win: np.ndarray, uniq: np.ndarray, threads: int, sets: bool = True) -> None:
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         tok = np.ascontiguousarray(tok, dtype=np.uint64)
         a = np.ascontiguousarray(a, dtype=np.uint32)
@@ -288,7 +262,7 @@ class Native:
 
         def part(d0: int, d1: int) -> None:
             results.append(self.lib.mh_sketch(_ptr(offsets), _ptr(tok), ngram, _ptr(a), _ptr(b), len(a), _ptr(sig),
-                                              _ptr(win_off), _ptr(win), _ptr(uniq), d0, d1))
+                                              _ptr(win_off), _ptr(win), _ptr(uniq), d0, d1, int(sets)))
 
         workers = [threading.Thread(target=part, args=(d0, d1)) for d0, d1 in zip(bounds[1:-1], bounds[2:],
                                                                                    strict=True) if d1 > d0]
@@ -311,10 +285,9 @@ class Native:
         assert keys.dtype == np.uint32 and keys.flags.c_contiguous and out.dtype == np.uint64
         self.lib.mh_pack_band(_ptr(keys), keys.shape[0], keys.shape[1], j, _ptr(out))
 
-    def link(self, band: np.ndarray, members: np.ndarray, sig: np.ndarray, sh_off: np.ndarray, sh: np.ndarray,
-             threshold: float, accept_at: int, reject_at: int, n_new: int, verify: bool, max_leaders: int,
-             max_compare: int, parent: np.ndarray, edge_a: np.ndarray, edge_b: np.ndarray, counts: np.ndarray,
-             rejected: np.ndarray, packed: bool = False) -> None:
+    def link(self, band: np.ndarray, members: np.ndarray, sh_off: np.ndarray, sh: np.ndarray, threshold: float,
+             n_new: int, verify: bool, max_leaders: int, max_compare: int, parent: np.ndarray, edge_a: np.ndarray,
+             edge_b: np.ndarray, counts: np.ndarray, rejected: np.ndarray, packed: bool = False) -> None:
         """One band; ``packed``: ``band`` holds sorted ``key << 32 | position`` and ``members`` the rows by
         position (``pack_band``), else sorted keys and the rows in that order."""
         band = np.ascontiguousarray(band, dtype=np.uint64)
@@ -322,11 +295,10 @@ class Native:
         sh_off = np.ascontiguousarray(sh_off, dtype=np.int64)
         sh = np.ascontiguousarray(sh, dtype=np.uint32)
         bits = int(rejected.shape[0]).bit_length() - 1
-        assert 1 << bits == rejected.shape[0] and sig.flags.c_contiguous
-        rc = self.lib.mh_link(_ptr(band), _ptr(members), int(packed), len(band), _ptr(sig), sig.dtype.itemsize,
-                              sig.shape[1], _ptr(sh_off), _ptr(sh), float(threshold), accept_at, reject_at, n_new,
-                              int(verify), max_leaders, max_compare, _ptr(parent), _ptr(edge_a), _ptr(edge_b),
-                              _ptr(counts), _ptr(rejected), bits)
+        assert 1 << bits == rejected.shape[0]
+        rc = self.lib.mh_link(_ptr(band), _ptr(members), int(packed), len(band), _ptr(sh_off), _ptr(sh),
+                              float(threshold), n_new, int(verify), max_leaders, max_compare, _ptr(parent),
+                              _ptr(edge_a), _ptr(edge_b), _ptr(counts), _ptr(rejected), bits)
         if rc:
             raise MemoryError("mh_link: out of memory")
 

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from gristmill.common.contract import StepResult
 from gristmill.curation import minhash_kernel
 from gristmill.curation.clusters import clusters, representatives
 from gristmill.curation.lsh import band_keys
 from gristmill.curation.minhash import (
+    EdgeBuilder,
+    MinhashDedup,
     MinhashParams,
     dedup_minhash,
     near_duplicate_edges,
@@ -77,7 +80,7 @@ def test_minhash_verification_rejects_false_candidates() -> None:
     sets = shingle_sets(frame["text"], 2)
     verified = dedup_minhash(frame, MinhashParams(threshold=0.5, ngram=2, num_perm=16))
     loose = dedup_minhash(frame, MinhashParams(threshold=0.5, ngram=2, num_perm=16, verify=False))
-    assert verified.stats["exact_checks"] + verified.stats["signature_rejects"] > 0
+    assert verified.stats["exact_checks"] > 0 and "signature_rejects" not in verified.stats
     assert loose.dropped.height >= verified.dropped.height
     index = {r: i for i, r in enumerate(frame["id"])}
     for row in verified.dropped.iter_rows(named=True):  # each dropped row is truly similar to some other row
@@ -107,18 +110,12 @@ def test_link_known_answer() -> None:
                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
     sh_off = np.r_[0, np.cumsum([len(s) for s in sh_sets])].astype(np.int64)
     sh = np.concatenate([np.array(s, dtype=np.uint32) for s in sh_sets])
-    sig = np.arange(4 * 16, dtype=np.uint32).reshape(4, 16)  # all different: every decision goes to exact Jaccard
     keys = np.zeros((4, 1), dtype=np.uint64)
-    a, b, counts, labels = minhash_kernel.link(keys, np.arange(4), sig, sh_off, sh, 4, threshold=0.25, verify=True,
+    a, b, counts, labels = minhash_kernel.link(keys, np.arange(4), sh_off, sh, 4, threshold=0.25, verify=True,
                                                n_new=4)
     assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == [(0, 1), (0, 3), (1, 2)]
     assert counts["pairs_compared"] == 4 and counts["exact_checks"] == 4
     assert labels.tolist() == [0, 0, 0, 0]
-
-
-def test_agreement_cuts_known_answer() -> None:
-    assert minhash_kernel.agreement_cuts(0.8, 128) == (122, 78)
-    assert minhash_kernel.agreement_cuts(0.5, 16) == (17, -1)  # too few permutations: never shortcut
 
 
 def test_fused_kernel_equals_numpy_reference() -> None:
@@ -130,6 +127,11 @@ def test_fused_kernel_equals_numpy_reference() -> None:
         sig, sh_off, sh = minhash_kernel.sketch(*token_hashes(texts, unit), n, a, b)
         assert np.array_equal(sig, expected), (unit, n)
         assert np.array_equal(sh, hashes) and np.array_equal(np.diff(sh_off), np.bincount(doc, minlength=5))
+        # The signatures alone (no sets sorted), and the sets alone (no permutations): the same numbers.
+        sig_only, no_off, no_sh = minhash_kernel.sketch(*token_hashes(texts, unit), n, a, b, sets=False)
+        assert np.array_equal(sig_only, expected) and not no_off.any() and len(no_sh) == 0
+        _, sets_off, sets_sh = minhash_kernel.sketch(*token_hashes(texts, unit), n, a[:0], b[:0])
+        assert np.array_equal(sets_off, sh_off) and np.array_equal(sets_sh, sh)
 
 
 def test_minhash_against_earlier_sets_drops_only_new_rows() -> None:
@@ -151,12 +153,6 @@ def test_permutations_equal_datasketch() -> None:
         assert a.dtype == np.uint32 and np.array_equal(a, ds[0]) and np.array_equal(b, ds[1])
 
 
-def test_agreement_cuts_with_b_bit_signatures() -> None:
-    # Low bytes of two different minima agree 1 time in 256: the cuts move only where that shifts a tail.
-    assert minhash_kernel.agreement_cuts(0.8, 128, bits=8) == (122, 78)
-    assert minhash_kernel.agreement_cuts(0.3, 128, bits=8)[1] >= minhash_kernel.agreement_cuts(0.3, 128)[1]
-
-
 def test_kernel_band_keys_equal_lsh_band_keys() -> None:
     sig = np.random.default_rng(0).integers(0, 2**32, (50, 128), dtype=np.uint64).astype(np.uint32)
     assert np.array_equal(minhash_kernel.band_keys(sig, 21, 6), band_keys(sig, 21, 6))
@@ -170,10 +166,8 @@ def _sets_csr(sets: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 def test_link_compares_a_rejected_pair_once_across_bands() -> None:
     # Two dissimilar docs share all 3 bands: one comparison, then the pair is skipped as already rejected.
     off, sh = _sets_csr([[1, 2, 3, 4], [5, 6, 7, 8]])
-    sig = np.arange(2 * 16, dtype=np.uint32).reshape(2, 16)
     keys = np.zeros((2, 3), dtype=np.uint64)
-    a, _, counts, labels = minhash_kernel.link(keys, np.arange(2), sig, off, sh, 2, threshold=0.5, verify=True,
-                                               n_new=2)
+    a, _, counts, labels = minhash_kernel.link(keys, np.arange(2), off, sh, 2, threshold=0.5, verify=True, n_new=2)
     assert len(a) == 0 and labels.tolist() == [0, 1]
     assert counts["pairs_compared"] == 1 and counts["skipped_rejected"] == 2
 
@@ -183,15 +177,13 @@ def test_link_budget_defers_leaders_to_later_bands() -> None:
     # band 0 tries 0 and 1, band 1 skips them (rejected) and tries 2 and 3, band 2 reaches 4.
     sets = [[10 * i + k for k in range(5)] for i in range(4)] + [[100, 101, 102, 103, 104]] * 2
     off, sh = _sets_csr(sets)
-    sig = np.arange(6 * 16, dtype=np.uint32).reshape(6, 16)
     keys = np.zeros((6, 3), dtype=np.uint64)
-    a, b, counts, labels = minhash_kernel.link(keys, np.arange(6), sig, off, sh, 6, threshold=0.5, verify=True,
-                                               n_new=6, max_compare=2)
+    a, b, counts, labels = minhash_kernel.link(keys, np.arange(6), off, sh, 6, threshold=0.5, verify=True, n_new=6,
+                                               max_compare=2)
     assert list(zip(a.tolist(), b.tolist(), strict=True)) == [(4, 5)]
     assert labels.tolist() == [0, 1, 2, 3, 4, 4]
     # Without the budget every leader is compared in band 0.
-    a2, b2, counts2, _ = minhash_kernel.link(keys, np.arange(6), sig, off, sh, 6, threshold=0.5, verify=True,
-                                             n_new=6)
+    a2, b2, counts2, _ = minhash_kernel.link(keys, np.arange(6), off, sh, 6, threshold=0.5, verify=True, n_new=6)
     assert list(zip(a2.tolist(), b2.tolist(), strict=True)) == [(4, 5)]
     assert counts["skipped_budget"] > 0 and counts2["skipped_budget"] == 0
 
@@ -279,26 +271,32 @@ texts = pl.Series(json.loads(sys.argv[1]))
 a, b = permutations(32, 3)
 sig, sh_off, sh = k.sketch(*token_hashes(texts), 3, a, b)
 keys64 = k.band_keys(sig, 8, 4)
+sig_only = k.sketch(*token_hashes(texts), 3, a, b, sets=False)
+sets_only = k.sketch(*token_hashes(texts), 3, a[:0], b[:0])
 out = {"backend": k.backend(), "sig": sig.tolist(), "sh_off": sh_off.tolist(), "sh": sh.tolist(),
-       "keys": keys64.tolist()}
+       "keys": keys64.tolist(), "sig_only": sig_only[0].tolist(), "sets_only": [x.tolist() for x in sets_only[1:]]}
 n = len(texts)
-live = np.flatnonzero(np.diff(sh_off) > 0)
-for name, keys, agree, kw in (
-        ("u64", keys64[live], sig, {}),
-        ("u32_exact", (keys64 ^ (keys64 >> np.uint64(32))).astype(np.uint32)[live], None, {"max_compare": 2}),
-        ("u8_earlier", (keys64 ^ (keys64 >> np.uint64(32))).astype(np.uint32)[live], (sig & 255).astype(np.uint8),
-         {"n_new": n - 5, "max_leaders": 3}),
-        ("unverified", keys64[live], None, {"verify": False})):
+has = np.diff(sh_off) > 0
+live = np.flatnonzero(has)
+keys32 = (keys64 ^ (keys64 >> np.uint64(32))).astype(np.uint32)
+cand = k.candidates(keys32, has)
+out["candidates"] = cand.tolist()
+for name, keys, docs, kw in (
+        ("u64", keys64[live], live, {}),
+        ("u32_exact", keys32[live], live, {"max_compare": 2}),
+        ("u32_candidates", keys32[cand], np.flatnonzero(cand), {"max_compare": 2}),
+        ("u32_earlier", keys32[live], live, {"n_new": n - 5, "max_leaders": 3}),
+        ("unverified", keys64[live], live, {"verify": False})):
     args = {"threshold": 0.5, "verify": True, "n_new": n, **kw}
-    ea, eb, counts, labels = k.link(keys, live, agree, sh_off, sh, n, **args)
+    ea, eb, counts, labels = k.link(keys, docs, sh_off, sh, n, **args)
     out[name] = [ea.tolist(), eb.tolist(), counts, labels.tolist()]
 print(json.dumps(out))
 """
 
 
 def test_c_numba_and_python_backends_agree() -> None:
-    # Sketch, band keys and link (64- and 32-bit keys, with and without agreement signatures, earlier rows, small
-    # budgets) give the same numbers on all three backends.
+    # Sketch, band keys, candidates and link (64- and 32-bit keys, earlier rows, small budgets) give the same
+    # numbers on all three backends; link on the candidates alone gives what it gives on every row.
     import json
 
     rng = random.Random(5)
@@ -320,6 +318,10 @@ def test_c_numba_and_python_backends_agree() -> None:
     assert results["native"] == results["numba"] == results["python"]
     assert len(results["native"]["u64"][0]) >= 20  # edges found: the comparison is not vacuous
     assert results["native"]["u32_exact"][2]["skipped_budget"] > 0
+    assert results["native"]["u32_candidates"] == results["native"]["u32_exact"]
+    assert results["native"]["sig_only"] == results["native"]["sig"]
+    assert results["native"]["sets_only"] == [results["native"]["sh_off"], results["native"]["sh"]]
+    assert 0 < sum(results["native"]["candidates"]) < len(texts)  # some rows left out: the comparison is not vacuous
 
 
 def test_token_hashes_in_chunks_equal_one_call() -> None:
@@ -333,3 +335,58 @@ def test_token_hashes_in_chunks_equal_one_call() -> None:
     offsets, tok = token_hashes(pl.Series(["A b", "", "b"]))
     assert offsets.tolist() == [0, 2, 2, 3] and tok[1] == tok[2] != tok[0] and tok.dtype == np.uint64
     assert token_hashes(pl.Series([], dtype=pl.String))[0].tolist() == [0]
+
+
+def test_candidates_known_answer() -> None:
+    keys = np.array([[1, 5], [2, 5], [3, 6], [3, 7]], dtype=np.uint32)
+    assert minhash_kernel.candidates(keys[:3]).tolist() == [True, True, False]  # the docstring's example
+    assert minhash_kernel.candidates(keys).tolist() == [True, True, True, True]  # 2 and 3 share band 0's key 3
+    keep = np.array([True, True, True, False])
+    assert minhash_kernel.candidates(keys, keep).tolist() == [True, True, False, False]  # row 3 left out
+
+
+def test_only_rows_sharing_a_bucket_are_shingled() -> None:
+    # Two near copies and three unrelated texts: only the copies' shingle sets are kept for the exact Jaccard.
+    texts = pl.Series([BASE, "tides and the moon over the harbour at night far from here", BASE + " today",
+                       "completely different words about gardening tomatoes in the summer sun heat", ""])
+    builder = EdgeBuilder(MinhashParams(threshold=0.7, ngram=3), len(texts))
+    builder.add_texts(texts.slice(0, 2))
+    builder.add_texts(texts.slice(2))
+    assert builder.shingles_wanted()
+    assert builder.docs is not None and builder.docs.tolist() == [0, 2]
+    builder.add_shingles(texts.slice(0, 3))
+    builder.add_shingles(texts.slice(3))
+    sizes = builder.lengths
+    assert sizes[[1, 3, 4]].tolist() == [0, 0, 0] and sizes[0] > 0 and sizes[2] == sizes[0] + 1
+    assert builder.used == sizes.sum()
+    assert not builder.shingles_wanted()
+    found = builder.link()
+    assert found.labels is not None and found.labels.tolist() == [0, 1, 0, 3, 4]
+    assert found.counts["pairs_compared"] == 1
+
+
+def test_second_pass_must_get_the_same_texts() -> None:
+    texts = pl.Series([BASE, BASE + " today", "an unrelated sentence about tides and the moon over the harbour"])
+    builder = EdgeBuilder(MinhashParams(threshold=0.7, ngram=3), len(texts))
+    builder.add_texts(texts)
+    with pytest.raises(ValueError, match="shingled"):
+        builder.link()  # the candidates' shingle sets are missing
+    with pytest.raises(ValueError, match="other texts"):
+        builder.add_shingles(pl.Series(["", "", "x"]))  # the candidates (rows 0 and 1) had tokens
+
+
+def test_two_pass_plan_rescans_only_the_text() -> None:
+    # The plan asks the runner for one more pass over the text column, once, and only when some row shares a bucket.
+    frame = make_frame([BASE, BASE + " today", "an unrelated sentence about tides and the moon over the harbour"])
+    plan = MinhashDedup(MinhashParams(threshold=0.7, ngram=3), frame.schema, frame.height)
+    plan.scan(frame.select("id", "text", "meta"))
+    assert plan.rescan() == ("text",)
+    plan.scan(frame.select("text"))
+    assert plan.rescan() == ()
+    plan.decide()
+    kept, dropped = plan.apply(frame, 0)
+    assert kept["id"].to_list() == ["r0", "r2"] and dropped["id"].to_list() == ["r1"]
+    alone = make_frame(["one text about tides", "another about the garden and tomatoes in summer"])
+    plan = MinhashDedup(MinhashParams(threshold=0.7, ngram=3), alone.schema, alone.height)
+    plan.scan(alone)
+    assert plan.rescan() == ()
