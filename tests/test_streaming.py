@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from gristmill import steps as steps_mod
-from gristmill.checkpoint import SchemaDrift, SliceWriter, iter_slices
+from gristmill.checkpoint import SchemaDrift, SliceWriter, compact, iter_slices
 from gristmill.common.contract import StepResult, no_drops, run_sliced, split, sum_stats
 from gristmill.curation.normalize import NormalizeParams, normalize
 from gristmill.curation.rulesets import HeuristicsParams, heuristics
@@ -235,6 +235,27 @@ def test_slice_writer_and_reader_round_trip(tmp_path: Path) -> None:
     with pytest.raises(SchemaDrift):
         drift.write(frame.with_columns(pl.col("id").cast(pl.Categorical)))
     drift.close(complete=False)
+
+
+def _string_bytes(series: pl.Series) -> int:
+    """Bytes of the buffers behind a string column (views and the data buffers they point into)."""
+    return series.to_arrow(compat_level=pl.CompatLevel.newest()).nbytes
+
+
+def test_compact_keeps_rows_and_types_but_not_the_slice_they_came_from(tmp_path: Path) -> None:
+    big = pl.DataFrame({"id": [f"row-{i:06d}" for i in range(2_000)], "text": [f"{i} " + "word " * 50
+                                                                             for i in range(2_000)],
+                        "meta": [{"n": i} for i in range(2_000)]})
+    dropped = big.filter(pl.int_range(pl.len()) % 100 == 0).with_columns(reason=pl.lit("x"))
+    own = _string_bytes(pl.Series(dropped["text"].to_list()))  # 20 texts built afresh: ~5 KB
+    assert _string_bytes(dropped["text"]) > 50 * own  # the filtered views still reach all 2,000 texts
+    small = compact(dropped)
+    assert small.equals(dropped) and small.schema == dropped.schema
+    assert _string_bytes(small["text"]) < 2 * own
+    writer = SliceWriter(tmp_path / "d.parquet", hold=True)
+    writer.write(dropped)
+    writer.close()
+    assert pl.read_parquet(tmp_path / "d.parquet").equals(dropped)
 
 
 def test_run_index_written_in_slices_equals_the_whole_sketch(tmp_path: Path) -> None:
