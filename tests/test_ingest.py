@@ -311,3 +311,23 @@ def test_runner_ingest_finds_an_id_repeated_across_slices_and_inputs(tmp_path: P
         _ingest_run(tmp_path, inputs, 2)
     kept, _, _ = _ingest_run(tmp_path, inputs[:1], 2)
     assert kept["id"].to_list() == ["x", "y", "z", "w"]
+
+
+def test_runner_ingest_falls_back_to_the_whole_read_on_schema_drift(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from gristmill import runner
+    from gristmill.checkpoint import SchemaDrift
+
+    pl.DataFrame({"id": [f"a{i}" for i in range(6)], "text": [f"row {i}" for i in range(6)]}).write_parquet(
+        tmp_path / "a.parquet", row_group_size=2)
+    real = runner.SliceWriter.write
+
+    def drifting(self: runner.SliceWriter, frame: pl.DataFrame) -> None:
+        if self.rows:  # what a slice of other types raises from the second slice on
+            raise SchemaDrift("test")
+        real(self, frame)
+
+    monkeypatch.setattr(runner.SliceWriter, "write", drifting)
+    kept, _, stats = _ingest_run(tmp_path, [{"path": "a.parquet", "mapping": "text"}], 4)
+    assert kept["id"].to_list() == [f"a{i}" for i in range(6)] and stats["kept"] == 6
+    assert not [p for p in (tmp_path / "run4" / "steps").iterdir() if p.name.startswith(".")]  # no staging left
