@@ -8,21 +8,23 @@ recombined`` strings real sentences into new distinct paragraphs (``bench/corpus
 runs that need more (the GPU).
 
 Baseline: sentence-transformers ``encode`` in fp32 (its default precision) at every batch size of
-``--batches``, in increasing order until throughput drops below the best so far (the best is the figure);
+``--batches``, in increasing order until throughput drops below the best so far, but at least three sizes (one load
+spike on the shared CPU must not end a side's sweep at its second size); the best is the figure;
 gristmill: ``Embedder`` (``precision="fast"``: bf16 where the hardware runs it natively; no cache, so nothing is
 skipped) over the same batch sizes. Each side and batch size gets one untimed call first (first use of its shapes);
 ``--rounds`` repeats the measurements interleaved and keeps each configuration's best (the CPU machine is shared
 and noisy). The timer covers tokenization, the model and pooling of docs + references on both sides. Fidelity:
 Spearman correlation of the quality scores (mean top-3 cosine to the reference set) against the fp32 baseline's.
 ``--st-bf16`` adds sentence-transformers with its weights cast to bf16 as a second reference point;
-``--onnxruntime`` adds gristmill's opt-in ONNX Runtime int8 path (exported before any timing) as another side.
+``--onnxruntime`` / ``--openvino`` add gristmill's opt-in ONNX Runtime / OpenVINO int8 paths (exported before any
+timing) as other sides.
 
 GPU machines without the MiniLM package: ``--random-init`` builds a randomly initialised model of the same
 architecture from the shipped config (throughput does not depend on weight values; Spearman is then only a check
 that both paths compute the same function).
 
 Run: python bench/embed.py [--docs 600] [--texts real|recombined] [--batches 8,16,32,64] [--rounds 2]
-     [--random-init [--tokenizer DIR]] [--st-bf16] [--onnxruntime]
+     [--random-init [--tokenizer DIR]] [--st-bf16] [--onnxruntime] [--openvino]
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def env(device: str) -> dict[str, object]:
     out: dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                               "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                               "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime", "onnx"):
+    for pkg in ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime", "onnx", "openvino",
+                "nncf"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -127,6 +130,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats; each configuration's best counts")
     ap.add_argument("--st-bf16", action="store_true", help="also time sentence-transformers with bf16 weights")
     ap.add_argument("--onnxruntime", action="store_true", help="also time gristmill's ONNX Runtime int8 path")
+    ap.add_argument("--openvino", action="store_true", help="also time gristmill's OpenVINO int8 path")
     ap.add_argument("--random-init", action="store_true")
     ap.add_argument("--tokenizer", help="MiniLM tokenizer files for --random-init (default: the installed package)")
     args = ap.parse_args()
@@ -163,11 +167,15 @@ def main() -> None:
     if args.onnxruntime:
         ort_path = Embedder(path, cache_path=None, backend="onnxruntime")
         encoders[f"gristmill ({ort_path.backend})"] = our_encoder(ort_path)
+    if args.openvino:
+        ov_path = Embedder(path, cache_path=None, backend="openvino")
+        encoders[f"gristmill ({ov_path.backend})"] = our_encoder(ov_path)
     rates: dict[str, dict[int, float]] = {name: {} for name in encoders}
     outputs: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for rnd in range(args.rounds):
         for name, encode in encoders.items():
-            # round 1 sweeps up until throughput drops; later rounds re-time the sizes round 1 reached
+            # round 1 sweeps up until throughput drops (after 3 sizes at least); later rounds re-time the sizes
+            # round 1 reached
             sizes = batches if rnd == 0 else sorted(rates[name])
             best = 0.0
             for batch in sizes:
@@ -178,7 +186,7 @@ def main() -> None:
                 rates[name][batch] = max(rate, rates[name].get(batch, 0.0))
                 outputs.setdefault((name, batch), (d, r))
                 print(f"  round {rnd + 1} {name:<30} batch {batch:>5}: {rate:>10,.1f} docs/s", flush=True)
-                if rnd == 0 and rate < best:
+                if rnd == 0 and rate < best and len(rates[name]) >= 3:
                     break  # throughput dropped: larger sizes are not tried
                 best = max(best, rate)
     base_name = "sentence-transformers fp32"
