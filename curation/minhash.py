@@ -10,10 +10,10 @@ with the bucket's leaders, never with a document already in its cluster, and a c
 Jaccard of the shingle sets. So a cluster of k copies of one text costs O(k) comparisons, not the k**2 / 2
 candidate pairs; a member makes a bounded number of new comparisons per bucket and a rejected pair is not compared
 again in a later band, so fragmented clusters (copies under the threshold of each other) stay linear too. Full
-signatures live for one batch of ``batch_docs`` texts; what outlives it per row is its band keys. Only rows that
-share a bucket with another row can be compared (``minhash_kernel.candidates``, a fifth of the rows in the scale
-benchmark's corpus): the texts are read a second time and only those rows' shingle sets are kept, for the exact
-Jaccard. One representative per cluster is kept: the highest ``meta.quality_score`` when an earlier quality step
+signatures live for one batch of ``batch_docs`` texts; what outlives it per row in memory is its band keys. Only
+rows that share a bucket with another row can be compared (``minhash_kernel.candidates``, a fifth of the rows in
+the scale benchmark's corpus): the shingle sets go to a temporary file as they are computed and only those rows'
+sets are read back, for the exact Jaccard. One representative per cluster is kept: the highest ``meta.quality_score`` when an earlier quality step
 wrote one, else the first seen.
 
 Worked example (threshold 0.7, 3-word shingles): ``[BASE, BASE + " today", "gardening ..."]`` -> rows 0 and 1 share
@@ -23,9 +23,10 @@ a band and their exact Jaccard is 0.94 -> one cluster {0, 1}; row 1 is dropped a
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import polars as pl
@@ -159,24 +160,20 @@ def sketch_key(params: MinhashParams) -> str:
     return f"{params.unit}{params.ngram}-p{params.num_perm}-s{params.seed}-v{SKETCH_VERSION}"
 
 
-def _sketch_batches(texts: pl.Series, params: MinhashParams, what: Literal["both", "signatures", "sets"] = "both"
+def _sketch_batches(texts: pl.Series, params: MinhashParams
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """``(start, signatures, shingle offsets, shingle hashes, has_shingles)`` of ``batch_docs`` texts at a time:
-    token lists live for one batch only. ``what="signatures"``: every shingle set empty (the kernel skips sorting
-    them); ``"sets"``: signatures without columns (no permutations computed)."""
+    token lists live for one batch only."""
     texts = texts.cast(pl.String).fill_null("")
     a_perm, b_perm = permutations(params.num_perm, params.seed)
-    if what == "sets":
-        a_perm, b_perm = a_perm[:0], b_perm[:0]
     for start in range(0, len(texts), params.batch_docs):
         chunk = texts.slice(start, params.batch_docs)
         offsets, tok = token_hashes(chunk, params.unit)
         if minhash_kernel.available():
-            chunk_sig, off, sh = minhash_kernel.sketch(offsets, tok, params.ngram, a_perm, b_perm,
-                                                       sets=what != "signatures")
+            chunk_sig, off, sh = minhash_kernel.sketch(offsets, tok, params.ngram, a_perm, b_perm)
         else:  # pragma: no cover - numba is a declared dependency
             doc, sh = hashed_shingles(chunk, params.ngram, params.unit)
-            chunk_sig = signatures(doc, sh, len(chunk), len(a_perm), params.seed, params.batch_shingles)
+            chunk_sig = signatures(doc, sh, len(chunk), params.num_perm, params.seed, params.batch_shingles)
             off = np.r_[0, np.cumsum(np.bincount(doc, minlength=len(chunk)))].astype(np.int64)
         del tok
         yield start, chunk_sig, np.asarray(off, dtype=np.int64), np.asarray(sh, dtype=np.uint32), np.diff(offsets) > 0
@@ -224,12 +221,16 @@ def frame_sketch(frame: pl.DataFrame, num_perm: int) -> Sketch:
                   frame["has_shingles"].to_numpy().astype(bool))
 
 
+SPILL_BLOCK = 1 << 20
+"""Shingle hashes read back from the spill file at a time (4 MiB) when the candidates' sets are gathered."""
+
+
 class EdgeBuilder:
-    """``near_duplicate_edges`` fed a slice of texts at a time, in two passes over the same texts: ``add_texts``
-    (in row order; ``n_texts`` in all) keeps each row's band keys; then, while ``shingles_wanted()``,
-    ``add_shingles`` gets the same texts again (in row order) and keeps the shingle sets of the rows that share a
-    bucket with another row (the only ones ``link`` may compare); then ``link``. What a streamed step keeps of its
-    rows between its passes, never the texts."""
+    """``near_duplicate_edges`` fed a slice of texts at a time (``add_texts``, in row order; ``n_texts`` in all),
+    then ``link``: what a streamed step keeps of its rows between its passes, never the texts. In memory: each row's
+    band keys and shingle count. The shingle sets go to an unlinked temporary file as they come; ``link`` reads back
+    only those of rows that share a bucket with another row (``minhash_kernel.candidates``: the only rows it may
+    compare), so the sets of the rows that can have no duplicate never occupy memory."""
 
     def __init__(self, params: MinhashParams, n_texts: int, n_new: int | None = None,
                  earlier: Sketch | None = None) -> None:
@@ -242,108 +243,98 @@ class EdgeBuilder:
         # With verification a band key needs 32 bits only: two rows whose different bands fold to one key are
         # compared and rejected like any dissimilar bucket-mates. Without it a collision would be an edge: 64 bits.
         self.keys = np.empty((n, self.b), dtype=np.uint32 if params.verify else np.uint64)
-        self.live = np.zeros(n, dtype=bool)  # False for texts without tokens: they share the all-max signature
+        self.lengths = np.zeros(n, dtype=np.uint32)  # unique shingles per row; 0: no tokens, kept out of LSH
         self.added = 0
-        self.docs: np.ndarray | None = None
-        """The rows ``link`` may compare (ascending), once the first pass is over."""
-        self.lengths = np.zeros(0, dtype=np.uint32)
-        self.shingles = np.zeros(0, dtype=np.uint32)
-        self.used = 0
-        self.shingled = 0
+        self._spill: BinaryIO | None = None
 
-    def _add_keys(self, start: int, sig: np.ndarray, live: np.ndarray) -> None:
+    def _add(self, start: int, sig: np.ndarray, off: np.ndarray, sh: np.ndarray) -> None:
         full = minhash_kernel.band_keys(sig, self.b, self.r) if minhash_kernel.available() else \
             band_keys(sig, self.b, self.r)
         self.keys[start : start + len(sig)] = full ^ (full >> np.uint64(32)) if self.params.verify else full
-        self.live[start : start + len(sig)] = live
+        self.lengths[start : start + len(sig)] = np.diff(off)
+        if self.params.verify and start < self.n_texts:  # earlier rows' sets stay in their sketch
+            if self._spill is None:
+                # Unlinked at once (no name to clean up after a crash); closed in ``link``.
+                self._spill = tempfile.TemporaryFile(prefix="gristmill-minhash-")  # noqa: SIM115
+            self._spill.write(memoryview(np.ascontiguousarray(sh, dtype=np.uint32)))
 
     def add_texts(self, texts: pl.Series) -> None:
         """The next ``len(texts)`` rows."""
         if self.added + len(texts) > self.n_texts:
             raise ValueError(f"more than the {self.n_texts} texts announced")
-        for start, sig, _, _, live in _sketch_batches(texts, self.params, "signatures"):
-            self._add_keys(self.added + start, sig, live)
+        for start, sig, off, sh, _ in _sketch_batches(texts, self.params):
+            self._add(self.added + start, sig, off, sh)
         self.added += len(texts)
 
-    def _settle(self) -> None:
-        """After the first pass: the rows ``link`` may compare and their keys (the others' are freed)."""
-        if self.added != self.n_texts:
-            raise ValueError(f"{self.added} texts added of the {self.n_texts} announced")
-        if self.earlier is not None:
-            self._add_keys(self.n_texts, self.earlier.sig, self.earlier.has_shingles)
-        if self.params.verify:
-            docs = np.flatnonzero(minhash_kernel.candidates(self.keys, None if self.live.all() else self.live))
-        else:
-            docs = np.flatnonzero(self.live)
-        # A copy of the kept rows' keys only when rows are left out (in a heavily duplicated corpus every row is a
-        # candidate: no second copy of every key then).
-        self.keys = self.keys if len(docs) == self.n else self.keys[docs]
-        self.docs = docs
-        self.live = np.zeros(0, dtype=bool)
-        self.lengths = np.zeros(self.n if self.params.verify else 0, dtype=np.uint32)
-
-    def shingles_wanted(self) -> bool:
-        """After the first pass: whether ``add_shingles`` must see the texts again (some new row shares a bucket
-        and verification needs its shingle set); False once it has seen them all."""
-        if self.docs is None:
-            self._settle()
-        assert self.docs is not None
-        return self.params.verify and self.shingled < self.n_texts and bool(np.any(self.docs < self.n_texts))
-
-    def _append(self, rows: np.ndarray, off: np.ndarray, sh: np.ndarray) -> None:
-        """The shingle sets of ``rows`` (ascending, after every row appended so far), CSR as ``sketch`` gives them."""
-        lengths = np.diff(off)
-        if not np.all(lengths > 0):  # every candidate had tokens in the first pass
-            raise ValueError("add_shingles got other texts than add_texts")
-        self.lengths[rows] = lengths
-        if self.used + len(sh) > len(self.shingles):
-            # Room for the candidates still to come at this batch's shingles per row, plus a margin: the buffer is
-            # grown in place a few times (realloc moves pages, it does not copy them), never held twice.
-            assert self.docs is not None
-            left = len(self.docs) - int(np.searchsorted(self.docs, rows[-1], side="right"))
-            self.shingles.resize(int((self.used + len(sh)) * 1.05 + len(sh) / len(rows) * left) + 1024, refcheck=False)
-        self.shingles[self.used : self.used + len(sh)] = sh
-        self.used += len(sh)
-
-    def add_shingles(self, texts: pl.Series) -> None:
-        """The next ``len(texts)`` rows again (the same texts as ``add_texts`` got): the shingle sets of those
-        that ``link`` may compare, tokenized again (only them)."""
-        if self.docs is None:
-            self._settle()
-        assert self.docs is not None
-        first = self.shingled
-        if first + len(texts) > self.n_texts:
-            raise ValueError(f"more than the {self.n_texts} texts announced")
-        lo, hi = np.searchsorted(self.docs, [first, first + len(texts)])
-        rows = self.docs[lo:hi]
-        if len(rows):
-            picked = texts.gather(rows - first)
-            for start, _, off, sh, _ in _sketch_batches(picked, self.params, "sets"):
-                self._append(rows[start : start + len(off) - 1], off, sh)
-        self.shingled += len(texts)
+    def _gather(self, keep: np.ndarray) -> np.ndarray:
+        """The shingle sets of the rows ``keep`` marks, in row order: new rows' read back from the spill file and
+        earlier rows' taken from their sketch, ``SPILL_BLOCK`` hashes at a time (a mask of one byte a hash)."""
+        out = np.empty(int(self.lengths[keep].sum()), dtype=np.uint32)
+        at = 0
+        spill, e = self._spill, self.earlier
+        for lo, hi in ((0, self.n_texts), (self.n_texts, self.n)):
+            lengths = self.lengths[lo:hi]
+            if not keep[lo:hi].any():
+                continue
+            if lo == 0:
+                pos = np.zeros(hi + 1, dtype=np.int64)
+                np.cumsum(lengths, out=pos[1:], dtype=np.int64)
+            else:
+                assert e is not None
+                pos = e.offsets
+            r0 = 0
+            while r0 < hi - lo:
+                # Rows r0..r1 - 1: at most SPILL_BLOCK hashes (or one row's, if longer).
+                r1 = r0 + max(1, int(np.searchsorted(pos[r0 + 1 : hi - lo + 1], pos[r0] + SPILL_BLOCK, side="right")))
+                if keep[lo + r0 : lo + r1].any():
+                    first, last = int(pos[r0]), int(pos[r1])
+                    if lo == 0:
+                        assert spill is not None
+                        spill.seek(first * 4)
+                        block = np.fromfile(spill, dtype=np.uint32, count=last - first)
+                    else:
+                        assert e is not None
+                        block = e.shingles[first:last]
+                    mask = np.repeat(keep[lo + r0 : lo + r1], lengths[r0:r1])
+                    k = int(np.count_nonzero(mask))
+                    np.compress(mask, block, out=out[at : at + k])
+                    at += k
+                r0 = r1
+        return out
 
     def link(self) -> NearDuplicates:
-        if self.shingles_wanted():
-            raise ValueError(f"{self.shingled} texts shingled of the {self.n_texts} announced")
-        assert self.docs is not None
+        if self.added != self.n_texts:
+            raise ValueError(f"{self.added} texts added of the {self.n_texts} announced")
         e = self.earlier
-        if self.params.verify and e is not None:  # earlier rows follow the new ones and come with their sets
-            rows = self.docs[self.docs >= self.n_texts]
-            if len(rows):
-                first = e.offsets[rows - self.n_texts]
-                lengths = e.offsets[rows - self.n_texts + 1] - first
-                off = np.zeros(len(rows) + 1, dtype=np.int64)
-                np.cumsum(lengths, out=off[1:])
-                self._append(rows, off, e.shingles[np.repeat(first - off[:-1], lengths) + np.arange(off[-1])])
-        self.shingles.resize(self.used, refcheck=False)
-        offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
-        np.cumsum(self.lengths, out=offsets[1:])
+        if e is not None:
+            self._add(self.n_texts, e.sig, e.offsets, e.shingles)
+        live = self.lengths > 0  # empty texts share the all-max signature: keep them out of LSH
+        if self.params.verify:
+            docs = np.flatnonzero(minhash_kernel.candidates(self.keys, None if live.all() else live))
+        else:
+            docs = np.flatnonzero(live)
+        del live
+        # A copy of the compared rows' keys only when rows are left out (in a heavily duplicated corpus every row is
+        # a candidate: no second copy of every key then).
+        keys = self.keys if len(docs) == self.n else self.keys[docs]
+        self.keys = np.empty(0)
+        offsets = np.zeros(self.n + 1, dtype=np.int64)
+        shingles = np.zeros(0, dtype=np.uint32)
+        if self.params.verify:
+            keep = np.zeros(self.n, dtype=bool)
+            keep[docs] = True
+            shingles = self._gather(keep)
+            if self._spill is not None:
+                self._spill.close()
+                self._spill = None
+            self.lengths[~keep] = 0  # rows left out have no set among the gathered ones
+            del keep
+            np.cumsum(self.lengths, out=offsets[1:], dtype=np.int64)
         self.lengths = np.zeros(0, dtype=np.uint32)
         edge_a, edge_b, counts, labels = minhash_kernel.link(
-            self.keys, self.docs, offsets, self.shingles, self.n, threshold=self.params.threshold,
-            verify=self.params.verify, n_new=self.n_new,
+            keys, docs, offsets, shingles, self.n, threshold=self.params.threshold, verify=self.params.verify,
+            n_new=self.n_new,
         )
-        self.keys = self.shingles = np.empty(0)  # the state goes once the clusters are known
         return NearDuplicates(edge_a, edge_b, self.b, self.r, counts, labels)
 
 
@@ -353,19 +344,17 @@ def near_duplicate_edges(texts: pl.Series, params: MinhashParams, n_new: int | N
     ``n_new`` on are earlier rows, never compared together.
 
     Memory: ``batch_docs`` token lists, plus per row its band keys (4 bytes a band; 8 without ``verify``), plus the
-    shingle sets of the rows that share a bucket; full signatures live for one batch.
+    shingle sets of the rows that share a bucket (the others' go to a temporary file only); full signatures live
+    for one batch.
     """
     builder = EdgeBuilder(params, len(texts), n_new, earlier)
     builder.add_texts(texts)
-    if builder.shingles_wanted():
-        builder.add_shingles(texts)
     return builder.link()
 
 
 class MinhashDedup(TwoPass):
-    """``dedup_minhash`` in streamed passes: the first sketches the texts a slice at a time into an ``EdgeBuilder``
-    and keeps each row's id and preference rank; a second scan (``rescan``: the text column alone) shingles the
-    rows that share a bucket; ``decide`` links the clusters; the last pass marks and splits each slice."""
+    """``dedup_minhash`` in two passes: the first sketches the texts a slice at a time into an ``EdgeBuilder`` and
+    keeps each row's id and preference rank, then links the clusters; the second marks and splits each slice."""
 
     columns = ("id", "text", "meta")
 
@@ -380,20 +369,11 @@ class MinhashDedup(TwoPass):
         self._ids: list[pl.Series] = []
         self._ranks: list[np.ndarray] = []
         self.extra_stats = extra_stats or {}  # added to the step's stats (how the earlier rows' sketches were found)
-        self._scans = 0
 
     def scan(self, part: pl.DataFrame) -> None:
-        texts = part["text"].cast(pl.String).fill_null("")
-        if self._scans:
-            self.builder.add_shingles(texts)
-            return
-        self.builder.add_texts(texts)
+        self.builder.add_texts(part["text"].cast(pl.String).fill_null(""))
         self._ranks.append(preference_rank(part, "quality"))
         self._ids.append(part["id"].cast(pl.String))
-
-    def rescan(self) -> tuple[str, ...]:
-        self._scans += 1
-        return ("text",) if self._scans == 1 and self.builder.shingles_wanted() else ()
 
     def decide(self) -> None:
         n = self.n

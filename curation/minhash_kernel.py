@@ -52,7 +52,7 @@ REJECT_TABLE_BITS = 20
 """At most 2**20 slots (8 MiB) in the table of rejected pairs (a smaller table only repeats some comparisons)."""
 
 
-def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq, sets):  # type: ignore[no-untyped-def]
+def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq):  # type: ignore[no-untyped-def]
     fold = np.uint64(0x100000001B3)
     mask = np.uint64(0xFFFFFFFF)
     c1 = np.uint64(0x85EBCA6B)
@@ -71,8 +71,7 @@ def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq, sets):  # type: 
             for k in range(width):
                 h = (h * fold) ^ tok[start + i + k]
             h32 = (h ^ (h >> np.uint64(32))) & mask
-            if sets:
-                win[w0 + i] = np.uint32(h32)
+            win[w0 + i] = np.uint32(h32)
             x = h32 ^ (h32 >> np.uint64(16))
             x = (x * c1) & mask
             x = x ^ (x >> np.uint64(13))
@@ -82,8 +81,6 @@ def _sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq, sets):  # type: 
                 v = np.uint32((x * a[p] + b[p]) & mask)
                 if v < sig[d, p]:
                     sig[d, p] = v
-        if not sets:
-            continue
         part = np.sort(win[w0 : w0 + windows])
         u = 0
         for i in range(windows):
@@ -288,13 +285,12 @@ def _compile() -> None:
 
 
 def sketch(
-    offsets: np.ndarray, tok: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray, sets: bool = True
+    offsets: np.ndarray, tok: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Signatures ``(n_docs, num_perm)`` uint32 and shingle sets as CSR: ``(sig, sh_offsets, sh_hashes)``.
 
     Input is ``token_hashes`` output. ``sh_hashes[sh_offsets[d]:sh_offsets[d+1]]`` are document d's unique 32-bit
-    shingle hashes, sorted (what ``hashed_shingles`` returns for it). Without ``sets`` every set is empty (the
-    signatures alone: no sorting, a third of the kernel's time); with no permutations, the sets alone.
+    shingle hashes, sorted (what ``hashed_shingles`` returns for it).
     """
     native = _native()
     _compile()
@@ -304,13 +300,12 @@ def sketch(
     win_off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(windows, out=win_off[1:])
     sig = np.full((n, len(a)), 0xFFFFFFFF, dtype=np.uint32)
-    win = np.zeros(int(win_off[-1]) if sets else 0, dtype=np.uint32)
+    win = np.zeros(int(win_off[-1]), dtype=np.uint32)
     uniq = np.zeros(n, dtype=np.int64)
     if native is not None:
-        native.sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq, _threads(n), sets)
+        native.sketch(offsets, tok, ngram, a, b, sig, win_off, win, uniq, _threads(n))
     else:
-        _sketch_c(offsets, tok, np.int64(ngram), a.astype(np.uint64), b.astype(np.uint64), sig, win_off, win, uniq,
-                  sets)
+        _sketch_c(offsets, tok, np.int64(ngram), a.astype(np.uint64), b.astype(np.uint64), sig, win_off, win, uniq)
     sh_off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(uniq, out=sh_off[1:])
     sh = np.empty(int(sh_off[-1]), dtype=np.uint32)

@@ -63,7 +63,7 @@ static void sort_u32(uint32_t *x, uint32_t *tmp, int64_t n) {
 MH_CLONES
 int64_t mh_sketch(const int64_t *offsets, const uint64_t *tok, int64_t ngram, const uint32_t *a,
                   const uint32_t *b, int64_t num_perm, uint32_t *sig, const int64_t *win_off, uint32_t *win,
-                  int64_t *uniq, int64_t d0, int64_t d1, int64_t sets) {
+                  int64_t *uniq, int64_t d0, int64_t d1) {
     int64_t cap = 0;
     uint32_t *tmp = NULL;
     for (int64_t d = d0; d < d1; d++) {
@@ -78,14 +78,13 @@ int64_t mh_sketch(const int64_t *offsets, const uint64_t *tok, int64_t ngram, co
             uint64_t h = 0;
             for (int64_t k = 0; k < width; k++) h = (h * FOLD) ^ tok[start + i + k];
             uint32_t x = (uint32_t)(h ^ (h >> 32));
-            if (sets) w[i] = x;
+            w[i] = x;
             x ^= x >> 16; x *= 0x85EBCA6Bu; x ^= x >> 13; x *= 0xC2B2AE35u; x ^= x >> 16;
             for (int64_t p = 0; p < num_perm; p++) {
                 uint32_t v = x * a[p] + b[p];
                 row[p] = v < row[p] ? v : row[p];
             }
         }
-        if (!sets) continue;
         if (windows > cap) {
             free(tmp);
             cap = windows * 2;
@@ -225,7 +224,7 @@ void mh_roots(int64_t *parent, int64_t n) {
 
 _I64, _F64, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 _SIGNATURES = {
-    "mh_sketch": (_I64, [_P, _P, _I64, _P, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64]),
+    "mh_sketch": (_I64, [_P, _P, _I64, _P, _P, _I64, _P, _P, _P, _P, _I64, _I64]),
     "mh_compact": (None, [_P, _P, _P, _P, _I64]),
     "mh_band_keys": (None, [_P, _I64, _I64, _I64, _I64, _P]),
     "mh_link": (_I64, [_P, _P, _I64, _I64, _P, _P, _F64, _I64, _I64, _I64, _I64, _P, _P, _P, _P, _P, _I64]),
@@ -249,7 +248,7 @@ class Native:
             fn.restype, fn.argtypes = res, args
 
     def sketch(self, offsets: np.ndarray, tok: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray, sig: np.ndarray,
-               win_off: np.ndarray, win: np.ndarray, uniq: np.ndarray, threads: int, sets: bool = True) -> None:
+               win_off: np.ndarray, win: np.ndarray, uniq: np.ndarray, threads: int) -> None:
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         tok = np.ascontiguousarray(tok, dtype=np.uint64)
         a = np.ascontiguousarray(a, dtype=np.uint32)
@@ -262,7 +261,7 @@ class Native:
 
         def part(d0: int, d1: int) -> None:
             results.append(self.lib.mh_sketch(_ptr(offsets), _ptr(tok), ngram, _ptr(a), _ptr(b), len(a), _ptr(sig),
-                                              _ptr(win_off), _ptr(win), _ptr(uniq), d0, d1, int(sets)))
+                                              _ptr(win_off), _ptr(win), _ptr(uniq), d0, d1))
 
         workers = [threading.Thread(target=part, args=(d0, d1)) for d0, d1 in zip(bounds[1:-1], bounds[2:],
                                                                                    strict=True) if d1 > d0]

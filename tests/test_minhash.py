@@ -11,17 +11,17 @@ import polars as pl
 import pytest
 
 from gristmill.common.contract import StepResult
-from gristmill.curation import minhash_kernel
+from gristmill.curation import minhash, minhash_kernel
 from gristmill.curation.clusters import clusters, representatives
 from gristmill.curation.lsh import band_keys
 from gristmill.curation.minhash import (
     EdgeBuilder,
-    MinhashDedup,
     MinhashParams,
     dedup_minhash,
     near_duplicate_edges,
     permutations,
     signatures,
+    sketch,
 )
 from gristmill.curation.shingles import hashed_shingles, shingle_sets, token_hashes
 from tests.conftest import make_frame
@@ -127,11 +127,6 @@ def test_fused_kernel_equals_numpy_reference() -> None:
         sig, sh_off, sh = minhash_kernel.sketch(*token_hashes(texts, unit), n, a, b)
         assert np.array_equal(sig, expected), (unit, n)
         assert np.array_equal(sh, hashes) and np.array_equal(np.diff(sh_off), np.bincount(doc, minlength=5))
-        # The signatures alone (no sets sorted), and the sets alone (no permutations): the same numbers.
-        sig_only, no_off, no_sh = minhash_kernel.sketch(*token_hashes(texts, unit), n, a, b, sets=False)
-        assert np.array_equal(sig_only, expected) and not no_off.any() and len(no_sh) == 0
-        _, sets_off, sets_sh = minhash_kernel.sketch(*token_hashes(texts, unit), n, a[:0], b[:0])
-        assert np.array_equal(sets_off, sh_off) and np.array_equal(sets_sh, sh)
 
 
 def test_minhash_against_earlier_sets_drops_only_new_rows() -> None:
@@ -271,10 +266,8 @@ texts = pl.Series(json.loads(sys.argv[1]))
 a, b = permutations(32, 3)
 sig, sh_off, sh = k.sketch(*token_hashes(texts), 3, a, b)
 keys64 = k.band_keys(sig, 8, 4)
-sig_only = k.sketch(*token_hashes(texts), 3, a, b, sets=False)
-sets_only = k.sketch(*token_hashes(texts), 3, a[:0], b[:0])
 out = {"backend": k.backend(), "sig": sig.tolist(), "sh_off": sh_off.tolist(), "sh": sh.tolist(),
-       "keys": keys64.tolist(), "sig_only": sig_only[0].tolist(), "sets_only": [x.tolist() for x in sets_only[1:]]}
+       "keys": keys64.tolist()}
 n = len(texts)
 has = np.diff(sh_off) > 0
 live = np.flatnonzero(has)
@@ -319,8 +312,6 @@ def test_c_numba_and_python_backends_agree() -> None:
     assert len(results["native"]["u64"][0]) >= 20  # edges found: the comparison is not vacuous
     assert results["native"]["u32_exact"][2]["skipped_budget"] > 0
     assert results["native"]["u32_candidates"] == results["native"]["u32_exact"]
-    assert results["native"]["sig_only"] == results["native"]["sig"]
-    assert results["native"]["sets_only"] == [results["native"]["sh_off"], results["native"]["sh"]]
     assert 0 < sum(results["native"]["candidates"]) < len(texts)  # some rows left out: the comparison is not vacuous
 
 
@@ -345,48 +336,24 @@ def test_candidates_known_answer() -> None:
     assert minhash_kernel.candidates(keys, keep).tolist() == [True, True, False, False]  # row 3 left out
 
 
-def test_only_rows_sharing_a_bucket_are_shingled() -> None:
-    # Two near copies and three unrelated texts: only the copies' shingle sets are kept for the exact Jaccard.
-    texts = pl.Series([BASE, "tides and the moon over the harbour at night far from here", BASE + " today",
-                       "completely different words about gardening tomatoes in the summer sun heat", ""])
-    builder = EdgeBuilder(MinhashParams(threshold=0.7, ngram=3), len(texts))
+def test_only_rows_sharing_a_bucket_keep_their_shingles(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two near copies, an unrelated text and an empty one, then two earlier rows (one a copy): only the rows that
+    # share a bucket get their sets back from the spill file / the earlier sketch, read 3 hashes at a time.
+    texts = pl.Series([BASE, "tides and the moon over the harbour at night far from here", BASE + " today", ""])
+    params = MinhashParams(threshold=0.7, ngram=3)
+    earlier = sketch(pl.Series(["gardening tomatoes in the summer sun heat", BASE + " again"]), params)
+    builder = EdgeBuilder(params, len(texts), earlier=earlier)
     builder.add_texts(texts.slice(0, 2))
     builder.add_texts(texts.slice(2))
-    assert builder.shingles_wanted()
-    assert builder.docs is not None and builder.docs.tolist() == [0, 2]
-    builder.add_shingles(texts.slice(0, 3))
-    builder.add_shingles(texts.slice(3))
-    sizes = builder.lengths
-    assert sizes[[1, 3, 4]].tolist() == [0, 0, 0] and sizes[0] > 0 and sizes[2] == sizes[0] + 1
-    assert builder.used == sizes.sum()
-    assert not builder.shingles_wanted()
-    found = builder.link()
-    assert found.labels is not None and found.labels.tolist() == [0, 1, 0, 3, 4]
-    assert found.counts["pairs_compared"] == 1
+    builder._add(len(texts), earlier.sig, earlier.offsets, earlier.shingles)
+    monkeypatch.setattr(minhash, "SPILL_BLOCK", 3)
+    keep = np.array([True, False, True, False, False, True])
+    whole = sketch(texts, params).concat(earlier)
+    expected = np.concatenate([whole.shingles[whole.offsets[r] : whole.offsets[r + 1]] for r in (0, 2, 5)])
+    assert np.array_equal(builder._gather(keep), expected) and len(expected) > 3 * 3
 
-
-def test_second_pass_must_get_the_same_texts() -> None:
-    texts = pl.Series([BASE, BASE + " today", "an unrelated sentence about tides and the moon over the harbour"])
-    builder = EdgeBuilder(MinhashParams(threshold=0.7, ngram=3), len(texts))
+    builder = EdgeBuilder(params, len(texts), earlier=earlier)
     builder.add_texts(texts)
-    with pytest.raises(ValueError, match="shingled"):
-        builder.link()  # the candidates' shingle sets are missing
-    with pytest.raises(ValueError, match="other texts"):
-        builder.add_shingles(pl.Series(["", "", "x"]))  # the candidates (rows 0 and 1) had tokens
-
-
-def test_two_pass_plan_rescans_only_the_text() -> None:
-    # The plan asks the runner for one more pass over the text column, once, and only when some row shares a bucket.
-    frame = make_frame([BASE, BASE + " today", "an unrelated sentence about tides and the moon over the harbour"])
-    plan = MinhashDedup(MinhashParams(threshold=0.7, ngram=3), frame.schema, frame.height)
-    plan.scan(frame.select("id", "text", "meta"))
-    assert plan.rescan() == ("text",)
-    plan.scan(frame.select("text"))
-    assert plan.rescan() == ()
-    plan.decide()
-    kept, dropped = plan.apply(frame, 0)
-    assert kept["id"].to_list() == ["r0", "r2"] and dropped["id"].to_list() == ["r1"]
-    alone = make_frame(["one text about tides", "another about the garden and tomatoes in summer"])
-    plan = MinhashDedup(MinhashParams(threshold=0.7, ngram=3), alone.schema, alone.height)
-    plan.scan(alone)
-    assert plan.rescan() == ()
+    found = builder.link()
+    assert found.labels is not None and found.labels.tolist() == [0, 1, 0, 3, 4, 0]
+    assert found.counts["pairs_compared"] == 2
