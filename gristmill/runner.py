@@ -379,11 +379,6 @@ class Runner:
             plan.scan(part)
         del part
         _release_memory()
-        while again := plan.rescan():  # another pass over some columns (contract.TwoPass.rescan)
-            for part in iter_slices(source, self.slice_rows, [c for c in schema if c in again]):
-                plan.scan(part)
-            del part
-            _release_memory()
         plan.decide()
         kept, dropped = SliceWriter(staging / "kept.parquet"), SliceWriter(staging / "dropped.parquet", hold=True)
         by_reason: Counter[str] = Counter()

@@ -233,12 +233,6 @@ class TwoPass:
     def scan(self, part: pl.DataFrame) -> None:
         raise NotImplementedError
 
-    def rescan(self) -> tuple[str, ...]:
-        """After the last ``scan`` of a pass: the columns to ``scan`` once more from the first row, or ``()`` (the
-        default) when ``decide`` can settle every row. A plan whose first pass finds the few rows it needs more of
-        (MinHash: those sharing a bucket) reads their data again instead of keeping every row's."""
-        return ()
-
     def decide(self) -> None:
         """After the last ``scan``: settle every row (default: nothing to do)."""
 
@@ -265,8 +259,6 @@ def run_two_pass(plan: TwoPass, frame: pl.DataFrame) -> StepResult:
     ([{'x': 2, 'y': 'b'}], {'n': 2})
     """
     plan.scan(frame.select([c for c in frame.columns if c in plan.columns]))
-    while again := plan.rescan():
-        plan.scan(frame.select([c for c in frame.columns if c in again]))
     plan.decide()
     kept, dropped = plan.apply(frame, 0)
     stats, report, gate = plan.finish()
