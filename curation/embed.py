@@ -14,7 +14,7 @@ path (noisy 2-core machine) with Spearman 0.996 vs bf16's 0.9999 (bench/RESULTS.
 ``backend="openvino"`` (``precision="int8"``; CPU, BERT-family models; needs ``openvino`` and ``nncf``) runs the
 model through OpenVINO: converted from the torch module once, its matrix products quantized to static int8 by NNCF
 (activation ranges measured on ``embed_calibration.TEXTS``) except each FFN's output projection (as for ORT), the
-rest in bf16 where the CPU runs it natively. On the 2-core AVX512-BF16/VNNI machine it ran at ~2.2x the torch bf16
+rest in bf16 where the CPU runs it natively. On the 2-core AVX512-BF16/VNNI machine it ran at 1.7-1.9x the torch bf16
 path with Spearman 0.997 of quality scores vs fp32 (bench/RESULTS.md). Exports are cached like ORT's.
 """
 

@@ -23,4 +23,4 @@ class EmbeddingParams(BaseModel):
     precision: Literal["fast", "fp32", "int8"] = "fast"
     """fast: bf16 where the hardware runs it natively (AMX/AVX512-BF16 CPUs, GPUs; Spearman 0.9998 of scores vs
     fp32 in bench/embed.py); fp32: sentence-transformers' default; int8: OpenVINO static int8 on CPU (BERT-family
-    models; needs openvino + nncf; ~2.2x the bf16 path on an AVX512-VNNI CPU at Spearman 0.997)."""
+    models; needs openvino + nncf; 1.7-1.9x the bf16 path on an AVX512-VNNI CPU at Spearman 0.997)."""
