@@ -90,8 +90,8 @@ def fast_dtype(device: str) -> Any:
 
 
 def default_export_dir() -> Path:
-    """``onnx/`` under gristmill's cache root, so every run and test session on a machine shares one export per
-    model."""
+    """``onnx/`` under gristmill's cache root (it holds the OpenVINO exports too, each in its own keyed folder), so
+    every run and test session on a machine shares one export per model."""
     return cache_root() / "onnx"
 
 
