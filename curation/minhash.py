@@ -13,8 +13,8 @@ again in a later band, so fragmented clusters (copies under the threshold of eac
 signatures live for one batch of ``batch_docs`` texts; what outlives it per row in memory is its band keys. Only
 rows that share a bucket with another row can be compared (``minhash_kernel.candidates``, a fifth of the rows in
 the scale benchmark's corpus): the shingle sets go to a temporary file as they are computed and only those rows'
-sets are read back, for the exact Jaccard. One representative per cluster is kept: the highest ``meta.quality_score`` when an earlier quality step
-wrote one, else the first seen.
+sets are read back, for the exact Jaccard. One representative per cluster is kept: the highest
+``meta.quality_score`` when an earlier quality step wrote one, else the first seen.
 
 Worked example (threshold 0.7, 3-word shingles): ``[BASE, BASE + " today", "gardening ..."]`` -> rows 0 and 1 share
 a band and their exact Jaccard is 0.94 -> one cluster {0, 1}; row 1 is dropped as ``near_duplicate`` with
