@@ -357,3 +357,18 @@ def test_only_rows_sharing_a_bucket_keep_their_shingles(monkeypatch: pytest.Monk
     found = builder.link()
     assert found.labels is not None and found.labels.tolist() == [0, 1, 0, 3, 4, 0]
     assert found.counts["pairs_compared"] == 2
+
+
+def test_list_column_known_answer_and_sketch_frame_round_trip() -> None:
+    column = minhash._list_column(np.array([0, 2, 2, 3]), np.array([7, 8, 9]))
+    assert column.dtype == pl.List(pl.UInt32) and column.to_list() == [[7, 8], [], [9]]
+    texts = pl.Series(["one two three four five six", "", "one two three four five six seven"])
+    sk = minhash.sketch(texts, minhash.MinhashParams(num_perm=16, ngram=2))
+    # a slice of a sketch (offsets not starting at 0), as the persisted index writes them part by part
+    part = minhash.Sketch(sk.sig[1:], sk.offsets[1:], sk.shingles, sk.has_shingles[1:])
+    frame = minhash.sketch_frame(pl.Series(["b", "c"]), part)
+    assert frame["shingles"].to_list() == [[], sk.shingles[sk.offsets[2] : sk.offsets[3]].tolist()]
+    assert len(frame["shingles"][1]) == 6  # the 6 word bigrams of seven distinct words
+    assert frame["signature"].to_list() == sk.sig[1:].tolist()
+    back = minhash.frame_sketch(frame, 16)
+    assert np.array_equal(back.sig, sk.sig[1:]) and back.offsets.tolist() == [0, 0, int(np.diff(sk.offsets)[2])]
