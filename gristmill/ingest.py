@@ -21,6 +21,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from gristmill.checkpoint import SchemaDrift
 from gristmill.common import readers
 from gristmill.common.contract import MESSAGES_DTYPE, RESERVED
 from gristmill.common.errors import InputError, MissingFileError
@@ -30,12 +31,14 @@ Format = Literal["jsonl", "json", "csv", "parquet", "hf_disk"]
 _N, _ERR, _TEXT, _MSGS = "\x00number", "\x00error", "\x00text", "\x00messages"
 
 
-VERSION = "7"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
+VERSION = "8"  # 2: columnar mappings; sharegpt/messages text skips empty turns (gristmill.common.text); 3: a BOM is
 # not part of the first record (a BOM-prefixed jsonl's first line was rejected), hostile records rejected not crashing;
 # 4: a rejected jsonl line keeps its original text (was its JSON re-encoded, cut at 2000 characters); 5: `source` is
 # the input path as the recipe gives it (was the machine's absolute path), so a dataset moves between machines;
 # 6: a rejected csv record keeps its text as in the file (was its fields as JSON); 7: the runner writes the checkpoint
-# a slice at a time (a parquet input is read so too): the same rows, other row groups and bytes
+# a slice at a time (a parquet input is read so too): the same rows, other row groups and bytes; 8: a jsonl input
+# is read a slice at a time too: the same rows; a row group holds a slice's kept lines (was a fixed number of kept
+# rows: other row groups where lines are rejected)
 
 
 class InputSpec(BaseModel):
@@ -215,16 +218,25 @@ def ingest_counted(spec: InputSpec, path: Path, *, enforce_yield: bool = True
 
 def ingest_slices(spec: InputSpec, path: Path, rows: int | None, *, enforce_yield: bool = True
                   ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, int]]:
-    """``ingest_counted`` a slice of at most ``rows`` records at a time where the format allows (parquet; see
-    ``readers.iter_tables``; ``None``: the whole file in one slice): per slice its kept rows (``empty_frame()``
+    """``ingest_counted`` a slice of at most ``rows`` records at a time where the format allows (parquet, jsonl;
+    see ``readers.iter_tables``; ``None``: the whole file in one slice): per slice its kept rows (``empty_frame()``
     when it kept none), rejects and records read. Concatenated, the slices are what one read gives (the same ids,
-    order, columns and types). A malformed record raises in its slice (``on_error: raise``); the yield check
-    comes after the last slice."""
+    order, columns and types) when every slice has the same columns and types (``SchemaDrift`` from the caller's
+    ``SliceWriter`` otherwise), and this raises ``SchemaDrift`` where the difference would not show in those: a
+    jsonl ``id`` field read as another type in another slice (a slice's ``true`` gives the id ``"True"``, the
+    whole read's ``"true"`` where the file mixes types). A malformed record raises in its slice (``on_error:
+    raise``); the yield check comes after the last slice."""
     mapping = MAPPINGS[spec.mapping]
     records = kept = rejected = 0
     first: readers.Bad | None = None
     table = None
+    id_type: pl.DataType | None = None
     for table in _tables(spec, path, mapping, rows):
+        own_id = table.frame.schema.get("id", pl.Null)
+        if not table.exact_types and own_id != pl.Null:
+            if id_type is not None and own_id != id_type:
+                raise SchemaDrift(f"{path}: the id field is {id_type} in one slice, {own_id} in another")
+            id_type = own_id
         out, bad, read = _map(spec, path, mapping, table)
         records, kept, rejected = records + read, kept + out.height, rejected + len(bad)
         if first is None and bad:

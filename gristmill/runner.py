@@ -208,8 +208,9 @@ class Runner:
 
     def _ingest_streamed(self, specs: list[tuple[InputSpec, Path]], staging: Path) -> tuple[Path, pl.DataFrame, int]:
         """Every input mapped a slice at a time (``ingest_slices``) and its rows written to ``staging`` as they come:
-        a parquet input is never in memory whole (the 1M-row bench's ingest peaked at 931 MB read whole,
-        bench/RESULTS.md Scale); a JSON or CSV input is still read whole (``readers.iter_tables``). Several inputs
+        a parquet or jsonl input is never in memory whole (the 1M-row bench's ingest peaked at 931 MB read whole,
+        bench/RESULTS.md Scale; jsonl: 3,120 MB); a JSON or CSV input is still read whole (``readers.iter_tables``).
+        A jsonl slice's types are its own lines' (``SchemaDrift`` where they differ: the whole read). Several inputs
         are then joined into one file with the columns and types ``pl.concat(how="diagonal_relaxed")`` gives their
         frames, a slice at a time. Returns the kept rows' file (ids checked unique), the rejects and the records
         read."""

@@ -331,3 +331,102 @@ def test_runner_ingest_falls_back_to_the_whole_read_on_schema_drift(tmp_path: Pa
     kept, _, stats = _ingest_run(tmp_path, [{"path": "a.parquet", "mapping": "text"}], 4)
     assert kept["id"].to_list() == [f"a{i}" for i in range(6)] and stats["kept"] == 6
     assert not [p for p in (tmp_path / "run4" / "steps").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_jsonl_lines_are_those_of_the_whole_text_at_any_block_size(tmp_path: Path) -> None:
+    from gristmill.common.readers import _jsonl_lines, read_text
+
+    path = tmp_path / "l.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{}\r\n\r\n {} \r{}')  # the docstring's example
+    assert list(_jsonl_lines(path)) == [(1, "{}"), (3, " {} "), (4, "{}")]
+    # Line ends of every kind at every block boundary: a b"\r\n" split across two blocks is one line end.
+    data = b'{"a": 1}\r\n\r\n\r{"b": "\xc3\xa9"}\r\r\n  \n\x0c\n{"c": 3}\r\n'
+    for body in (data, b"\xef\xbb\xbf" + data, data.rstrip(b"\r\n")):
+        path.write_bytes(body)
+        lines = read_text(path).split("\n")
+        expected = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+        assert expected[1] == (4, '{"b": "é"}') and expected[-1][0] == 8
+        for block in range(1, len(body) + 2):
+            assert list(_jsonl_lines(path, block)) == expected, block
+    # A byte that is not UTF-8: read_text's error (its line counts b"\n"; its column counts a BOM on line 1).
+    for body in (b"\xef\xbb\xbf{\xe9}\n", b"{}\r\n{}\r\n{\"x\": \"caf\xe9\"}\n", b"{}\r{\xe9}"):
+        path.write_bytes(body)
+        with pytest.raises(Exception) as whole:
+            read_text(path)
+        for block in range(1, len(body) + 2):
+            with pytest.raises(type(whole.value), match=re.escape(str(whole.value))):
+                list(_jsonl_lines(path, block))
+
+
+# Blank lines, a BOM, CRLF line ends, a malformed line, a non-object line and a text that is not a string.
+_JSONL_LINES = ['{"text": "alpha", "score": 1}', "", '{"text": "beta", "score": 2}', "{oops", "[1, 2]", "   ",
+                '{"text": "gamma", "score": 3}', '{"text": 5, "score": 4}', '{"text": "delta", "score": 5}',
+                '{"text": "eps", "score": 6}']
+
+
+def _jsonl_fixture(path: Path, lines: list[str]) -> Path:
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    return path
+
+
+def test_streamed_jsonl_ingest_equals_the_whole_read(tmp_path: Path) -> None:
+    path = _jsonl_fixture(tmp_path / "s.jsonl", _JSONL_LINES)
+    spec = InputSpec(path="s.jsonl", mapping="text", on_error="skip")
+    whole, whole_rejects, records = ingest_counted(spec, path)
+    tables = list(iter_tables(path, rows=3))
+    assert [t.number.to_list() + [b.number for b in t.bad] for t in tables] == [[1, 3, 4], [7, 8, 5], [9, 10]]
+    assert tables[1].raw(5) == "[1, 2]" and tables[1].raw(4) is None  # a slice knows its own lines
+    kept, rejects, read = _sliced(spec, path, 3)
+    assert kept.schema == whole.schema and kept.equals(whole) and read == records == 8
+    assert rejects.equals(whole_rejects)
+    assert rejects["id"].to_list() == ["s.jsonl:4", "s.jsonl:5", "s.jsonl:8"]
+    assert rejects["text"].to_list() == ["{oops", "[1, 2]", '{"text": 5, "score": 4}']
+    assert [d.split(": ")[0] for d in rejects["detail"]] == [f"{path}:4", f"{path}:5", f"{path}:8"]
+    assert kept["meta"].struct.field("source_line").to_list() == [1, 3, 7, 9, 10]
+    with pytest.raises(IngestError, match=re.escape(f"{path}:4: invalid JSON")):
+        list(ingest_slices(InputSpec(path="s.jsonl", mapping="text"), path, 3))
+
+
+def test_runner_jsonl_ingest_with_types_differing_between_slices_equals_the_whole_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gristmill.checkpoint import SchemaDrift
+    from gristmill.runner import Runner
+
+    whole_reads = []
+    real = Runner._ingest_whole
+
+    def counted(specs: list) -> tuple:
+        whole_reads.append(len(specs))
+        return real(specs)
+
+    monkeypatch.setattr(Runner, "_ingest_whole", staticmethod(counted))
+    inputs = [{"path": "d.jsonl", "mapping": "text", "on_error": "skip"}]
+    # score: Int64 in the first slices, String in the last (the whole read: String "1", ..., "high").
+    # id: Boolean in the first slice ("True"), String in the second (the whole read: "true" throughout).
+    drifting = [(_JSONL_LINES[:9] + ['{"text": "eps", "score": "high"}'], "d.jsonl:1"),
+                (['{"text": "a", "id": true}', '{"text": "b"}', '{"text": "c"}', '{"text": "d", "id": "x"}'], "true")]
+    for lines, first_id in drifting:
+        path = _jsonl_fixture(tmp_path / "d.jsonl", lines)
+        whole, whole_rejects, records = ingest_counted(InputSpec(**inputs[0]), path)
+        if first_id == "true":  # what ingest_slices checks: slices that map to the same types, other ids
+            with pytest.raises(SchemaDrift, match="the id field is Boolean in one slice, String in another"):
+                list(ingest_slices(InputSpec(**inputs[0]), path, 3))
+        whole_reads.clear()
+        kept, dropped, stats = _ingest_run(tmp_path, inputs, 6)  # slices of 3 lines
+        assert whole_reads == [1]
+        assert kept.schema == whole.schema and kept.equals(whole) and stats["rows_in"] == records
+        assert dropped.select(whole_rejects.columns).equals(whole_rejects)
+        assert whole["id"][0] == first_id
+        for run in tmp_path.glob("run*"):  # the next fixture's run starts afresh
+            import shutil
+
+            shutil.rmtree(run)
+    # Without a difference between slices it streams: the checkpoint holds the whole read's rows.
+    _jsonl_fixture(tmp_path / "d.jsonl", _JSONL_LINES)
+    whole_reads.clear()
+    kept, dropped, _ = _ingest_run(tmp_path, inputs, 6)
+    assert whole_reads == [] and kept.equals(ingest_counted(InputSpec(**inputs[0]), tmp_path / "d.jsonl")[0])
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(tmp_path / "run6" / "steps" / "00-ingest" / "kept.parquet")
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [2, 1, 2]  # a slice's kept lines

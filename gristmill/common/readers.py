@@ -16,6 +16,7 @@ enclosed in double quotes at column 2)")].
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -127,13 +128,22 @@ def read_text(path: Path, *, universal_newlines: bool = True) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        start = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        line = data.count(b"\n", 0, start) + 1
-        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
-        raise InputError(f"{path}:{line}: not UTF-8 (byte 0x{data[start]:02x} at column {column}); save the file as "
-                         f"UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` if it is latin-1"
-                         ) from err
-    return text.replace("\r\n", "\n").replace("\r", "\n") if universal_newlines else text
+        start = err.start + (3 if data.startswith(_BOM) else 0)
+        raise _not_utf8(path, data.count(b"\n", 0, start) + 1, start - (data.rfind(b"\n", 0, start) + 1) + 1,
+                        data[start]) from err
+    return _universal(text) if universal_newlines else text
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _universal(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _not_utf8(path: Path, line: int, column: int, byte: int) -> InputError:
+    return InputError(f"{path}:{line}: not UTF-8 (byte 0x{byte:02x} at column {column}); save the file as UTF-8, "
+                      f"e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` if it is latin-1")
 
 
 def _json_loads(text: str) -> Any:
@@ -147,7 +157,13 @@ def read_jsonl(path: Path, options: ReadOptions) -> Table:
     """One JSON object per line; blank lines are skipped, line numbers count them."""
     lines = read_text(path).split("\n")
     numbers = [n for n, line in enumerate(lines, 1) if line.strip()]
-    body = [lines[n - 1] for n in numbers]
+    return _jsonl_table(path, [lines[n - 1] for n in numbers], numbers, options)
+
+
+def _jsonl_table(path: Path, body: list[str], numbers: list[int], options: ReadOptions) -> Table:
+    """The Table of the non-blank lines ``body`` of a jsonl file, ``numbers`` their lines in the file (ascending):
+    the whole file's (``read_jsonl``) or a slice's (``_jsonl_slices``)."""
+    lines, at = body, numbers  # a line's text by its number, for rejects
     bad: list[Bad] = []
     try:
         frame = _read_lines(body)
@@ -166,11 +182,83 @@ def read_jsonl(path: Path, options: ReadOptions) -> Table:
             good_numbers.append(n)
             good_body.append(line)
             parsed.append(rec)
-        frame, numbers = _frame_of(path, parsed, options, lambda keep: _read_lines([good_body[i] for i in keep]),
-                                   bad, good_numbers)
-        body = [lines[n - 1] for n in numbers]
+        frame, kept = _frame_of(path, parsed, options, lambda keep: _read_lines([good_body[i] for i in keep]),
+                                bad, good_numbers)
+        body = [lines[bisect.bisect_left(at, n)] for n in kept]
+        numbers = kept
+
+    def raw(number: int) -> str | None:
+        i = bisect.bisect_left(at, number)
+        return lines[i] if i < len(at) and at[i] == number else None
+
     return Table(path, frame, _numbers(numbers), "", bad, exact_types=False,
-                 _record=lambda i: _json_loads(body[i]), _raw=lambda n: lines[n - 1])
+                 _record=lambda i: _json_loads(body[i]), _raw=raw)
+
+
+def _jsonl_lines(path: Path, block: int = 1 << 22) -> Iterator[tuple[int, str]]:
+    """Each non-blank line of a jsonl file with its number, read ``block`` bytes at a time: the lines and numbers
+    ``read_text(path).split("\\n")`` gives (a leading BOM dropped; ``\\r\\n``, ``\\r`` and ``\\n`` end a line; the
+    same error for a byte that is not UTF-8). Example: ``b"\\xef\\xbb\\xbf{}\\r\\n\\r\\n {} \\r{}"`` gives
+    ``(1, "{}")``, ``(3, " {} ")``, ``(4, "{}")``."""
+    number = 0
+    offset = 0  # of ``data`` in the file
+    newlines = 0  # b"\n" before ``data``: read_text counts those for the line of a bad byte
+    line_start = 0  # offset in the file after the last b"\n" before ``data`` (a BOM counts in columns)
+    data = b""
+    with path.open("rb") as fh:
+        head = fh.read(len(_BOM))
+        if head == _BOM:
+            offset = len(_BOM)
+        else:
+            data = head
+        eof = False
+        while not eof:
+            chunk = fh.read(block)
+            eof = not chunk
+            data += chunk
+            # Complete lines only: up to the last line end, a b"\r" at the end held back (a b"\n" may follow).
+            cut = len(data) if eof else max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+            if cut == 0:
+                continue
+            piece, data = data[:cut], data[cut:]
+            try:
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError as err:
+                nl = piece.rfind(b"\n", 0, err.start)
+                column = err.start - nl if nl >= 0 else offset + err.start - line_start + 1
+                raise _not_utf8(path, newlines + piece.count(b"\n", 0, err.start) + 1, column,
+                                piece[err.start]) from err
+            lines = _universal(text).split("\n")
+            if not eof:
+                lines.pop()  # the empty text after the piece's last line end
+            for line in lines:
+                number += 1
+                if line.strip():
+                    yield number, line
+            newlines += piece.count(b"\n")
+            nl = piece.rfind(b"\n")
+            if nl >= 0:
+                line_start = offset + nl + 1
+            offset += cut
+
+
+def _jsonl_slices(path: Path, options: ReadOptions, rows: int) -> Iterator[Table]:
+    """The jsonl file's records as Tables of at most ``rows`` non-blank lines, each read as ``read_jsonl`` reads
+    the whole file (``_jsonl_table``; field types inferred per slice, so a field may be Int64 in one slice and
+    String in another where the whole read has String throughout: the caller compares the slices' types); only
+    the slice in hand is in memory. Example: lines ``{"a": 1}``, blank, ``{"a": 2}``, ``{"a": 3}`` with ``rows=2``
+    give slices numbered [1, 3] and [4]."""
+    body: list[str] = []
+    numbers: list[int] = []
+    yielded = False
+    for number, line in _jsonl_lines(path):
+        body.append(line)
+        numbers.append(number)
+        if len(body) == rows:
+            yield _jsonl_table(path, body, numbers, options)
+            body, numbers, yielded = [], [], True
+    if body or not yielded:  # a file of blank lines is one empty Table, as read whole
+        yield _jsonl_table(path, body, numbers, options)
 
 
 def _read_lines(lines: list[str]) -> pl.DataFrame:
@@ -331,14 +419,14 @@ def infer_format(path: Path, key: str = "format") -> str:
 
 def iter_tables(path: Path, fmt: str | None = None, options: ReadOptions | None = None, rows: int | None = None,
                 missing: str = "does not exist") -> Iterator[Table]:
-    """``read_table`` at most ``rows`` records at a time where the format allows it (parquet; a JSON or CSV file is
-    read whole, its records' types are inferred over the whole file), so a large input is never in memory whole.
-    The Tables' ``number`` and ``where`` are those the whole read gives."""
+    """``read_table`` at most ``rows`` records at a time where the format allows it (parquet, jsonl; a JSON or CSV
+    file is read whole), so a large input is never in memory whole. The Tables' ``number``, ``where`` and ``bad``
+    are those the whole read gives; a jsonl slice's types are inferred over its own lines (see ``_jsonl_slices``)."""
     fmt = fmt or infer_format(path)
-    if rows is None or fmt != "parquet" or not path.is_file() or path.stat().st_size == 0:
+    if rows is None or fmt not in ("parquet", "jsonl") or not path.is_file() or path.stat().st_size == 0:
         yield read_table(path, fmt, options, missing)
         return
-    yield from _parquet_slices(path, rows)
+    yield from _parquet_slices(path, rows) if fmt == "parquet" else _jsonl_slices(path, options or ReadOptions(), rows)
 
 
 def read_table(path: Path, fmt: str | None = None, options: ReadOptions | None = None,
