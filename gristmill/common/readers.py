@@ -195,32 +195,37 @@ def _jsonl_table(path: Path, body: list[str], numbers: list[int], options: ReadO
                  _record=lambda i: _json_loads(body[i]), _raw=raw)
 
 
-def _jsonl_lines(path: Path, block: int = 1 << 22) -> Iterator[tuple[int, str]]:
+# 256 KiB blocks: the 1M-row jsonl's ingest peaked at 306 MB, 369 with 1 MiB blocks and 418 with 4 MiB (freed blocks'
+# memory is not all reused; bench/RESULTS.md Scale).
+def _jsonl_lines(path: Path, block: int = 1 << 18) -> Iterator[tuple[int, str]]:
     """Each non-blank line of a jsonl file with its number, read ``block`` bytes at a time: the lines and numbers
     ``read_text(path).split("\\n")`` gives (a leading BOM dropped; ``\\r\\n``, ``\\r`` and ``\\n`` end a line; the
     same error for a byte that is not UTF-8). Example: ``b"\\xef\\xbb\\xbf{}\\r\\n\\r\\n {} \\r{}"`` gives
     ``(1, "{}")``, ``(3, " {} ")``, ``(4, "{}")``."""
     number = 0
-    offset = 0  # of ``data`` in the file
-    newlines = 0  # b"\n" before ``data``: read_text counts those for the line of a bad byte
-    line_start = 0  # offset in the file after the last b"\n" before ``data`` (a BOM counts in columns)
-    data = b""
+    offset = 0  # of the next piece in the file
+    newlines = 0  # b"\n" before the next piece: read_text counts those for the line of a bad byte
+    line_start = 0  # offset in the file after the last b"\n" before the next piece (a BOM counts in columns)
+    pending: list[bytes] = []  # read, not yet a piece: a list, so a line longer than a block is joined once
     with path.open("rb") as fh:
         head = fh.read(len(_BOM))
         if head == _BOM:
             offset = len(_BOM)
         else:
-            data = head
+            pending.append(head)
         eof = False
         while not eof:
             chunk = fh.read(block)
             eof = not chunk
-            data += chunk
-            # Complete lines only: up to the last line end, a b"\r" at the end held back (a b"\n" may follow).
-            cut = len(data) if eof else max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
-            if cut == 0:
+            # Complete lines only: up to the chunk's last line end, a b"\r" at its end held back (a b"\n" may
+            # follow in the next chunk).
+            cut = 0 if eof else max(chunk.rfind(b"\n"), chunk.rfind(b"\r", 0, len(chunk) - 1)) + 1
+            if not eof and cut == 0:
+                pending.append(chunk)
                 continue
-            piece, data = data[:cut], data[cut:]
+            pending.append(chunk[:cut] if cut else chunk)
+            piece = b"".join(pending)
+            pending = [chunk[cut:]] if cut else []
             try:
                 text = piece.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -239,7 +244,7 @@ def _jsonl_lines(path: Path, block: int = 1 << 22) -> Iterator[tuple[int, str]]:
             nl = piece.rfind(b"\n")
             if nl >= 0:
                 line_start = offset + nl + 1
-            offset += cut
+            offset += len(piece)
 
 
 def _jsonl_slices(path: Path, options: ReadOptions, rows: int) -> Iterator[Table]:
