@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from tests.helpers import assert_exported_embedder_like_fp32
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -36,12 +37,9 @@ def test_int8_nodes_skips_only_the_matmuls_reading_a_gelu() -> None:
 
 @pytest.mark.slow
 def test_real_minilm_onnx_matches_fp32_and_export_is_reused(tmp_path: Path) -> None:
-    from scipy.stats import spearmanr
-
     from bench.corpus import real_paragraphs
     from gristmill import models
     from gristmill.curation.embed import Embedder
-    from gristmill.curation.scoring import similarity_scores
 
     path = models.resolve("minilm-l6")
     texts = real_paragraphs(170, seed=3, min_words=40, max_words=200)
@@ -55,20 +53,7 @@ def test_real_minilm_onnx_matches_fp32_and_export_is_reused(tmp_path: Path) -> N
     # fused (one Attention per layer, quantized) and the six FFN output projections left in fp32
     assert ops.count("QAttention") == 6 and ops.count("MatMul") == 6 and ops.count("MatMulInteger") == 12
 
-    fp32 = Embedder(path, precision="fp32")
-    assert fp32.backend == "torch float32" and fp32.model_key != fast.model_key
-    got, want = fast.encode(docs + refs), fp32.encode(docs + refs)
-    cos = (got * want).sum(axis=1)
-    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    assert cos.mean() >= 0.995 and cos.min() >= 0.99
-    rho = spearmanr(similarity_scores(want[:150], want[150:], 3), similarity_scores(got[:150], got[150:], 3))
-    assert rho.statistic >= 0.99
-
-    mtime = exported[0].stat().st_mtime_ns
-    again = Embedder(path, cache_path=tmp_path / "emb.sqlite", export_dir=tmp_path / "onnx", backend="onnxruntime")
-    assert exported[0].stat().st_mtime_ns == mtime and len(list((tmp_path / "onnx").iterdir())) == 1
-    assert np.array_equal(again.encode(docs[:5]), got[:5])  # served from the embedding cache
-    assert again.cached == 5 and again.computed == 0
+    assert_exported_embedder_like_fp32(fast, path, tmp_path / "onnx", exported[0], docs, refs, min_cosine=0.99)
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import assert_exported_embedder_like_fp32
+
 
 def test_padded_right_pads_to_the_longest_row() -> None:
     from gristmill.curation.embed import _padded
@@ -34,12 +36,10 @@ def test_real_minilm_openvino_matches_fp32_and_export_is_reused(tmp_path: Path) 
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     import openvino
-    from scipy.stats import spearmanr
 
     from bench.corpus import real_paragraphs
     from gristmill import models
-    from gristmill.curation.embed import Embedder
-    from gristmill.curation.scoring import similarity_scores
+    from gristmill.curation.embed import FFN_OUTPUT_PATTERN, Embedder
 
     path = models.resolve("minilm-l6")
     texts = real_paragraphs(170, seed=3, min_words=40, max_words=200)
@@ -55,22 +55,8 @@ def test_real_minilm_openvino_matches_fp32_and_export_is_reused(tmp_path: Path) 
     quantized = [op for op in ops if op.get_type_name() == "MatMul" and op not in float_matmuls]
     # the six FFN output projections stay float (their weights feed the MatMul directly); Q/K/V, attention
     # output and FFN input projections (24) plus the attention score/context products read FakeQuantize
-    assert sum(re.fullmatch(r".*\.layer\.\d+\.output\.dense/.*", op.get_friendly_name()) is not None
+    assert sum(re.fullmatch(FFN_OUTPUT_PATTERN, op.get_friendly_name()) is not None
                for op in float_matmuls) == 6
     assert len(quantized) >= 24
 
-    fp32 = Embedder(path, precision="fp32")
-    assert fp32.model_key != fast.model_key
-    got, want = fast.encode(docs + refs), fp32.encode(docs + refs)
-    cos = (got * want).sum(axis=1)
-    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    assert cos.mean() >= 0.995 and cos.min() >= 0.98
-    rho = spearmanr(similarity_scores(want[:150], want[150:], 3), similarity_scores(got[:150], got[150:], 3))
-    assert rho.statistic >= 0.99
-
-    mtime = exported[0].stat().st_mtime_ns
-    again = Embedder(path, cache_path=tmp_path / "emb.sqlite", export_dir=tmp_path / "ov", backend="openvino")
-    assert exported[0].stat().st_mtime_ns == mtime and len(list((tmp_path / "ov").iterdir())) == 1
-    assert again.model_key == fast.model_key
-    assert np.array_equal(again.encode(docs[:5]), got[:5])  # served from the embedding cache
-    assert again.cached == 5 and again.computed == 0
+    assert_exported_embedder_like_fp32(fast, path, tmp_path / "ov", exported[0], docs, refs, min_cosine=0.98)
